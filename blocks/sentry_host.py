@@ -1,0 +1,182 @@
+"""`SentryHost`: a Docker host running a Sentry compose stack, reached over SSH.
+
+Saved once (UI or `deployments/setup.py`), loaded by name in every flow. Its methods are the only
+way flows touch a host: `run`, `stream`, `put`/`get`, `tunnel`, `compose`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+from collections.abc import Iterator, Sequence
+from typing import BinaryIO
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr, field_validator
+
+from blocks.layouts import Role, StackLayout, get_layout
+from blocks.ssh import CommandResult, SSHTarget, SSHTransport, parse_host_key
+
+
+class SentryHost(Block):
+    """A Docker host with a self-hosted Sentry compose stack, operated over SSH."""
+
+    _block_type_name = "Sentry Host"
+    _block_type_slug = "sentry-host"
+    _logo_url = "https://avatars.githubusercontent.com/u/1396951?s=200"  # type: ignore[assignment]
+    _description = (
+        "A Docker host running a self-hosted Sentry docker-compose stack, reached over SSH with a "
+        "pinned host key."
+    )
+
+    ssh_host: str = Field(description="Host name or address sshd listens on.")
+    ssh_port: int = Field(default=22, description="sshd port.")
+    ssh_user: str = Field(default="root", description="SSH user; must be able to run docker.")
+    ssh_private_key: SecretStr = Field(
+        description="Unencrypted OpenSSH private key (ed25519, ECDSA or RSA) for ssh_user."
+    )
+    ssh_host_key: str = Field(
+        description=(
+            "The host's pinned public key, 'ssh-ed25519 AAAA...' (from `ssh-keyscan`, verified "
+            "against `ssh-keygen -lf` on the host). Any other key is refused."
+        )
+    )
+    project_dir: str = Field(
+        description="Absolute path of the compose project directory on the host."
+    )
+    project_name: str = Field(default="sentry", description="Compose project name (-p).")
+    layout: str = Field(
+        default="guide",
+        description="Stack layout preset: 'guide' (sentry, sentry-worker, ...) or 'self-hosted' "
+        "(getsentry/self-hosted: web, taskworker, ...).",
+    )
+    web_port: int = Field(default=9000, description="Port of Sentry web on the host's loopback.")
+    postgres_port: int = Field(default=5432, description="Postgres port inside its container.")
+    redis_port: int = Field(default=6379, description="Redis port inside its container.")
+    clickhouse_port: int = Field(
+        default=9000, description="ClickHouse native port in its container."
+    )
+    docker_data_dir: str = Field(
+        default="/var/lib/docker", description="Docker's data directory, for the free-disk check."
+    )
+    connect_timeout: float = Field(default=10.0, description="Seconds to wait for sshd.")
+
+    @field_validator("ssh_host", "ssh_user", "project_name")
+    @classmethod
+    def _not_blank(cls, value: str, info) -> str:
+        if not value or not value.strip() or any(c.isspace() for c in value):
+            raise ValueError(f"{info.field_name} must be a non-empty word, got {value!r}")
+        return value
+
+    @field_validator("ssh_port", "web_port", "postgres_port", "redis_port", "clickhouse_port")
+    @classmethod
+    def _valid_port(cls, value: int, info) -> int:
+        if not 1 <= value <= 65535:
+            raise ValueError(f"{info.field_name} must be a TCP port 1-65535, got {value}")
+        return value
+
+    @field_validator("ssh_host_key")
+    @classmethod
+    def _parseable_host_key(cls, value: str) -> str:
+        parse_host_key(value)
+        return value
+
+    @field_validator("project_dir", "docker_data_dir")
+    @classmethod
+    def _absolute(cls, value: str, info) -> str:
+        if not posixpath.isabs(value):
+            raise ValueError(f"{info.field_name} must be an absolute path, got {value!r}")
+        return posixpath.normpath(value)
+
+    @field_validator("layout")
+    @classmethod
+    def _known_layout(cls, value: str) -> str:
+        get_layout(value)
+        return value
+
+    # -- what the host is ---------------------------------------------------------------------
+    @property
+    def stack(self) -> StackLayout:
+        return get_layout(self.layout)
+
+    @property
+    def label(self) -> str:
+        return f"{self.ssh_host}:{self.ssh_port}/{self.project_name}"
+
+    @property
+    def transport(self) -> SSHTransport:
+        return SSHTransport(
+            SSHTarget(
+                host=self.ssh_host,
+                port=self.ssh_port,
+                user=self.ssh_user,
+                private_key=self.ssh_private_key.get_secret_value(),
+                host_key=self.ssh_host_key,
+                connect_timeout=self.connect_timeout,
+            )
+        )
+
+    # -- commands as data ---------------------------------------------------------------------
+    def compose_argv(self, *args: str) -> list[str]:
+        return [
+            "docker",
+            "compose",
+            "--project-directory",
+            self.project_dir,
+            "-p",
+            self.project_name,
+            *args,
+        ]
+
+    def exec_argv(self, role: Role, *argv: str) -> list[str]:
+        """argv to run a command inside the running container of `role`."""
+        return self.compose_argv("exec", "-T", self.stack.service(role), *argv)
+
+    def probe_argv(self, role: Role) -> list[str]:
+        """A cheap liveness probe of a data service, run inside its container."""
+        stack = self.stack
+        if role is Role.POSTGRES:
+            return self.exec_argv(role, "pg_isready", "-h", "127.0.0.1", "-p",
+                                  str(self.postgres_port), "-U", stack.postgres_user, "-d",
+                                  stack.postgres_db)  # fmt: skip
+        if role is Role.REDIS:
+            return self.exec_argv(role, "redis-cli", "-p", str(self.redis_port), "ping")
+        if role is Role.CLICKHOUSE:
+            return self.exec_argv(role, "clickhouse-client", "--port", str(self.clickhouse_port),
+                                  "--query", "SELECT 1")  # fmt: skip
+        raise ValueError(f"no probe for role {role}")
+
+    def ps_argv(self) -> list[str]:
+        return self.compose_argv("ps", "--all", "--format", "json")
+
+    def services_argv(self) -> list[str]:
+        return self.compose_argv("config", "--services")
+
+    def disk_argv(self) -> list[str]:
+        return ["df", "-P", "-B1", self.docker_data_dir]
+
+    # -- I/O, all through the one transport ----------------------------------------------------
+    def run(self, argv: Sequence[str], **kwargs) -> CommandResult:
+        return self.transport.run(argv, **kwargs)
+
+    def compose(self, *args: str, **kwargs) -> CommandResult:
+        return self.transport.run(self.compose_argv(*args), **kwargs)
+
+    @contextlib.contextmanager
+    def stream(self, argv: Sequence[str], **kwargs) -> Iterator[BinaryIO]:
+        with self.transport.stream(argv, **kwargs) as reader:
+            yield reader
+
+    def put(self, path: str, data: bytes | BinaryIO, *, mode: int = 0o600) -> None:
+        self.transport.put(path, data, mode=mode)
+
+    def get(self, path: str) -> bytes:
+        return self.transport.get(path)
+
+    @contextlib.contextmanager
+    def tunnel(self, remote_port: int, remote_host: str = "127.0.0.1") -> Iterator[int]:
+        with self.transport.tunnel(remote_port, remote_host) as port:
+            yield port
+
+    def close(self) -> None:
+        self.transport.close()

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The project's entry point on a Debian machine; installs what it needs, idempotently.
+#   bash infra/run.sh demo   # sandbox + Prefect server + the demo flows, with a report
+#   bash infra/run.sh test   # sandbox + lint + the whole test suite
+#   bash infra/run.sh up|down
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=.venv
+
+ensure_python() {
+    if ! python3 -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+        echo "sentry-ops needs Python >= 3.11 (python3)" >&2
+        exit 1
+    fi
+    if [ ! -x "$venv/bin/python" ]; then
+        if ! python3 -m venv "$venv" 2>/dev/null; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+            python3 -m venv "$venv"
+        fi
+    fi
+    stamp=$(sha256sum pyproject.toml | cut -c1-16)
+    if [ "$(cat "$venv/.installed" 2>/dev/null)" != "$stamp" ]; then
+        "$venv/bin/pip" install -q --upgrade pip
+        "$venv/bin/pip" install -q -e '.[test]'
+        echo "$stamp" >"$venv/.installed"
+    fi
+}
+
+ensure_python
+export PREFECT_SERVER_ANALYTICS_ENABLED=0 PREFECT_LOGGING_LEVEL="${PREFECT_LOGGING_LEVEL:-INFO}"
+case "${1:-}" in
+demo)
+    "$venv/bin/python" -m infra.sandbox up --prefect
+    "$venv/bin/python" -m infra.demo
+    ;;
+test)
+    "$venv/bin/ruff" check .
+    "$venv/bin/ruff" format --check .
+    "$venv/bin/python" -m infra.sandbox up
+    "$venv/bin/python" -m pytest "${@:2}"
+    ;;
+up | down)
+    "$venv/bin/python" -m infra.sandbox "$1"
+    ;;
+*)
+    echo "usage: bash infra/run.sh demo|test|up|down" >&2
+    exit 2
+    ;;
+esac

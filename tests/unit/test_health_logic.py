@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import json
+
+from blocks.layouts import GUIDE
+from flows.health import assess_containers, assess_disk, parse_ps
+
+DEFINED = {"sentry", "sentry-worker", "sentry-cron", "sentry-postgres", "sentry-redis",
+           "sentry-clickhouse"}  # fmt: skip
+
+
+def row(service: str, state: str = "running", health: str = "") -> dict:
+    return {"Name": f"p-{service}-1", "Service": service, "State": state, "Health": health}
+
+
+def healthy_rows() -> list[dict]:
+    return [row(s, health="healthy" if s != "sentry-worker" else "") for s in sorted(DEFINED)]
+
+
+def test_parse_ps_reads_ndjson_and_arrays():
+    rows = healthy_rows()
+    ndjson = "\n".join(json.dumps(r) for r in rows) + "\n"
+    assert parse_ps(ndjson) == rows
+    assert parse_ps(json.dumps(rows)) == rows
+    assert parse_ps("  \n") == []
+
+
+def test_all_running_is_healthy_and_absent_optional_roles_are_not_checked():
+    checks = assess_containers(healthy_rows(), DEFINED, GUIDE)
+    assert all(c.ok for c in checks)
+    names = {c.name for c in checks}
+    assert "kafka: container" not in names  # not defined in this project, and optional
+    assert "postgres: container" in names
+
+
+def test_stopped_or_unhealthy_or_missing_fails_naming_the_role():
+    rows = [r for r in healthy_rows() if r["Service"] != "sentry-cron"]
+    rows = [row("sentry-postgres", "exited") if r["Service"] == "sentry-postgres" else r
+            for r in rows]  # fmt: skip
+    rows.append(row("sentry-worker", "running"))  # a scaled second worker
+    rows = [row("sentry", health="unhealthy") if r["Service"] == "sentry" else r for r in rows]
+    failed = {c.name: c.detail for c in assess_containers(rows, DEFINED, GUIDE) if not c.ok}
+    assert set(failed) == {"postgres: container", "cron: container", "web: container"}
+    assert "exited" in failed["postgres: container"]
+    assert "no container" in failed["cron: container"]
+
+
+def test_a_required_role_missing_from_the_project_fails():
+    checks = assess_containers(healthy_rows(), DEFINED - {"sentry-redis"}, GUIDE)
+    failed = [c for c in checks if not c.ok]
+    assert [c.name for c in failed] == ["redis: container"]
+
+
+def test_disk_threshold():
+    out = ("Filesystem 1-B Used Available Capacity Mounted on\n"
+           "/dev/vda 252000000000 22000000000 80000000000 22% /\n")  # fmt: skip
+    assert assess_disk(out, 5).ok
+    low = assess_disk(out, 100)
+    assert not low.ok and "80.0 GB free" in low.detail

@@ -1,0 +1,109 @@
+"""Block validation and the argv the block builds (commands are data)."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
+
+from blocks.layouts import GUIDE, SELF_HOSTED, DataVolume, Role, get_layout
+from blocks.sentry_host import SentryHost
+from blocks.ssh import quote
+
+
+def keypair() -> tuple[str, str]:
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    return private, public
+
+
+def make_host(**overrides) -> SentryHost:
+    private, public = keypair()
+    fields = dict(
+        ssh_host="sentry-1.example.internal",
+        ssh_private_key=private,
+        ssh_host_key=public,
+        project_dir="/opt/sentry",
+    )
+    fields.update(overrides)
+    return SentryHost(**fields)
+
+
+def test_defaults_are_the_guide_layout():
+    host = make_host()
+    assert host.ssh_port == 22 and host.layout == "guide"
+    assert host.stack is GUIDE
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("ssh_host", "", "ssh_host must be a non-empty word"),
+        ("ssh_host", "  ", "ssh_host must be a non-empty word"),
+        ("ssh_port", 0, "ssh_port must be a TCP port 1-65535"),
+        ("ssh_port", 70000, "ssh_port must be a TCP port 1-65535"),
+        ("layout", "kubernetes", "unknown stack layout 'kubernetes'; choose one of: guide"),
+        ("project_dir", "sentry", "project_dir must be an absolute path"),
+        ("ssh_host_key", "not-a-key", "a pinned host key looks like 'ssh-ed25519"),
+    ],
+)
+def test_bad_fields_are_rejected_with_a_message(field, value, message):
+    with pytest.raises(ValidationError) as info:
+        make_host(**{field: value})
+    assert message in str(info.value)
+    assert field in str(info.value)
+
+
+def test_secret_key_is_not_in_repr():
+    host = make_host()
+    secret = host.ssh_private_key.get_secret_value()
+    assert secret.splitlines()[1] not in repr(host)
+    assert secret.splitlines()[1] not in str(host.model_dump())
+
+
+def test_known_hosts_line_is_accepted_as_pin():
+    _, public = keypair()
+    assert make_host(ssh_host_key=f"[10.0.0.5]:2222 {public}").ssh_host_key
+
+
+def test_compose_and_probe_argv():
+    host = make_host(project_name="prod", postgres_port=15432)
+    assert host.compose_argv("ps") == [
+        "docker", "compose", "--project-directory", "/opt/sentry", "-p", "prod", "ps",
+    ]  # fmt: skip
+    argv = host.probe_argv(Role.POSTGRES)
+    assert argv[-11:] == [
+        "exec", "-T", "sentry-postgres", "pg_isready", "-h", "127.0.0.1", "-p", "15432",
+        "-U", "sentry", "-d", "sentry",
+    ][-11:]  # fmt: skip
+    selfhosted = make_host(layout="self-hosted")
+    assert selfhosted.probe_argv(Role.REDIS)[-5:] == ["redis", "redis-cli", "-p", "6379", "ping"]
+
+
+def test_quote_is_the_one_place_argv_becomes_a_line():
+    assert quote(["echo", "a b", "$HOME", "it's"]) == "echo 'a b' '$HOME' 'it'\"'\"'s'"
+    with pytest.raises(ValueError):
+        quote([])
+
+
+def test_layout_presets_match_shared_layouts():
+    assert GUIDE.service(Role.WORKER) == "sentry-worker"
+    assert SELF_HOSTED.service(Role.WORKER) == "taskworker"
+    assert SELF_HOSTED.service(Role.CRON) == "taskscheduler"
+    assert SELF_HOSTED.service(Role.NODESTORE) == "seaweedfs"
+    assert GUIDE.volumes[DataVolume.POSTGRES].docker_name("sentry") == "sentry_sentry-postgres"
+    assert SELF_HOSTED.volumes[DataVolume.POSTGRES].docker_name("x") == "sentry-postgres"
+    assert DataVolume.NODESTORE in SELF_HOSTED.backup_volumes
+    assert GUIDE.role_of("sentry-cron") is Role.CRON
+    with pytest.raises(ValueError, match="choose one of"):
+        get_layout("nope")
