@@ -471,7 +471,7 @@ def _pump(conn: socket.socket, chan: paramiko.Channel) -> None:
                 if not data:
                     break
                 conn.sendall(data)
-    except OSError:
+    except (OSError, ValueError):  # the tunnel closed both ends under us
         pass
     finally:
         chan.close()

@@ -78,14 +78,14 @@ def assess_disk(df_output: str, min_free_gb: float) -> Check:
 
 
 # -- tasks --------------------------------------------------------------------------------------
-@task(cache_policy=NO_CACHE, timeout_seconds=120)
+@task(cache_policy=NO_CACHE)
 def check_containers(host: SentryHost) -> list[Check]:
     defined = set(host.run(host.services_argv(), timeout=60).text.split())
     rows = parse_ps(host.run(host.ps_argv(), timeout=60).text)
     return assess_containers(rows, defined, host.stack)
 
 
-@task(cache_policy=NO_CACHE, timeout_seconds=60)
+@task(cache_policy=NO_CACHE)
 def check_web(host: SentryHost) -> Check:
     name = f"{Role.WEB}: /_health/"
     with host.tunnel(host.web_port) as port:
@@ -99,7 +99,7 @@ def check_web(host: SentryHost) -> Check:
             return Check(name, False, f"no answer on port {host.web_port}: {exc}")
 
 
-@task(cache_policy=NO_CACHE, timeout_seconds=60)
+@task(cache_policy=NO_CACHE)
 def check_service(host: SentryHost, role: Role) -> Check:
     name = {Role.POSTGRES: "pg_isready", Role.REDIS: "PING", Role.CLICKHOUSE: "SELECT 1"}[role]
     try:
@@ -109,7 +109,7 @@ def check_service(host: SentryHost, role: Role) -> Check:
     return Check(f"{role}: {name}", True, out[-200:])
 
 
-@task(cache_policy=NO_CACHE, timeout_seconds=60)
+@task(cache_policy=NO_CACHE)
 def check_disk(host: SentryHost, min_free_gb: float) -> Check:
     return assess_disk(host.run(host.disk_argv(), timeout=30).text, min_free_gb)
 

@@ -360,10 +360,37 @@ def stack_dir(name: str) -> Path:
     return STATE / "stacks" / name
 
 
+def project_name(name: str) -> str:
+    """Unique per state dir: two checkouts' sandboxes never share containers or volumes."""
+    return f"sandbox{digest(str(STATE))[:6]}-{name}"
+
+
 def compose(name: str, *args: str, **kw) -> subprocess.CompletedProcess:
     d = stack_dir(name)
-    return sh("docker", "compose", "--project-directory", str(d), "-p", f"sandbox-{name}", *args,
+    return sh("docker", "compose", "--project-directory", str(d), "-p", project_name(name), *args,
               **kw)  # fmt: skip
+
+
+def reap_orphan_stacks() -> None:
+    """Remove sandbox stacks (containers and volumes) whose state dir no longer exists."""
+    label = "com.docker.compose.project"
+    fmt = f'{{{{.Label "{label}"}}}} {{{{.Label "{label}.working_dir"}}}}'
+    rows = sh("docker", "ps", "-a", "--filter", "label=com.docker.compose.project",
+              "--format", fmt).stdout.splitlines()  # fmt: skip
+    orphans = {
+        project
+        for project, _, workdir in (row.partition(" ") for row in rows)
+        if project.startswith("sandbox") and "/.sandbox/stacks/" in workdir
+        and not Path(workdir).exists()
+    }  # fmt: skip
+    for project in sorted(orphans):
+        ids = sh("docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}")
+        sh("docker", "rm", "-f", *ids.stdout.split(), check=False)
+        vols = sh("docker", "volume", "ls", "-q", "--filter",
+                  f"label=com.docker.compose.project={project}")  # fmt: skip
+        if vols.stdout.split():
+            sh("docker", "volume", "rm", *vols.stdout.split(), check=False)
+        log(f"removed orphaned sandbox stack {project} (its state dir is gone)")
 
 
 def write_stack_files(name: str, slot: int, version: str = DEFAULT_VERSION) -> tuple[Path, dict]:
@@ -415,7 +442,7 @@ def ensure_stack(name: str = "production", slot: int = 0) -> dict:
         compose(name, "up", "-d", "--wait")
     return {
         "project_dir": str(d),
-        "project_name": f"sandbox-{name}",
+        "project_name": project_name(name),
         "layout": "guide",
         "web_port": ports.web,
         "postgres_port": ports.postgres,
@@ -441,6 +468,7 @@ def up(with_prefect: bool = False) -> dict:
     STATE.chmod(0o700)
     ensure_docker()
     ensure_images()
+    reap_orphan_stacks()
     info = {
         "ssh": ensure_sshd(),
         "s3": ensure_s3(),

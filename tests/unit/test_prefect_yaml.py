@@ -1,0 +1,30 @@
+"""prefect.yaml is the one list of deployments: every entrypoint must import, and its
+parameters must be parameters of that flow."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def deployments() -> list[dict]:
+    return yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+
+
+def test_every_deployment_points_at_a_flow_with_those_parameters():
+    seen = set()
+    for deployment in deployments():
+        path, func = deployment["entrypoint"].split(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        flow = getattr(module, func)
+        params = inspect.signature(flow.fn).parameters
+        assert set(deployment.get("parameters", {})) <= set(params), deployment["name"]
+        assert deployment["work_pool"]["name"] == "sentry-ops"
+        assert deployment["name"] not in seen
+        seen.add(deployment["name"])
+    assert "health-check" in seen
