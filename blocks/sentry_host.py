@@ -14,8 +14,18 @@ from typing import BinaryIO
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
-from blocks.layouts import Role, StackLayout, get_layout
+from blocks.layouts import DataVolume, Role, StackLayout, get_layout
 from blocks.ssh import CommandResult, SSHTarget, SSHTransport, parse_host_key
+
+# The files that configure a stack, relative to its project dir (both layouts).
+CONFIG_FILES = (
+    ".env",
+    ".env.custom",
+    "docker-compose.yml",
+    "docker-compose.override.yml",
+    "sentry/config.yml",
+    "sentry/sentry.conf.py",
+)
 
 
 class SentryHost(Block):
@@ -55,6 +65,15 @@ class SentryHost(Block):
     redis_port: int = Field(default=6379, description="Redis port inside its container.")
     clickhouse_port: int = Field(
         default=9000, description="ClickHouse native port in its container."
+    )
+    postgres_password: SecretStr | None = Field(
+        default=None,
+        description="Password of the layout's Postgres user (None where the stack uses trust).",
+    )
+    postgres_tunnel_host: str = Field(
+        default="127.0.0.1",
+        description="Where Postgres answers as seen from the Docker host, for the SSH tunnel "
+        "used by backups (publish it on 127.0.0.1 with a compose override if needed).",
     )
     docker_data_dir: str = Field(
         default="/var/lib/docker", description="Docker's data directory, for the free-disk check."
@@ -136,14 +155,29 @@ class SentryHost(Block):
         """A cheap liveness probe of a data service, run inside its container."""
         stack = self.stack
         if role is Role.POSTGRES:
-            return self.exec_argv(role, "pg_isready", "-h", "127.0.0.1", "-p",
-                                  str(self.postgres_port), "-U", stack.postgres_user, "-d",
-                                  stack.postgres_db)  # fmt: skip
+            return self.exec_argv(
+                role,
+                "pg_isready",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.postgres_port),
+                "-U",
+                stack.postgres_user,
+                "-d",
+                stack.postgres_db,
+            )
         if role is Role.REDIS:
             return self.exec_argv(role, "redis-cli", "-p", str(self.redis_port), "ping")
         if role is Role.CLICKHOUSE:
-            return self.exec_argv(role, "clickhouse-client", "--port", str(self.clickhouse_port),
-                                  "--query", "SELECT 1")  # fmt: skip
+            return self.exec_argv(
+                role,
+                "clickhouse-client",
+                "--port",
+                str(self.clickhouse_port),
+                "--query",
+                "SELECT 1",
+            )
         raise ValueError(f"no probe for role {role}")
 
     def ps_argv(self) -> list[str]:
@@ -154,6 +188,39 @@ class SentryHost(Block):
 
     def disk_argv(self) -> list[str]:
         return ["df", "-P", "-B1", self.docker_data_dir]
+
+    def config_json_argv(self) -> list[str]:
+        return self.compose_argv("config", "--format", "json")
+
+    def sentry_version_argv(self) -> list[str]:
+        return self.exec_argv(Role.WEB, "sentry", "--version")
+
+    def volume_tar_argv(self, volume: DataVolume, image: str) -> list[str]:
+        """tar of a data volume to stdout, from a throwaway read-only container."""
+        name = self.stack.volumes[volume].docker_name(self.project_name)
+        return [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--label",
+            "sentry-ops.job=backup",
+            "-v",
+            f"{name}:/volume:ro",
+            "--entrypoint",
+            "tar",
+            image,
+            "-C",
+            "/volume",
+            "-cf",
+            "-",
+            ".",
+        ]
+
+    def config_tar_argv(self) -> list[str]:
+        """tar of the stack's configuration files that exist (they hold secrets)."""
+        return ["tar", "-C", self.project_dir, "--ignore-failed-read", "-cf", "-", *CONFIG_FILES]
 
     # -- I/O, all through the one transport ----------------------------------------------------
     def run(self, argv: Sequence[str], **kwargs) -> CommandResult:

@@ -223,8 +223,12 @@ class _StderrTail:
 
 
 class _ChannelReader(io.RawIOBase):
-    def __init__(self, channel: paramiko.Channel) -> None:
+    """stdout of a remote command; at EOF, `on_eof` checks the exit status (and may raise), so a
+    reader never sees a clean end of a stream whose command failed."""
+
+    def __init__(self, channel: paramiko.Channel, on_eof) -> None:
         self._channel = channel
+        self._on_eof = on_eof
         self.eof = False
         self.bytes_read = 0
 
@@ -237,6 +241,7 @@ class _ChannelReader(io.RawIOBase):
         data = self._channel.recv(len(buffer))
         if not data:
             self.eof = True
+            self._on_eof()
             return 0
         buffer[: len(data)] = data
         self.bytes_read += len(data)
@@ -340,12 +345,20 @@ class SSHTransport:
     def stream(self, argv: Sequence[str], *, timeout: float | None = 300) -> Iterator[BinaryIO]:
         """Yield argv's stdout as a buffered file object, read in bounded memory.
 
-        When the reader reached the end, the exit status is checked on leaving the block and a
-        non-zero one raises `RemoteCommandError`. `timeout` is the longest silence tolerated.
+        At the end of the stream the exit status is checked, and a non-zero one raises
+        `RemoteCommandError` from the read itself (so an upload reading it aborts instead of
+        completing). `timeout` is the longest silence tolerated.
         """
         channel = self._open(argv, timeout)
         stderr = _StderrTail(channel)
-        raw = _ChannelReader(channel)
+
+        def check_exit() -> None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            code = _exit_status(channel, deadline)
+            if code != 0:
+                raise RemoteCommandError(self.target.label, summarize(argv), code, stderr.text())
+
+        raw = _ChannelReader(channel, check_exit)
         reader = io.BufferedReader(raw, CHUNK)
         try:
             yield reader  # type: ignore[misc]
@@ -360,13 +373,7 @@ class SSHTransport:
         except BaseException:
             channel.close()
             raise
-        if raw.eof:
-            code = _exit_status(channel, None if timeout is None else time.monotonic() + timeout)
-            channel.close()
-            if code != 0:
-                raise RemoteCommandError(self.target.label, summarize(argv), code, stderr.text())
-        else:
-            channel.close()
+        channel.close()  # at EOF the exit status was checked; before it, the reader stopped early
 
     # -- files ------------------------------------------------------------------------------
     def put(self, path: str, data: bytes | BinaryIO, *, mode: int = 0o600) -> None:

@@ -14,10 +14,24 @@ import json
 import sys
 from pathlib import Path
 
-from blocks.sentry_host import SentryHost
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.exceptions import ObjectNotFound
+from prefect_aws import AwsClientParameters, AwsCredentials
 
-STACK_FIELDS = ("project_dir", "project_name", "layout", "web_port", "postgres_port",
-                "redis_port", "clickhouse_port")  # fmt: skip
+from blocks.backup_store import BackupStore
+from blocks.sentry_host import SentryHost
+from flows.backup import lock_name
+
+STACK_FIELDS = (
+    "project_dir",
+    "project_name",
+    "layout",
+    "web_port",
+    "postgres_port",
+    "redis_port",
+    "clickhouse_port",
+)
 
 
 def host_from_connection(info: dict) -> SentryHost:
@@ -28,13 +42,42 @@ def host_from_connection(info: dict) -> SentryHost:
         ssh_user=ssh["user"],
         ssh_private_key=Path(ssh["private_key_path"]).read_text(),
         ssh_host_key=ssh["host_key"],
+        postgres_password=stack.get("postgres_password"),
         **{k: stack[k] for k in STACK_FIELDS if k in stack},
     )
 
 
+def store_from_connection(info: dict, prefix: str = "sentry") -> BackupStore:
+    s3 = info["s3"]
+    return BackupStore(
+        bucket=s3["bucket"],
+        prefix=prefix,
+        credentials=AwsCredentials(
+            aws_access_key_id=s3["access_key"],
+            aws_secret_access_key=s3["secret_key"],
+            region_name=s3.get("region", "us-east-1"),
+            aws_client_parameters=AwsClientParameters(endpoint_url=s3["endpoint_url"]),
+        ),
+        config_encryption_key=s3.get("config_encryption_key"),
+    )
+
+
+def ensure_backup_lock(host_block_name: str) -> str:
+    """The strict global concurrency limit (1 slot) that serialises backups of one host."""
+    name = lock_name(host_block_name)
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    return name
+
+
 def save_blocks(info: dict, name: str) -> list[str]:
     host_from_connection(info).save(name, overwrite=True)
-    return [f"sentry-host/{name}"]
+    store_from_connection(info).save(name, overwrite=True)
+    lock = ensure_backup_lock(name)
+    return [f"sentry-host/{name}", f"sentry-backup-store/{name}", f"concurrency-limit/{lock}"]
 
 
 def main() -> int:

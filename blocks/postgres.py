@@ -1,0 +1,139 @@
+"""The stack's Postgres, reached from the worker through the host's SSH tunnel.
+
+Backups run `pg_dump` on the worker against the tunnel: measured faster than relaying
+`docker exec pg_dump` output (see infra/bench/backup_bench.py and TESTBED.md), and it lets the dump
+share an exported snapshot with the row counts, so the manifest's counts are exactly the dump's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import psycopg
+from psycopg import sql
+
+from blocks.sentry_host import SentryHost
+
+
+class PostgresError(Exception):
+    pass
+
+
+def dump_argv(port: int, user: str, db: str, snapshot: str | None = None) -> list[str]:
+    """Custom format, uncompressed (zstd on the worker is faster and smaller than -Z)."""
+    argv = [
+        "pg_dump",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-U",
+        user,
+        "-d",
+        db,
+        "-Fc",
+        "-Z0",
+        "--no-password",
+    ]
+    if snapshot:
+        argv.append(f"--snapshot={snapshot}")
+    return argv
+
+
+def restore_argv(port: int, user: str, db: str, jobs: int = 1) -> list[str]:
+    return [
+        "pg_restore",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-U",
+        user,
+        "-d",
+        db,
+        "--no-owner",
+        "--no-password",
+        "--exit-on-error",
+        f"--jobs={jobs}",
+    ]
+
+
+def client_env(host: SentryHost) -> dict[str, str]:
+    """Environment for local libpq tools: the password goes here, never into argv."""
+    env = {**os.environ, "PGCONNECT_TIMEOUT": "10"}
+    if host.postgres_password is not None:
+        env["PGPASSWORD"] = host.postgres_password.get_secret_value()
+    return env
+
+
+def client_major(tool: str = "pg_dump") -> int:
+    path = shutil.which(tool)
+    if not path:
+        raise PostgresError(
+            f"{tool} is not installed on this worker: install the PostgreSQL client "
+            "(Debian: apt-get install postgresql-client) of the server's major version or newer"
+        )
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"\(PostgreSQL\)\s+(\d+)", out).group(1))
+
+
+@contextlib.contextmanager
+def connect(host: SentryHost, port: int, dbname: str | None = None) -> Iterator[psycopg.Connection]:
+    """psycopg to the stack's Postgres through a tunnel that is already open on `port`."""
+    password = host.postgres_password.get_secret_value() if host.postgres_password else None
+    try:
+        conn = psycopg.connect(
+            host="127.0.0.1",
+            port=port,
+            user=host.stack.postgres_user,
+            dbname=dbname or host.stack.postgres_db,
+            password=password,
+            connect_timeout=10,
+        )
+    except psycopg.OperationalError as exc:
+        raise PostgresError(
+            f"{host.label}: cannot connect to Postgres at {host.postgres_tunnel_host}:"
+            f"{host.postgres_port} (via SSH) as {host.stack.postgres_user}: "
+            f"{str(exc).strip()[-300:]}. Check postgres_port/postgres_tunnel_host and the "
+            "block's postgres_password"
+        ) from None
+    with conn:
+        yield conn
+
+
+def user_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    return conn.execute(
+        "SELECT table_schema, table_name FROM information_schema.tables "
+        "WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', "
+        "'information_schema') ORDER BY 1, 2"
+    ).fetchall()
+
+
+def row_counts(conn: psycopg.Connection) -> dict[str, int]:
+    """Exact per-table row counts, in the connection's current transaction (snapshot)."""
+    counts = {}
+    for schema, table in user_tables(conn):
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(table)
+        )
+        name = table if schema == "public" else f"{schema}.{table}"
+        counts[name] = conn.execute(query).fetchone()[0]
+    return counts
+
+
+def table_checksums(conn: psycopg.Connection) -> dict[str, str]:
+    """md5 over each table's rows in primary-key order: equal content <=> equal checksum."""
+    sums = {}
+    for schema, table in user_tables(conn):
+        query = sql.SQL(
+            "SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM {}.{} t"
+        ).format(sql.Identifier(schema), sql.Identifier(table))
+        sums[table if schema == "public" else f"{schema}.{table}"] = conn.execute(query).fetchone()[
+            0
+        ]
+    return sums

@@ -1,0 +1,387 @@
+"""Nightly backup of a Sentry host to S3: streamed, verified, committed by a manifest.
+
+Runbook, in order:
+1. preflight, before anything is written: the store answers (bucket, credentials), the host
+   answers, the compose project and its data volumes exist, the worker's pg_dump is new enough;
+2. take the host's backup lock (a strict Prefect global concurrency limit named after the host);
+3. Postgres: export a snapshot; `pg_dump -Fc --snapshot` through the SSH tunnel -> zstd -> S3
+   multipart, while exact per-table row counts are taken in that same snapshot;
+4. each data volume of the layout (guide: files; self-hosted: files + seaweedfs nodestore):
+   tar in a throwaway container -> SSH -> zstd -> S3 multipart;
+5. the stack's config, Fernet-encrypted with the store's key (left out when it has none);
+6. manifest.json, last: the commit marker;
+7. retention; artifacts; the event `sentry.backup.completed`.
+Nothing is staged on disk, host or worker; memory is bounded by a few multipart parts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from importlib.metadata import version as package_version
+from typing import BinaryIO
+
+import zstandard
+from cryptography.fernet import Fernet
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+from prefect.events import emit_event
+
+from blocks import postgres
+from blocks.backup_store import BackupManifest, BackupStore, StoredObject, new_backup_id
+from blocks.layouts import DataVolume, Role
+from blocks.sentry_host import SentryHost
+from flows.retention import apply_retention
+
+ZSTD_LEVEL = 3  # 3.5x on Sentry data at ~250 MB/s a core (TESTBED.md); gzip/-Z cap at ~50 MB/s
+READ = 1 << 20
+
+
+class BackupError(Exception):
+    pass
+
+
+def lock_name(host: str) -> str:
+    """The global concurrency limit that serialises backups of one host."""
+    return "sentry-backup-" + re.sub(r"[^a-z0-9-]+", "-", host.lower()).strip("-")
+
+
+# -- streams ------------------------------------------------------------------------------------
+class _Counter:
+    def __init__(self, source: BinaryIO) -> None:
+        self.source, self.count = source, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.source.read(n)
+        self.count += len(data)
+        return data
+
+
+class _ProcessOutput:
+    """stdout of a local process; at EOF a non-zero exit raises, so the upload aborts."""
+
+    def __init__(self, proc: subprocess.Popen, what: str) -> None:
+        self.proc, self.what = proc, what
+        self.stderr: list[bytes] = []
+        self._drain = threading.Thread(target=lambda: self.stderr.extend(proc.stderr), daemon=True)
+        self._drain.start()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.proc.stdout.read(n)
+        if not data:
+            code = self.proc.wait()
+            self._drain.join(5)
+            if code != 0:
+                tail = b"".join(self.stderr).decode("utf-8", "replace").strip()[-1500:]
+                raise BackupError(f"{self.what} exited with {code}: {tail}")
+        return data
+
+
+def ship(
+    store: BackupStore,
+    key: str,
+    name: str,
+    source: BinaryIO,
+    on_progress: Callable[[int], None] | None = None,
+) -> StoredObject:
+    """source -> zstd -> S3 multipart, with size and sha256 of the stored bytes."""
+    started = time.monotonic()
+    raw = _Counter(source)
+    compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_reader(raw, read_size=READ)
+    with ThreadPoolExecutor(1, thread_name_prefix="upload") as pool:
+        upload = pool.submit(store.upload_stream, key, compressed)
+        while True:  # progress is reported from this (the task's) thread
+            try:
+                size, sha256 = upload.result(timeout=2)
+                break
+            except FutureTimeout:
+                if on_progress:
+                    on_progress(raw.count)
+    return StoredObject(
+        name=name,
+        key=key,
+        size=size,
+        sha256=sha256,
+        compression="zstd",
+        raw_size=raw.count,
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+# -- tasks --------------------------------------------------------------------------------------
+@task(cache_policy=NO_CACHE)
+def preflight(host: SentryHost, store: BackupStore) -> dict[str, str]:
+    """Everything that can be checked before a byte is written; returns compose images."""
+    store.check_access()
+    config = json.loads(host.run(host.config_json_argv(), timeout=60).stdout)
+    images = {name: svc.get("image", "") for name, svc in config.get("services", {}).items()}
+    for volume in (DataVolume.POSTGRES, *host.stack.backup_volumes):
+        name = host.stack.volumes[volume].docker_name(host.project_name)
+        if host.run(["docker", "volume", "inspect", name], check=False, timeout=30).exit_code:
+            raise BackupError(
+                f"{host.label}: data volume {name} ({volume}) does not exist; "
+                "check the block's layout and project_name"
+            )
+    postgres.client_major("pg_dump")
+    return images
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60])
+def backup_postgres(host: SentryHost, store: BackupStore, backup_id: str) -> dict:
+    """pg_dump through the tunnel, row counts in the same snapshot; returns object + facts."""
+    logger = get_run_logger()
+    key = store.key(backup_id, "postgres.dump.zst")
+    with (
+        host.tunnel(host.postgres_port, host.postgres_tunnel_host) as port,
+        postgres.connect(host, port) as conn,
+    ):
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        server = conn.execute("SHOW server_version").fetchone()[0]
+        size_estimate = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+        server_major = int(server.split(".")[0])
+        if postgres.client_major("pg_dump") < server_major:
+            raise BackupError(
+                f"the worker's pg_dump is older than the server ({server}): "
+                f"install postgresql-client-{server_major} or newer"
+            )
+        argv = postgres.dump_argv(port, host.stack.postgres_user, host.stack.postgres_db, snapshot)
+        progress_id = create_progress_artifact(0.0, description=f"pg_dump of {host.label}")
+
+        def on_progress(done: int) -> None:
+            pct = min(99.0, 100.0 * done / max(size_estimate, 1))
+            update_progress_artifact(progress_id, pct, f"{done / 1e6:.0f} MB dumped")
+
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=postgres.client_env(host)
+        )
+        try:
+            counting = threading.Thread(target=lambda: counts.update(postgres.row_counts(conn)))
+            counts: dict[str, int] = {}
+            counting.start()  # same snapshot as the dump, while it runs
+            obj = ship(store, key, "postgres", _ProcessOutput(proc, "pg_dump"), on_progress)
+            counting.join()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        conn.execute("COMMIT")
+        update_progress_artifact(progress_id, 100.0, f"{obj.raw_size / 1e6:.0f} MB dumped")
+    logger.info(
+        "postgres: %.1f MB -> %.1f MB in %.1fs (%.0f MB/s)",
+        obj.raw_size / 1e6,
+        obj.size / 1e6,
+        obj.seconds,
+        obj.mb_per_s,
+    )
+    return {"object": obj, "row_counts": counts, "postgres_version": server}
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60])
+def backup_volume(
+    host: SentryHost, store: BackupStore, backup_id: str, volume: DataVolume, image: str
+) -> StoredObject:
+    key = store.key(backup_id, f"volume-{volume}.tar.zst")
+    with host.stream(host.volume_tar_argv(volume, image), timeout=300) as tar:
+        obj = ship(store, key, f"volume:{volume}", tar)
+    get_run_logger().info("volume %s: %.1f MB in %.1fs", volume, obj.raw_size / 1e6, obj.seconds)
+    return obj
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60])
+def backup_config(host: SentryHost, store: BackupStore, backup_id: str) -> StoredObject | None:
+    """The config holds the secret key and passwords: stored only Fernet-encrypted."""
+    if store.config_encryption_key is None:
+        get_run_logger().warning(
+            "config (.env, config.yml) NOT backed up: the store block has no "
+            "config_encryption_key; keep the stack's secrets in your secret manager"
+        )
+        return None
+    started = time.monotonic()
+    plain = host.run(host.config_tar_argv(), timeout=60).stdout
+    sealed = Fernet(store.config_encryption_key.get_secret_value().encode()).encrypt(plain)
+    key = store.key(backup_id, "config.tar.fernet")
+    store.put_bytes(key, sealed)
+    return StoredObject(
+        name="config",
+        key=key,
+        size=len(sealed),
+        sha256=hashlib.sha256(sealed).hexdigest(),
+        compression="none",
+        encryption="fernet",
+        raw_size=len(plain),
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])
+def sentry_version(host: SentryHost) -> str:
+    out = host.run(host.sentry_version_argv(), timeout=60).text
+    match = re.search(r"version\s+(\S+)", out)
+    return match.group(1) if match else out.strip()
+
+
+# -- flows --------------------------------------------------------------------------------------
+@flow(name="backup", log_prints=True)
+def backup(host: str, store: str, retries: int = 2) -> dict:
+    """Back up Postgres, the data volumes and (encrypted) config of `host` to `store`.
+
+    host: name of a SentryHost block. store: name of a BackupStore block.
+    retries: per-object retries of transient SSH/S3 failures (each retry starts the object anew).
+    """
+    logger = get_run_logger()
+    sentry_host, backup_store = SentryHost.load(host), BackupStore.load(store)
+    images = preflight(sentry_host, backup_store)
+    with concurrency(lock_name(host), occupy=1, strict=True, timeout_seconds=6 * 3600):
+        started = dt.datetime.now(dt.UTC)
+        backup_id = new_backup_id(host, started)
+        logger.info(
+            "backup %s of %s to s3://%s/%s",
+            backup_id,
+            sentry_host.label,
+            backup_store.bucket,
+            backup_store.prefix,
+        )
+        pg = backup_postgres.with_options(retries=retries)(sentry_host, backup_store, backup_id)
+        web_image = images.get(sentry_host.stack.service(Role.WEB), "")
+        objects = [pg["object"]]
+        for volume in sentry_host.stack.backup_volumes:
+            objects.append(
+                backup_volume.with_options(retries=retries)(
+                    sentry_host, backup_store, backup_id, volume, web_image
+                )
+            )
+        config = backup_config.with_options(retries=retries)(sentry_host, backup_store, backup_id)
+        if config:
+            objects.append(config)
+        manifest = BackupManifest(
+            backup_id=backup_id,
+            host=host,
+            layout=sentry_host.layout,
+            project_name=sentry_host.project_name,
+            started_at=started,
+            finished_at=dt.datetime.now(dt.UTC),
+            objects=objects,
+            postgres_version=pg["postgres_version"],
+            sentry_version=sentry_version(sentry_host),
+            images=images,
+            row_counts=pg["row_counts"],
+            config_included=config is not None,
+            sentry_ops_version=package_version("sentry-ops"),
+        )
+        manifest_key = backup_store.write_manifest(manifest)  # the commit marker, last
+    report(manifest, backup_store)
+    emit_event(
+        event="sentry.backup.completed",
+        resource={
+            "prefect.resource.id": f"sentry-ops.backup.{backup_id}",
+            "prefect.resource.name": backup_id,
+            "sentry-ops.host": host,
+        },
+        payload={
+            "backup_id": backup_id,
+            "host": host,
+            "store": store,
+            "manifest": manifest_key,
+            "bytes": sum(o.size for o in objects),
+        },
+    )
+    apply_retention(backup_store)
+    return {
+        "backup_id": backup_id,
+        "manifest": manifest_key,
+        "objects": len(objects),
+        "bytes": sum(o.size for o in objects),
+    }
+
+
+def report(manifest: BackupManifest, store: BackupStore) -> None:
+    create_table_artifact(
+        key="backup-objects",
+        table=[
+            {
+                "object": o.name,
+                "key": o.key,
+                "stored MB": round(o.size / 1e6, 2),
+                "raw MB": round((o.raw_size or o.size) / 1e6, 2),
+                "sha256": o.sha256,
+                "seconds": o.seconds,
+                "MB/s": round(o.mb_per_s, 1),
+            }
+            for o in manifest.objects
+        ],
+        description=f"Backup {manifest.backup_id} of {manifest.host} (Sentry "
+        f"{manifest.sentry_version}, Postgres {manifest.postgres_version}, "
+        f"{sum(manifest.row_counts.values())} rows in {len(manifest.row_counts)} tables, config "
+        f"{'included, encrypted' if manifest.config_included else 'not included'}) in "
+        f"s3://{store.bucket}/{store.prefix}",
+    )
+
+
+@task(cache_policy=NO_CACHE)
+def verify_object(store: BackupStore, obj: StoredObject) -> dict:
+    size, sha256 = store.sha256_of(obj.key)
+    ok = size == obj.size and sha256 == obj.sha256
+    return {
+        "object": obj.name,
+        "key": obj.key,
+        "ok": ok,
+        "detail": "matches"
+        if ok
+        else f"size {size} sha256 {sha256[:16]}... differs "
+        f"from the manifest's {obj.size} {obj.sha256[:16]}...",
+    }
+
+
+@flow(name="verify-backup")
+def verify_backup(store: str, backup_id: str) -> dict:
+    """Re-read every object of a backup and check its size and sha256 against the manifest."""
+    backup_store = BackupStore.load(store)
+    manifest = backup_store.read_manifest(backup_id)
+    results = [verify_object(backup_store, obj) for obj in manifest.objects]
+    create_table_artifact(
+        key="backup-verification", table=results, description=f"Verification of {backup_id}"
+    )
+    bad = [r for r in results if not r["ok"]]
+    if bad:
+        raise BackupError(
+            f"backup {backup_id} is corrupt: "
+            + "; ".join(f"{r['object']}: {r['detail']}" for r in bad)
+        )
+    return {"backup_id": backup_id, "verified": len(results)}
+
+
+@flow(name="list-backups")
+def list_backups(store: str) -> list[dict]:
+    """Every backup set in the store, newest first; only complete ones are restorable."""
+    rows = [
+        {
+            "backup_id": b.backup_id,
+            "time": b.when.isoformat() if b.when else "?",
+            "complete": b.complete,
+            "objects": len(b.keys),
+        }
+        for b in reversed(BackupStore.load(store).list_backups())
+    ]
+    create_table_artifact(key="backups", table=rows or [{"backup_id": "(none)"}])
+    return rows
+
+
+if __name__ == "__main__":
+    import sys
+
+    backup(sys.argv[1] if len(sys.argv) > 1 else "sandbox", "sandbox")
