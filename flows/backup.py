@@ -60,6 +60,20 @@ def lock_name(host: str) -> str:
     return "sentry-backup-" + re.sub(r"[^a-z0-9-]+", "-", host.lower()).strip("-")
 
 
+def unique_backup_id(store: BackupStore, host: str) -> tuple[dt.datetime, str]:
+    """Ids have 1 s resolution: never reuse one that already has objects (a run a second ago)."""
+    while True:
+        now = dt.datetime.now(dt.UTC)
+        backup_id = new_backup_id(host, now)
+        if (
+            not store.client()
+            .list_objects_v2(Bucket=store.bucket, Prefix=store.key(backup_id, ""), MaxKeys=1)
+            .get("KeyCount")
+        ):
+            return now, backup_id
+        time.sleep(1.0 - now.microsecond / 1e6)
+
+
 # -- streams ------------------------------------------------------------------------------------
 class _Counter:
     def __init__(self, source: BinaryIO) -> None:
@@ -247,8 +261,7 @@ def backup(host: str, store: str, retries: int = 2) -> dict:
     sentry_host, backup_store = SentryHost.load(host), BackupStore.load(store)
     images = preflight(sentry_host, backup_store)
     with concurrency(lock_name(host), occupy=1, strict=True, timeout_seconds=6 * 3600):
-        started = dt.datetime.now(dt.UTC)
-        backup_id = new_backup_id(host, started)
+        started, backup_id = unique_backup_id(backup_store, host)
         logger.info(
             "backup %s of %s to s3://%s/%s",
             backup_id,
