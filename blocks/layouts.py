@@ -56,6 +56,11 @@ class StackLayout(BaseModel):
     postgres_db: str
     # Data volumes that together make a full backup set (order = backup order).
     backup_volumes: tuple[DataVolume, ...]
+    # Where the stack's secrets are configured: .env variables (None: not by .env).
+    secret_key_env: str | None
+    postgres_password_env: str | None
+    # Dependencies started (and waited for) before migrations, in order.
+    dependencies: tuple[Role, ...]
 
     def service(self, role: Role) -> str:
         return self.services[role]
@@ -88,6 +93,9 @@ GUIDE = StackLayout(
     postgres_user="sentry",
     postgres_db="sentry",
     backup_volumes=(DataVolume.FILES,),
+    secret_key_env="SENTRY_SECRET_KEY",
+    postgres_password_env="POSTGRES_PASSWORD",
+    dependencies=(Role.POSTGRES, Role.REDIS, Role.CLICKHOUSE, Role.ZOOKEEPER, Role.KAFKA),
 )
 
 SELF_HOSTED = StackLayout(
@@ -126,6 +134,11 @@ SELF_HOSTED = StackLayout(
     postgres_user="postgres",
     postgres_db="postgres",
     backup_volumes=(DataVolume.FILES, DataVolume.NODESTORE),
+    # self-hosted keeps its secret key in sentry/config.yml (system.secret-key) and runs
+    # Postgres with trust auth; its ./install.sh bootstraps it.
+    secret_key_env=None,
+    postgres_password_env=None,
+    dependencies=(Role.POSTGRES, Role.REDIS, Role.CLICKHOUSE, Role.KAFKA, Role.NODESTORE),
 )
 
 LAYOUTS: dict[str, StackLayout] = {layout.name: layout for layout in (GUIDE, SELF_HOSTED)}

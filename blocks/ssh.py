@@ -27,6 +27,7 @@ import paramiko
 CHUNK = 1 << 20  # 1 MiB reads: the per-read overhead dominates below this
 WINDOW = 8 << 20  # SSH channel window: enough in flight to keep ~150 MB/s moving
 STDERR_TAIL = 8 << 10
+PUMP = 1 << 20  # tunnel reads: fewer, larger hand-offs between the channel and the socket
 
 
 class SSHError(Exception):
@@ -469,12 +470,12 @@ def _pump(conn: socket.socket, chan: paramiko.Channel) -> None:
         while True:
             readable, _, _ = select.select([conn, chan], [], [], 60)
             if conn in readable:
-                data = conn.recv(65536)
+                data = conn.recv(PUMP)
                 if not data:
                     break
                 chan.sendall(data)
             if chan in readable:
-                data = chan.recv(65536)
+                data = chan.recv(PUMP)
                 if not data:
                     break
                 conn.sendall(data)

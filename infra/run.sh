@@ -30,7 +30,7 @@ ensure_python
 export PREFECT_SERVER_ANALYTICS_ENABLED=0 PREFECT_LOGGING_LEVEL="${PREFECT_LOGGING_LEVEL:-INFO}"
 case "${1:-}" in
 demo)
-    "$venv/bin/python" -m infra.sandbox up --prefect
+    "$venv/bin/python" -m infra.sandbox up --prefect --bare
     "$venv/bin/python" -m infra.demo
     ;;
 test)

@@ -11,9 +11,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.sandbox", description=__doc__)
     parser.add_argument("action", choices=["up", "down", "status"])
     parser.add_argument("--prefect", action="store_true", help="also start a Prefect server")
+    parser.add_argument("--bare", action="store_true", help="leave the stack to bootstrap")
     args = parser.parse_args()
     if args.action == "up":
-        sandbox.up(with_prefect=args.prefect)
+        sandbox.up(with_prefect=args.prefect, bare=args.bare)
     elif args.action == "down":
         sandbox.down()
     else:

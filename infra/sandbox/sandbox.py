@@ -20,6 +20,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -415,11 +416,13 @@ def project_name(name: str) -> str:
     return f"sandbox{digest(str(STATE))[:6]}-{name}"
 
 
-def compose(name: str, *args: str, **kw) -> subprocess.CompletedProcess:
+def compose_argv(name: str, *args: str) -> list[str]:
     d = stack_dir(name)
-    return sh(
-        "docker", "compose", "--project-directory", str(d), "-p", project_name(name), *args, **kw
-    )
+    return ["docker", "compose", "--project-directory", str(d), "-p", project_name(name), *args]
+
+
+def compose(name: str, *args: str, **kw) -> subprocess.CompletedProcess:
+    return sh(*compose_argv(name, *args), **kw)
 
 
 def reap_orphan_stacks() -> None:
@@ -452,31 +455,23 @@ def reap_orphan_stacks() -> None:
         log(f"removed orphaned sandbox stack {project} (its state dir is gone)")
 
 
-def write_stack_files(name: str, slot: int, version: str = DEFAULT_VERSION) -> tuple[Path, dict]:
-    """The compose project dir of a stack, with a .env (0600) holding its ports and secrets."""
-    d = stack_dir(name)
-    d.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(HERE / "stack" / "docker-compose.yml", d / "docker-compose.yml")
-    env_file = d / ".env"
+def stack_settings(slot: int, version: str = DEFAULT_VERSION) -> dict[str, str]:
+    """The non-secret .env values of a sandbox stack: its image version and ports."""
     ports = StackPorts.slot(slot)
-    if not env_file.exists():
-        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(
-                f"SENTRY_VERSION={version}\n"
-                f"SENTRY_SECRET_KEY={secrets.token_urlsafe(48)}\n"
-                f"POSTGRES_PASSWORD={secrets.token_urlsafe(24)}\n"
-                f"SENTRY_WEB_PORT={ports.web}\nPOSTGRES_PORT={ports.postgres}\n"
-                f"REDIS_PORT={ports.redis}\nCLICKHOUSE_PORT={ports.clickhouse}\n"
-                f"CLICKHOUSE_HTTP_PORT={ports.clickhouse_http}\n"
-                f"CLICKHOUSE_INTERSERVER_PORT={ports.clickhouse_interserver}\n"
-            )
-    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
-    return d, env
+    return {
+        "SENTRY_VERSION": version,
+        "SENTRY_WEB_PORT": str(ports.web),
+        "POSTGRES_PORT": str(ports.postgres),
+        "REDIS_PORT": str(ports.redis),
+        "CLICKHOUSE_PORT": str(ports.clickhouse),
+        "CLICKHOUSE_HTTP_PORT": str(ports.clickhouse_http),
+        "CLICKHOUSE_INTERSERVER_PORT": str(ports.clickhouse_interserver),
+    }
 
 
 def secret_file(path: Path) -> str:
     """A generated secret kept in a 0600 file of the sandbox state."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -484,9 +479,45 @@ def secret_file(path: Path) -> str:
     return path.read_text()
 
 
-def ensure_stack(name: str = "production", slot: int = 0) -> dict:
-    d, env = write_stack_files(name, slot)
+def stack_info(name: str, slot: int) -> dict:
+    """How to reach a sandbox stack (whether or not it exists yet)."""
     ports = StackPorts.slot(slot)
+    env_file = stack_dir(name) / ".env"
+    existing = env_file.read_text() if env_file.exists() else ""
+    match = re.search(r"^POSTGRES_PASSWORD=(.+)$", existing, re.M)
+    password = match.group(1) if match else secret_file(STATE / "secrets" / f"{name}-postgres")
+    return {
+        "project_dir": str(stack_dir(name)),
+        "project_name": project_name(name),
+        "layout": "guide",
+        "web_port": ports.web,
+        "postgres_port": ports.postgres,
+        "redis_port": ports.redis,
+        "clickhouse_port": ports.clickhouse,
+        "clickhouse_http_port": ports.clickhouse_http,
+        "postgres_password": password,
+        "settings": stack_settings(slot),
+        "admin_email": ADMIN_EMAIL,
+        "admin_password_path": str(STATE / "admin_password"),
+    }
+
+
+def ensure_stack(name: str = "production", slot: int = 0) -> dict:
+    """Start a sandbox stack the quick way (tests); the demo uses the bootstrap flow instead."""
+    info = stack_info(name, slot)
+    d = stack_dir(name)
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(HERE / "stack" / "docker-compose.yml", d / "docker-compose.yml")
+    env_file = d / ".env"
+    if not env_file.exists():
+        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        values = {
+            **info["settings"],
+            "SENTRY_SECRET_KEY": secrets.token_urlsafe(48),
+            "POSTGRES_PASSWORD": info["postgres_password"],
+        }
+        with os.fdopen(fd, "w") as f:
+            f.writelines(f"{k}={v}\n" for k, v in values.items())
     admin_password = secret_file(STATE / "admin_password")
     running = compose(name, "ps", "--status", "running", "-q", check=False).stdout.split()
     if len(running) < 6:
@@ -502,28 +533,14 @@ def ensure_stack(name: str = "production", slot: int = 0) -> dict:
             "createuser",
             "--email",
             ADMIN_EMAIL,
-            "--password",
-            admin_password,
             "--superuser",
-            "--no-input",
             check=False,
+            input=f"{admin_password}\n{admin_password}\n",
         )
         if created.returncode not in (0, 3):  # 3: the user exists already
             raise RuntimeError(f"createuser failed: {created.stderr[-2000:]}")
         compose(name, "up", "-d", "--wait")
-    return {
-        "project_dir": str(d),
-        "project_name": project_name(name),
-        "layout": "guide",
-        "web_port": ports.web,
-        "postgres_port": ports.postgres,
-        "redis_port": ports.redis,
-        "clickhouse_port": ports.clickhouse,
-        "clickhouse_http_port": ports.clickhouse_http,
-        "postgres_password": env["POSTGRES_PASSWORD"],
-        "admin_email": ADMIN_EMAIL,
-        "admin_password_path": str(STATE / "admin_password"),
-    }
+    return info
 
 
 def remove_stack(name: str) -> None:
@@ -534,7 +551,7 @@ def remove_stack(name: str) -> None:
 
 
 # -- up / down ----------------------------------------------------------------------------------
-def up(with_prefect: bool = False) -> dict:
+def up(with_prefect: bool = False, bare: bool = False) -> dict:
     started = time.monotonic()
     STATE.mkdir(parents=True, exist_ok=True)
     STATE.chmod(0o700)
@@ -544,7 +561,7 @@ def up(with_prefect: bool = False) -> dict:
     info = {
         "ssh": ensure_sshd(),
         "s3": ensure_s3(),
-        "stack": ensure_stack("production", 0),
+        "stack": stack_info("production", 0) if bare else ensure_stack("production", 0),
     }
     if with_prefect:
         info["prefect_api_url"] = ensure_prefect_server()

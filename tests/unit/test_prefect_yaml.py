@@ -27,4 +27,18 @@ def test_every_deployment_points_at_a_flow_with_those_parameters():
         assert deployment["work_pool"]["name"] == "sentry-ops"
         assert deployment["name"] not in seen
         seen.add(deployment["name"])
-    assert "health-check" in seen
+    assert {
+        "health-check",
+        "bootstrap",
+        "nightly-backup",
+        "verify-backup",
+        "list-backups",
+        "backup-retention",
+    } <= seen
+
+
+def test_nightly_backup_is_at_two_with_a_timezone_and_one_at_a_time():
+    nightly = next(d for d in deployments() if d["name"] == "nightly-backup")
+    assert nightly["schedules"][0]["cron"] == "0 2 * * *"
+    assert nightly["schedules"][0]["timezone"]
+    assert nightly["concurrency_limit"] == 1

@@ -164,12 +164,20 @@ def hash_password(password: str) -> str:
 
 
 def cmd_createuser(args: argparse.Namespace) -> int:
-    if not args.no_input and (not args.email or not args.password):
-        print("error: --email and --password are required with --no-input", file=sys.stderr)
+    if not args.email:
+        print("error: --email is required", file=sys.stderr)
         return 2
     if args.password is None:
-        print("error: --password is required", file=sys.stderr)
-        return 2
+        if args.no_input:
+            print("error: --password is required with --no-input", file=sys.stderr)
+            return 2
+        # Like the real command's hidden prompt with confirmation, which falls back to stdin
+        # when there is no terminal (`docker compose run -T`).
+        first, second = sys.stdin.readline().rstrip("\n"), sys.stdin.readline().rstrip("\n")
+        if not first or first != second:
+            print("Error: the two entered values do not match", file=sys.stderr)
+            return 2
+        args.password = first
     with connect() as conn:
         try:
             user_id = conn.execute(

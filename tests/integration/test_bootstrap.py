@@ -1,0 +1,120 @@
+"""Bootstrap a bare sandbox host (fresh project dir and volumes) through the real Prefect API."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from pathlib import Path
+
+import pytest
+from prefect.blocks.system import Secret
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+
+from blocks import postgres
+from deployments.setup import host_from_connection
+from flows.bootstrap import ALREADY, BootstrapError, HostRequirements, bootstrap
+from infra.sandbox import sandbox as sb
+
+STACK = str(Path(sb.HERE, "stack"))
+SMALL = HostRequirements(min_cpus=1, min_memory_gb=1, min_disk_gb=1)
+
+
+@pytest.fixture()
+def bare_host(sandbox, prefect_api):
+    """A bare host: a project dir that does not exist yet, on ports of its own (slot 3)."""
+    name = f"boot{uuid.uuid4().hex[:6]}"
+    stack = sb.stack_info(name, 3)
+    host = host_from_connection({**sandbox, "stack": stack})
+    host.save(name, overwrite=True)
+    password = secrets.token_urlsafe(16)
+    Secret(value=password).save(f"{name}-admin", overwrite=True)
+    yield {"name": name, "host": host, "stack": stack, "password": password}
+    sb.remove_stack(name)
+
+
+def run(bare: dict, **overrides):
+    stack = bare["stack"]
+    kwargs = dict(
+        host=bare["name"],
+        admin_email="ops@example.com",
+        admin_password_secret=f"{bare['name']}-admin",
+        stack_files=STACK,
+        settings=stack["settings"],
+        requirements=SMALL,
+        extra_ports=[stack["postgres_port"], stack["redis_port"], stack["clickhouse_port"]],
+    )
+    kwargs.update(overrides)
+    return bootstrap(**kwargs, return_state=True)
+
+
+async def run_texts(flow_run_id) -> str:
+    """Every log line and artifact of a flow run (and its tasks), and its parameters, as text."""
+    async with get_client() as client:
+        logs = await client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+        flow_run = await client.read_flow_run(flow_run_id)
+    parts = [log.message for log in logs] + [str(a.data) + str(a.description) for a in artifacts]
+    assert logs and artifacts, "no logs or artifacts captured: the search would prove nothing"
+    return "\n".join([*parts, str(flow_run.parameters)])
+
+
+def test_bootstrap_from_nothing_then_rerun_is_a_noop(bare_host):
+    host = bare_host["host"]
+    assert not Path(host.project_dir).exists()
+    state = run(bare_host)
+    steps = {s["step"]: s for s in state.result()}
+    assert steps["/_health/"]["status"] == "done" and "ok" in steps["/_health/"]["detail"]
+    assert steps["superuser"]["status"] == "done"
+    assert host.transport.stat_mode(f"{host.project_dir}/.env") == 0o600
+    env_before = host.get(f"{host.project_dir}/.env")
+    secret_key = next(
+        line.split("=", 1)[1] for line in env_before.decode().splitlines()
+        if line.startswith("SENTRY_SECRET_KEY=")
+    )  # fmt: skip
+    assert len(secret_key) > 40
+    with host.tunnel(host.postgres_port) as port, postgres.connect(host, port) as conn:
+        users = conn.execute(
+            "SELECT email, is_superuser FROM auth_user WHERE email = 'ops@example.com'"
+        ).fetchall()
+    assert users == [("ops@example.com", True)]
+
+    # The secret key, the admin and the Postgres password appear nowhere in logs or artifacts.
+    text = asyncio.run(run_texts(state.state_details.flow_run_id))
+    for secret in (secret_key, bare_host["password"], host.postgres_password.get_secret_value()):
+        assert secret not in text
+
+    again = run(bare_host)
+    steps = {s["step"]: s["status"] for s in again.result()}
+    for step in (".env", "stack files", "dependencies", "migrations", "superuser", "services"):
+        assert steps[step] == ALREADY, (step, steps)
+    assert host.get(f"{host.project_dir}/.env") == env_before  # same secret key, untouched
+    with host.tunnel(host.postgres_port) as port, postgres.connect(host, port) as conn:
+        assert conn.execute("SELECT count(*) FROM auth_user").fetchone()[0] == 1
+    text = asyncio.run(run_texts(again.state_details.flow_run_id))
+    assert secret_key not in text and bare_host["password"] not in text
+
+
+def test_guide_minimum_refuses_a_small_host_before_changing_anything(bare_host):
+    host = bare_host["host"]
+    with pytest.raises(BootstrapError, match=r"preflight failed, nothing was changed: cpu: \d"):
+        run(bare_host, requirements=HostRequirements()).result()
+    assert not Path(host.project_dir).exists()
+
+
+def test_bad_input_is_rejected_early(bare_host):
+    with pytest.raises(BootstrapError, match="admin_email='root' is not an email address"):
+        run(bare_host, admin_email="root").result()
+    with pytest.raises(ValueError, match="no-such-secret"):
+        run(bare_host, admin_password_secret="no-such-secret").result()
+    assert not Path(bare_host["host"].project_dir).exists()
