@@ -81,6 +81,9 @@ class BackupManifest(BaseModel):
     sentry_version: str
     images: dict[str, str] = Field(description="compose service -> image")
     row_counts: dict[str, int]
+    newest_event: str | None = Field(
+        default=None, description="'<event_id> <time>' of the newest event in the dump"
+    )
     config_included: bool
     sentry_ops_version: str
 

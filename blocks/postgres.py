@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -137,3 +139,40 @@ def table_checksums(conn: psycopg.Connection) -> dict[str, str]:
             0
         ]
     return sums
+
+
+def newest_event(conn: psycopg.Connection) -> str | None:
+    """'<event_id> <datetime>' of the newest event (Sentry's sentry_message), if there is one."""
+    exists = conn.execute("SELECT to_regclass('public.sentry_message')").fetchone()[0]
+    if not exists:
+        return None
+    row = conn.execute(
+        "SELECT event_id::text, datetime FROM sentry_message ORDER BY datetime DESC, id DESC "
+        "LIMIT 1"
+    ).fetchone()
+    return f"{row[0]} {row[1].isoformat()}" if row else None
+
+
+def restore_from(host: SentryHost, port: int, source, jobs: int = 1) -> float:
+    """Stream a custom-format dump from `source` (a readable) into pg_restore; returns seconds."""
+    started = time.monotonic()
+    argv = restore_argv(port, host.stack.postgres_user, host.stack.postgres_db, jobs)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=client_env(host)
+    )
+    stderr: list[bytes] = []
+    drain = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)
+    drain.start()
+    try:
+        while chunk := source.read(1 << 20):
+            proc.stdin.write(chunk)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # pg_restore stopped early: its exit status and stderr say why
+    finally:
+        code = proc.wait()
+        drain.join(5)
+    if code != 0:
+        tail = b"".join(stderr).decode("utf-8", "replace").strip()[-1500:]
+        raise PostgresError(f"pg_restore exited with {code}: {tail}")
+    return time.monotonic() - started

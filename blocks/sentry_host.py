@@ -218,6 +218,29 @@ class SentryHost(Block):
             ".",
         ]
 
+    def volume_untar_argv(self, volume: DataVolume, image: str) -> list[str]:
+        """Unpack a tar from stdin into a data volume, from a throwaway container."""
+        name = self.stack.volumes[volume].docker_name(self.project_name)
+        return [
+            "docker",
+            "run",
+            "--rm",
+            "-i",
+            "--network",
+            "none",
+            "--label",
+            "sentry-ops.job=restore",
+            "-v",
+            f"{name}:/volume",
+            "--entrypoint",
+            "tar",
+            image,
+            "-C",
+            "/volume",
+            "-xf",
+            "-",
+        ]
+
     def config_tar_argv(self) -> list[str]:
         """tar of the stack's configuration files that exist (they hold secrets)."""
         return ["tar", "-C", self.project_dir, "--ignore-failed-read", "-cf", "-", *CONFIG_FILES]

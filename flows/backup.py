@@ -166,6 +166,7 @@ def backup_postgres(host: SentryHost, store: BackupStore, backup_id: str) -> dic
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         server = conn.execute("SHOW server_version").fetchone()[0]
+        newest = postgres.newest_event(conn)
         size_estimate = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
         server_major = int(server.split(".")[0])
         if postgres.client_major("pg_dump") < server_major:
@@ -202,7 +203,7 @@ def backup_postgres(host: SentryHost, store: BackupStore, backup_id: str) -> dic
         obj.seconds,
         obj.mb_per_s,
     )
-    return {"object": obj, "row_counts": counts, "postgres_version": server}
+    return {"object": obj, "row_counts": counts, "postgres_version": server, "newest": newest}
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60])
@@ -293,6 +294,7 @@ def backup(host: str, store: str, retries: int = 2) -> dict:
             sentry_version=sentry_version(sentry_host),
             images=images,
             row_counts=pg["row_counts"],
+            newest_event=pg["newest"],
             config_included=config is not None,
             sentry_ops_version=package_version("sentry-ops"),
         )

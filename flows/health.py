@@ -85,8 +85,8 @@ def check_containers(host: SentryHost) -> list[Check]:
     return assess_containers(rows, defined, host.stack)
 
 
-@task(cache_policy=NO_CACHE)
-def check_web(host: SentryHost) -> Check:
+def probe_web(host: SentryHost) -> Check:
+    """GET /_health/ on the host's web port through the SSH tunnel (plain function: pollable)."""
     name = f"{Role.WEB}: /_health/"
     with host.tunnel(host.web_port) as port:
         try:
@@ -97,6 +97,11 @@ def check_web(host: SentryHost) -> Check:
             return Check(name, False, f"{exc.code} {exc.read(200).decode('utf-8', 'replace')}")
         except OSError as exc:
             return Check(name, False, f"no answer on port {host.web_port}: {exc}")
+
+
+@task(cache_policy=NO_CACHE)
+def check_web(host: SentryHost) -> Check:
+    return probe_web(host)
 
 
 @task(cache_policy=NO_CACHE)

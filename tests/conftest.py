@@ -6,6 +6,7 @@ Nothing here skips: if the sandbox cannot come up, every integration test errors
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
 
@@ -40,3 +41,75 @@ def saved_host(sandbox, prefect_api) -> str:
 
     save_blocks(sandbox, "test-sandbox")
     return "test-sandbox"
+
+
+@pytest.fixture()
+def store_name(sandbox, prefect_api) -> str:
+    """A store block with a prefix of its own, so tests never see each other's backups."""
+    from deployments.setup import store_from_connection
+
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    store_from_connection(sandbox, prefix=name).save(name, overwrite=True)
+    return name
+
+
+EVENTS = 120_000
+
+
+@pytest.fixture(scope="session")
+def seeded(sandbox) -> int:
+    """>= 100k events with unicode, NULLs and large payloads; a user made by the stand-in."""
+    from blocks import postgres
+    from deployments.setup import host_from_connection
+
+    host = host_from_connection(sandbox)
+    with host.tunnel(host.postgres_port) as port, postgres.connect(host, port) as conn:
+        have = conn.execute("SELECT count(*) FROM sentry_message").fetchone()[0]
+        if have < EVENTS:
+            conn.execute(
+                "INSERT INTO sentry_organization (slug, name) VALUES ('acme', 'Acmé GmbH ✓') "
+                "ON CONFLICT DO NOTHING"
+            )
+            project = conn.execute(
+                "INSERT INTO sentry_project (organization_id, slug, name) SELECT id, 'web', "
+                "'Wéb 🚀' FROM sentry_organization WHERE slug = 'acme' "
+                "ON CONFLICT (organization_id, slug) DO UPDATE SET name = excluded.name "
+                "RETURNING id"
+            ).fetchone()[0]
+            conn.execute(
+                "INSERT INTO sentry_groupedmessage (project_id, title, culprit, level, "
+                "first_seen, last_seen) SELECT %s, 'Ошибка ' || g || ' — ünïcødé', "
+                "CASE WHEN g %% 3 = 0 THEN NULL ELSE 'app.views.' || g END, 'error', "
+                "now() - interval '40 days', now() FROM generate_series(1, 500) g "
+                "ON CONFLICT DO NOTHING",
+                (project,),
+            )
+            conn.execute(
+                "INSERT INTO sentry_message (project_id, group_id, event_id, message, platform, "
+                "datetime) SELECT %s, (SELECT min(id) FROM sentry_groupedmessage) + i %% 500, "
+                "md5('e' || i)::uuid, CASE WHEN i %% 10 = 0 THEN NULL ELSE "
+                "'ValueError: ' || i || ' ✗ ñ 漢字' END, 'python', "
+                "now() - (i %% 5000) * interval '1 hour' FROM generate_series(1, %s) i "
+                "ON CONFLICT DO NOTHING",
+                (project, EVENTS),
+            )
+            conn.execute(
+                "INSERT INTO nodestore_node (id, data, timestamp) SELECT md5('e' || i), "
+                "CASE WHEN i %% 1000 = 0 THEN repeat(md5(i::text), 8000) "  # 256 KB payloads
+                "ELSE '{\"exception\": \"' || repeat('frame ' || i, 20) || '\"}' END, now() "
+                "FROM generate_series(1, %s) i ON CONFLICT DO NOTHING",
+                (EVENTS,),
+            )
+        random_rows = conn.execute(
+            "SELECT count(*) FROM nodestore_node WHERE id LIKE 'rand-%%'"
+        ).fetchone()[0]
+        if random_rows < 3000:  # incompressible payloads: the dump spans several S3 parts
+            conn.execute(
+                "INSERT INTO nodestore_node (id, data, timestamp) SELECT 'rand-' || i, "
+                "(SELECT string_agg(md5(random()::text || i || k), '') "
+                " FROM generate_series(1, 500) k), now() FROM generate_series(1, 3000) i "
+                "ON CONFLICT DO NOTHING"
+            )
+        users = conn.execute("SELECT count(*) FROM auth_user").fetchone()[0]
+    assert users >= 1  # the sandbox's admin, made by the stand-in's `sentry createuser`
+    return EVENTS
