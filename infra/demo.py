@@ -16,15 +16,49 @@ from pathlib import Path
 from infra.sandbox import sandbox
 
 
+def send_events(info: dict, count: int) -> list:
+    """Events into the stand-in's store endpoint, through the SSH tunnel, like SDKs would."""
+    import json
+    import urllib.request
+
+    from deployments.setup import host_from_connection
+
+    host = host_from_connection(info)
+    ids = []
+    with host.tunnel(host.web_port) as port:
+        for i in range(count):
+            event = {"message": f"ZeroDivisionError: demo {i} ✓", "platform": "python"}
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/1/store/", data=json.dumps(event).encode()
+            )
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                ids.append(json.loads(resp.read())["id"])
+    return ids
+
+
+def drill_report() -> str:
+    """The drill's markdown report artifact, as the UI shows it."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        latest = client.read_latest_artifacts(limit=50)
+    reports = [a for a in latest if a.key == "restore-drill"]
+    return str(reports[0].data) if reports else "(no drill report)"
+
+
 def summarize(result: object) -> str:
+    if isinstance(result, dict) and "rto_seconds" in result:
+        return f"passed (RTO {result['rto_seconds']} s, RPO {result['rpo_seconds']:.0f} s)"
+    if isinstance(result, dict) and "backup_id" in result:
+        return f"passed ({result['backup_id']}, {result['bytes'] / 1e6:.1f} MB stored)"
+    if isinstance(result, list) and result and isinstance(result[0], str):
+        return f"passed ({len(result)} sent)"
     if isinstance(result, list):
         statuses = [r.get("status") for r in result if isinstance(r, dict) and "status" in r]
         if statuses:
             done, already = statuses.count("done"), statuses.count("already done")
             return f"passed ({done} done, {already} already done)"
         return f"passed ({len(result)} checks)"
-    if isinstance(result, dict) and "backup_id" in result:
-        return f"passed ({result['backup_id']}, {result['bytes'] / 1e6:.1f} MB stored)"
     return "passed"
 
 
@@ -43,6 +77,7 @@ def main() -> int:
     from flows.backup import backup
     from flows.bootstrap import HostRequirements, bootstrap
     from flows.health import health_check
+    from flows.restore_drill import DrillStack, restore_drill
 
     print(f"saved blocks: {', '.join(save_blocks(info, 'sandbox'))}")
     Secret(value=Path(info["stack"]["admin_password_path"]).read_text()).save(
@@ -75,6 +110,7 @@ def main() -> int:
         ),
     )
     step("health-check", lambda: health_check("sandbox"))
+    step("send events", lambda: send_events(info, 25))
     taken = step("backup", lambda: backup("sandbox", "sandbox"))
     if taken:
         store = BackupStore.load("sandbox")
@@ -89,6 +125,12 @@ def main() -> int:
             f"  Sentry {manifest.sentry_version}, Postgres {manifest.postgres_version}, "
             f"{sum(manifest.row_counts.values())} rows in {len(manifest.row_counts)} tables"
         )
+        drill = DrillStack(env=sandbox.stack_settings(1))  # the scratch stack: slot 1's ports
+        step(
+            "restore drill",
+            lambda: restore_drill("sandbox", "sandbox", taken["backup_id"], drill=drill),
+        )
+        print("\n" + drill_report())
 
     ui = api.removesuffix("/api")
     print("\n=== sentry-ops demo report ===")

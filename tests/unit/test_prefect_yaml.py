@@ -8,6 +8,7 @@ import inspect
 from pathlib import Path
 
 import yaml
+from prefect.events import DeploymentEventTrigger
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,3 +43,12 @@ def test_nightly_backup_is_at_two_with_a_timezone_and_one_at_a_time():
     assert nightly["schedules"][0]["cron"] == "0 2 * * *"
     assert nightly["schedules"][0]["timezone"]
     assert nightly["concurrency_limit"] == 1
+
+
+def test_restore_drill_can_follow_each_backup_by_event():
+    drill = next(d for d in deployments() if d["name"] == "restore-drill")
+    trigger = drill["triggers"][0]
+    assert trigger["expect"] == ["sentry.backup.completed"]
+    assert "event.payload.backup_id" in trigger["parameters"]["backup_id"]
+    parsed = DeploymentEventTrigger(**{k: v for k, v in trigger.items() if k != "type"})
+    assert parsed.expect == {"sentry.backup.completed"}

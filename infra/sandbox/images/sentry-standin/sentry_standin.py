@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 import sys
 import time
 import urllib.parse
@@ -323,6 +324,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
+    # As PID 1 in a container, SIGTERM has no default action: exit on it like the real services.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     parser = argparse.ArgumentParser(prog="sentry", description="Sentry STAND-IN (sandbox only)")
     parser.add_argument("--version", action="version", version=f"sentry, version {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
