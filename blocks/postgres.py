@@ -26,40 +26,22 @@ class PostgresError(Exception):
     pass
 
 
+def _connection(port: int, user: str, db: str) -> list[str]:
+    """libpq tool arguments for the tunnel's local end; the password is in the environment."""
+    return ["-h", "127.0.0.1", "-p", str(port), "-U", user, "-d", db, "--no-password"]
+
+
 def dump_argv(port: int, user: str, db: str, snapshot: str | None = None) -> list[str]:
     """Custom format, uncompressed (zstd on the worker is faster and smaller than -Z)."""
-    argv = [
-        "pg_dump",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-U",
-        user,
-        "-d",
-        db,
-        "-Fc",
-        "-Z0",
-        "--no-password",
-    ]
-    if snapshot:
-        argv.append(f"--snapshot={snapshot}")
-    return argv
+    snap = [f"--snapshot={snapshot}"] if snapshot else []
+    return ["pg_dump", *_connection(port, user, db), "-Fc", "-Z0", *snap]
 
 
 def restore_argv(port: int, user: str, db: str, jobs: int = 1) -> list[str]:
     return [
         "pg_restore",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-U",
-        user,
-        "-d",
-        db,
+        *_connection(port, user, db),
         "--no-owner",
-        "--no-password",
         "--exit-on-error",
         f"--jobs={jobs}",
     ]

@@ -33,9 +33,9 @@ def timed(argv: list[str], **kw) -> tuple[float, str]:
     return time.monotonic() - started, proc.stdout
 
 
-def load(scale: float) -> int:
-    nodes, groups = int(NODES * scale), int(GROUPS * scale)
-    check = sb.compose(
+def psql(*args: str, **kw) -> subprocess.CompletedProcess:
+    """psql in the bench stack's postgres container (local socket, trust auth)."""
+    return sb.compose(
         "bench",
         "exec",
         "-T",
@@ -45,29 +45,20 @@ def load(scale: float) -> int:
         "sentry",
         "-d",
         "sentry",
-        "-Atc",
-        "SELECT count(*) FROM bench.nodestore_node",
-        check=False,
+        *args,
+        **kw,
     )
+
+
+def load(scale: float) -> int:
+    nodes, groups = int(NODES * scale), int(GROUPS * scale)
+    check = psql("-Atc", "SELECT count(*) FROM bench.nodestore_node", check=False)
     if check.returncode == 0 and check.stdout.strip() == str(nodes):
         print(f"bench data already loaded ({nodes} nodes, {groups} groups)")
     else:
         print(f"loading {nodes} nodes + {groups} groups (scale {scale}) ...", flush=True)
         started = time.monotonic()
-        sb.compose(
-            "bench",
-            "exec",
-            "-T",
-            "sentry-postgres",
-            "psql",
-            "-q",
-            "-U",
-            "sentry",
-            "-d",
-            "sentry",
-            "-c",
-            "DROP SCHEMA IF EXISTS bench CASCADE; CREATE SCHEMA bench",
-        )
+        psql("-q", "-c", "DROP SCHEMA IF EXISTS bench CASCADE; CREATE SCHEMA bench")
         with SQL.open() as sql:
             sb.compose(
                 "bench",
@@ -91,28 +82,11 @@ def load(scale: float) -> int:
                 stdin=sql,
             )
         print(f"loaded in {time.monotonic() - started:.0f}s")
-    size = sb.compose(
-        "bench",
-        "exec",
-        "-T",
-        "sentry-postgres",
-        "psql",
-        "-U",
-        "sentry",
-        "-d",
-        "sentry",
-        "-Atc",
-        "SELECT pg_database_size('sentry')",
-    ).stdout
-    return int(size.strip())
+    return int(psql("-Atc", "SELECT pg_database_size('sentry')").stdout.strip())
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--keep", action="store_true", help="keep the bench stack afterwards")
-    args = parser.parse_args()
-
+def prepare(scale: float) -> tuple[dict, dict, dict, int]:
+    """The sandbox, a Prefect server, the bench stack (slot 2) with its data, its blocks."""
     info = sb.up(with_prefect=True)
     bench = {**info, "stack": sb.ensure_stack("bench", 2)}
     env = {**os.environ, "PREFECT_API_URL": info["prefect_api_url"]}
@@ -129,7 +103,16 @@ def main() -> int:
         env=env,
         cwd=sb.REPO,
     )
-    db_bytes = load(args.scale)
+    return info, bench, env, load(scale)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--keep", action="store_true", help="keep the bench stack afterwards")
+    args = parser.parse_args()
+
+    info, bench, env, db_bytes = prepare(args.scale)
     stack = bench["stack"]
     port = stack["postgres_port"]
     results: dict = {"scale": args.scale, "database_bytes": db_bytes}
