@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
+import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from prefect.blocks.core import Block
@@ -245,6 +247,14 @@ class SentryHost(Block):
         """tar of the stack's configuration files that exist (they hold secrets)."""
         return ["tar", "-C", self.project_dir, "--ignore-failed-read", "-cf", "-", *CONFIG_FILES]
 
+    def leftovers_argv(self) -> list[list[str]]:
+        """Containers and volumes still labelled with this compose project."""
+        label = f"label=com.docker.compose.project={self.project_name}"
+        return [
+            ["docker", "ps", "-aq", "--filter", label],
+            ["docker", "volume", "ls", "-q", "--filter", label],
+        ]
+
     # -- I/O, all through the one transport ----------------------------------------------------
     def run(self, argv: Sequence[str], **kwargs) -> CommandResult:
         return self.transport.run(argv, **kwargs)
@@ -270,3 +280,78 @@ class SentryHost(Block):
 
     def close(self) -> None:
         self.transport.close()
+
+    # -- files and facts, by name (flows never build argv) -------------------------------------
+    def exists(self, path: str) -> bool:
+        return self.transport.exists(path)
+
+    def listdir(self, path: str) -> list[str]:
+        return self.transport.listdir(path)
+
+    def chmod(self, path: str, mode: int) -> None:
+        self.transport.chmod(path, mode)
+
+    def makedirs(self, *paths: str) -> None:
+        self.run(["mkdir", "-p", "--", *paths], timeout=30)
+
+    def extract_tar(self, directory: str, data: bytes) -> None:
+        self.run(["tar", "-C", directory, "-xf", "-"], stdin=data, timeout=120)
+
+    def remove_tree(self, path: str) -> None:
+        """rm -rf of a directory at least two levels deep (callers decide it is theirs)."""
+        path = posixpath.normpath(path)
+        if not posixpath.isabs(path) or path.count("/") < 2:
+            raise ValueError(f"refusing to remove {path!r}")
+        self.run(["rm", "-rf", "--", path], timeout=120)
+
+    def volume_exists(self, volume: DataVolume) -> bool:
+        name = self.stack.volumes[volume].docker_name(self.project_name)
+        return (
+            self.run(["docker", "volume", "inspect", name], check=False, timeout=30).exit_code == 0
+        )
+
+    def leftovers(self) -> list[str]:
+        return [item for argv in self.leftovers_argv() for item in self.run(argv).text.split()]
+
+    def facts(self) -> HostFacts:
+        """What bootstrap's preflight judges: versions, CPU, memory, free disk, open ports."""
+        text = {name: self.run(argv, timeout=30).text for name, argv in FACT_ARGV.items()}
+        meminfo = re.search(r"MemTotal:\s+(\d+)", text["meminfo"])
+        df = self.run(self.disk_argv(), timeout=30).text.splitlines()[-1].split()
+        return HostFacts(
+            docker=text["docker"].strip(),
+            compose=text["compose"].strip(),
+            cpus=int(text["cpus"]),
+            memory_gb=int(meminfo.group(1)) * 1024 / 1e9 if meminfo else 0.0,
+            disk_free_gb=int(df[3]) / 1e9,
+            listening=listening_ports(text["listening"]),
+        )
+
+
+FACT_ARGV = {
+    "docker": ["docker", "version", "--format", "{{.Server.Version}}"],
+    "compose": ["docker", "compose", "version", "--short"],
+    "cpus": ["nproc"],
+    "meminfo": ["cat", "/proc/meminfo"],
+    "listening": ["ss", "-Hltn"],
+}
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    docker: str
+    compose: str
+    cpus: int
+    memory_gb: float
+    disk_free_gb: float
+    listening: frozenset[int]
+
+
+def listening_ports(ss_output: str) -> frozenset[int]:
+    """Ports in `ss -Hltn` output (local address is the 4th column)."""
+    ports = set()
+    for line in ss_output.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and (m := re.search(r":(\d+)$", fields[3])):
+            ports.add(int(m.group(1)))
+    return frozenset(ports)

@@ -403,6 +403,22 @@ class SSHTransport:
         with self.client().open_sftp() as sftp:
             return sftp.stat(path).st_mode & 0o7777
 
+    def exists(self, path: str) -> bool:
+        with self.client().open_sftp() as sftp:
+            try:
+                sftp.stat(path)
+                return True
+            except FileNotFoundError:
+                return False
+
+    def listdir(self, path: str) -> list[str]:
+        with self.client().open_sftp() as sftp:
+            return sftp.listdir(path)
+
+    def chmod(self, path: str, mode: int) -> None:
+        with self.client().open_sftp() as sftp:
+            sftp.chmod(path, mode)
+
     # -- tunnels ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def tunnel(self, remote_port: int, remote_host: str = "127.0.0.1") -> Iterator[int]:

@@ -145,7 +145,7 @@ def preflight(host: SentryHost, store: BackupStore) -> dict[str, str]:
     images = {name: svc.get("image", "") for name, svc in config.get("services", {}).items()}
     for volume in (DataVolume.POSTGRES, *host.stack.backup_volumes):
         name = host.stack.volumes[volume].docker_name(host.project_name)
-        if host.run(["docker", "volume", "inspect", name], check=False, timeout=30).exit_code:
+        if not host.volume_exists(volume):
             raise BackupError(
                 f"{host.label}: data volume {name} ({volume}) does not exist; "
                 "check the block's layout and project_name"

@@ -99,39 +99,21 @@ def assess_resources(cpus: int, memory_gb: float, disk_gb: float, req: HostRequi
     return out
 
 
-def listening_ports(ss_output: str) -> set[int]:
-    """Ports in `ss -Hltn` output (local address is the 4th column)."""
-    ports = set()
-    for line in ss_output.splitlines():
-        fields = line.split()
-        if len(fields) >= 4 and (m := re.search(r":(\d+)$", fields[3])):
-            ports.add(int(m.group(1)))
-    return ports
-
-
 # -- tasks --------------------------------------------------------------------------------------
 @task(cache_policy=NO_CACHE)
 def preflight(
     host: SentryHost, requirements: HostRequirements, force: bool, ports: list[int]
 ) -> list[Step]:
-    steps = []
-    docker = host.run(["docker", "version", "--format", "{{.Server.Version}}"], timeout=30).text
-    compose = host.run(["docker", "compose", "version", "--short"], timeout=30).text
-    steps.append(Step("docker", DONE, f"engine {docker.strip()}, compose {compose.strip()}"))
-    cpus = int(host.run(["nproc"], timeout=30).text)
-    meminfo = host.run(["cat", "/proc/meminfo"], timeout=30).text
-    mem_kb = int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1))
-    disk_dir = host.docker_data_dir
-    df = host.run(["df", "-P", "-B1", disk_dir], timeout=30).text.splitlines()[-1].split()
-    for what, status, detail in assess_resources(
-        cpus, mem_kb * 1024 / 1e9, int(df[3]) / 1e9, requirements
-    ):
+    facts = host.facts()
+    steps = [Step("docker", DONE, f"engine {facts.docker}, compose {facts.compose}")]
+    resources = assess_resources(facts.cpus, facts.memory_gb, facts.disk_free_gb, requirements)
+    for what, status, detail in resources:
         if status == FAILED and force:
             status, detail = WARNING, detail + " (force=True)"
         steps.append(Step(what, status, detail))
     running = set(host.run(host.compose_argv("ps", "-q"), timeout=60, check=False).text.split())
     if not running:  # our stack holds its own ports once it runs
-        taken = listening_ports(host.run(["ss", "-Hltn"], timeout=30).text) & set(ports)
+        taken = facts.listening & set(ports)
         steps.append(
             Step(
                 "ports",
@@ -145,7 +127,7 @@ def preflight(
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def put_stack(host: SentryHost, stack_files: str | None) -> Step:
     compose_file = f"{host.project_dir}/docker-compose.yml"
-    if host.run(["test", "-e", compose_file], check=False, timeout=30).exit_code == 0:
+    if host.exists(compose_file):
         return Step("stack files", ALREADY, f"{compose_file} exists")
     if not stack_files:
         raise BootstrapError(
@@ -157,7 +139,7 @@ def put_stack(host: SentryHost, stack_files: str | None) -> Step:
     if not any(p.name == "docker-compose.yml" for p in files):
         raise BootstrapError(f"stack_files={stack_files!r} has no docker-compose.yml")
     dirs = sorted({f"{host.project_dir}/{p.parent.relative_to(source)}" for p in files})
-    host.run(["mkdir", "-p", *dirs], timeout=30)
+    host.makedirs(*dirs)
     for path in files:
         host.put(f"{host.project_dir}/{path.relative_to(source)}", path.read_bytes(), mode=0o644)
     return Step("stack files", DONE, f"uploaded {len(files)} files from {stack_files}")
@@ -172,8 +154,7 @@ def write_env(host: SentryHost, settings: dict[str, str]) -> Step:
             f"layout {stack.name!r} keeps its secret key in sentry/config.yml; "
             "bootstrap it with its own ./install.sh"
         )
-    exists = host.run(["test", "-e", path], check=False, timeout=30).exit_code == 0
-    current = host.get(path).decode() if exists else ""
+    current = host.get(path).decode() if host.exists(path) else ""
     wanted = dict(settings)
     if stack.postgres_password_env and host.postgres_password is not None:
         wanted[stack.postgres_password_env] = host.postgres_password.get_secret_value()
@@ -186,7 +167,7 @@ def write_env(host: SentryHost, settings: dict[str, str]) -> Step:
     if rendered == current:
         mode = host.transport.stat_mode(path)
         if mode & 0o077:
-            host.run(["chmod", "600", path], timeout=30)
+            host.chmod(path, 0o600)
             return Step(".env", DONE, f"{key_note}; mode {mode:o} -> 600")
         return Step(".env", ALREADY, f"{key_note}; nothing to change")
     host.put(path, rendered.encode(), mode=0o600)

@@ -131,19 +131,19 @@ def prepare_scratch(
 ) -> str:
     """Scratch project dir with the backup's config (or production's), pinned images, .env."""
     d = scratch.project_dir
-    scratch.run(["mkdir", "-p", d], timeout=30)
+    scratch.makedirs(d)
     if manifest.config_included:
         if store.config_encryption_key is None:
             raise DrillError("the backup's config is encrypted but the store has no key")
         sealed = store.open(manifest.object("config").key).read()
         plain = Fernet(store.config_encryption_key.get_secret_value().encode()).decrypt(sealed)
-        scratch.run(["tar", "-C", d, "-xf", "-"], stdin=plain, timeout=60)
+        scratch.extract_tar(d, plain)
         source = "the backup's (decrypted) config"
     else:
         for name in ("docker-compose.yml", ".env"):
             scratch.put(f"{d}/{name}", prod.get(f"{prod.project_dir}/{name}"), mode=0o600)
         source = "production's compose file and .env (the backup has no config)"
-    names = tarfile_names(scratch, d)
+    names = set(scratch.listdir(d))
     files = ["docker-compose.yml"]
     if "docker-compose.override.yml" in names:
         files.append("docker-compose.override.yml")
@@ -153,10 +153,6 @@ def prepare_scratch(
     wanted = {**env, "COMPOSE_FILE": ":".join(f"{d}/{f}" for f in [*files, DRILL_COMPOSE])}
     scratch.put(f"{d}/.env", render_env(current, wanted).encode(), mode=0o600)
     return source
-
-
-def tarfile_names(host: SentryHost, directory: str) -> set[str]:
-    return set(host.run(["ls", "-A", directory], timeout=30).text.split())
 
 
 @task(cache_policy=NO_CACHE)
@@ -231,12 +227,10 @@ def teardown(scratch: SentryHost, prod: SentryHost) -> str:
     d = scratch.project_dir
     if d == prod.project_dir or scratch.project_name == prod.project_name or d.count("/") < 2:
         raise DrillError(f"refusing to remove {d}: not a scratch stack")
-    if scratch.run(["test", "-e", f"{d}/docker-compose.yml"], check=False).exit_code == 0:
+    if scratch.exists(f"{d}/docker-compose.yml"):
         scratch.run(scratch.compose_argv("down", "-v", "--remove-orphans", "-t", "5"), timeout=600)
-    scratch.run(["rm", "-rf", "--", d], timeout=60)
-    label = f"label=com.docker.compose.project={scratch.project_name}"
-    left = scratch.run(["docker", "ps", "-aq", "--filter", label]).text.split()
-    left += scratch.run(["docker", "volume", "ls", "-q", "--filter", label]).text.split()
+    scratch.remove_tree(d)
+    left = scratch.leftovers()
     return f"leftovers: {left}" if left else "no containers or volumes left"
 
 

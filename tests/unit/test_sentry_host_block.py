@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from blocks.layouts import GUIDE, SELF_HOSTED, DataVolume, Role, get_layout
-from blocks.sentry_host import SentryHost
+from blocks.sentry_host import SentryHost, listening_ports
 from blocks.ssh import quote
 
 
@@ -126,3 +126,19 @@ def test_layout_presets_match_shared_layouts():
     assert GUIDE.role_of("sentry-cron") is Role.CRON
     with pytest.raises(ValueError, match="choose one of"):
         get_layout("nope")
+
+
+def test_remove_tree_refuses_shallow_or_relative_paths_before_any_io():
+    host = make_host()
+    for path in ("/", "/opt", "opt/sentry-drill", "/opt/../"):
+        with pytest.raises(ValueError, match="refusing to remove"):
+            host.remove_tree(path)
+
+
+def test_listening_ports_parses_ss_output():
+    out = (
+        "LISTEN 0 4096 127.0.0.1:19000 0.0.0.0:*\n"
+        "LISTEN 0 128 [::]:22 [::]:*\n"
+        "LISTEN 0 511 *:80 *:*\n"
+    )
+    assert listening_ports(out) == {19000, 22, 80}
