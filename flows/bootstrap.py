@@ -31,7 +31,8 @@ from blocks.sentry_host import SentryHost
 from blocks.ssh import RemoteCommandError
 from flows.health import artifact_slug, check_web
 
-DONE, ALREADY, FAILED, WARNING = "done", "already done", "failed", "warning"
+# actions are done / already done; checks are ok / warning; either can have failed
+DONE, ALREADY, OK, FAILED, WARNING = "done", "already done", "ok", "failed", "warning"
 
 
 class HostRequirements(BaseModel):
@@ -95,7 +96,7 @@ def assess_resources(cpus: int, memory_gb: float, disk_gb: float, req: HostRequi
         elif have < rec:
             out.append((what, WARNING, f"{have_s}, below the recommended {rec:g}"))
         else:
-            out.append((what, DONE, have_s))
+            out.append((what, OK, have_s))
     return out
 
 
@@ -105,7 +106,7 @@ def preflight(
     host: SentryHost, requirements: HostRequirements, force: bool, ports: list[int]
 ) -> list[Step]:
     facts = host.facts()
-    steps = [Step("docker", DONE, f"engine {facts.docker}, compose {facts.compose}")]
+    steps = [Step("docker", OK, f"engine {facts.docker}, compose {facts.compose}")]
     resources = assess_resources(facts.cpus, facts.memory_gb, facts.disk_free_gb, requirements)
     for what, status, detail in resources:
         if status == FAILED and force:
@@ -117,7 +118,7 @@ def preflight(
         steps.append(
             Step(
                 "ports",
-                FAILED if taken else DONE,
+                FAILED if taken else OK,
                 f"in use: {sorted(taken)}" if taken else f"free: {sorted(ports)}",
             )
         )
@@ -276,7 +277,7 @@ def bootstrap(
         steps.append(create_superuser(sentry_host, admin_email, admin_password_secret))
         steps.append(start_services(sentry_host, [Role.WEB, Role.WORKER, Role.CRON], "services"))
         health = check_web(sentry_host)
-        steps.append(Step("/_health/", DONE if health.ok else FAILED, health.detail))
+        steps.append(Step("/_health/", OK if health.ok else FAILED, health.detail))
     except Exception as exc:
         steps.append(Step("(stopped)", FAILED, f"{exc.__class__.__name__}: {exc}"[:300]))
         report(host, sentry_host, steps)
@@ -284,16 +285,13 @@ def bootstrap(
     report(host, sentry_host, steps)
     if steps[-1].status == FAILED:
         raise BootstrapError(f"{sentry_host.label}: /_health/ failed: {steps[-1].detail}")
-    changed = [s.step for s in steps if s.status == DONE and s.step not in PREFLIGHT_STEPS]
+    changed = [s.step for s in steps if s.status == DONE]
     logger.info(
         "bootstrap of %s: %s",
         sentry_host.label,
         f"changed {', '.join(changed)}" if changed else "nothing to do",
     )
     return [asdict(s) for s in steps]
-
-
-PREFLIGHT_STEPS = {"docker", "cpu", "memory", "disk", "ports", "/_health/"}
 
 
 def report(host: str, sentry_host: SentryHost, steps: list[Step]) -> None:

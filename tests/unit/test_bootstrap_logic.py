@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flows.bootstrap import (
+    FAILED,
+    OK,
+    WARNING,
+    HostRequirements,
+    assess_resources,
+    parse_env,
+    render_env,
+)
+from flows.restore_drill import drill_override
+
+keys = st.from_regex(r"[A-Z][A-Z0-9_]{0,12}", fullmatch=True)
+values = st.from_regex(r"[A-Za-z0-9_.:/-]{0,20}", fullmatch=True)
+
+
+def test_render_env_keeps_lines_order_and_comments():
+    current = "# sentry\nSENTRY_SECRET_KEY=abc\nOTHER=1\n"
+    out = render_env(current, {"OTHER": "2", "NEW": "x"})
+    assert out == "# sentry\nSENTRY_SECRET_KEY=abc\nOTHER=2\nNEW=x\n"
+
+
+@given(st.dictionaries(keys, values), st.dictionaries(keys, values))
+def test_render_env_sets_wanted_keeps_the_rest_and_is_idempotent(existing, wanted):
+    current = "".join(f"{k}={v}\n" for k, v in existing.items())
+    out = render_env(current, wanted)
+    assert parse_env(out) == {**existing, **wanted}
+    assert render_env(out, wanted) == out  # a second bootstrap changes nothing
+
+
+def test_resources_fail_below_minimum_warn_below_recommended():
+    guide = HostRequirements()
+    verdict = {w: s for w, s, _ in assess_resources(2, 24.0, 80.0, guide)}
+    assert verdict == {"cpu": FAILED, "memory": OK, "disk": WARNING}
+    small = HostRequirements(min_cpus=1, min_memory_gb=1, min_disk_gb=1)
+    assert {s for _, s, _ in assess_resources(2, 24.0, 80.0, small)} == {WARNING, OK}
+
+
+def test_drill_override_pins_each_service_image():
+    text = drill_override({"sentry": "getsentry/sentry:24.1.0", "sentry-postgres": "postgres:15"})
+    assert "  sentry:\n    image: getsentry/sentry:24.1.0" in text
+    assert "  sentry-postgres:\n    image: postgres:15" in text
+
+
+def test_pick_backup_takes_the_newest_complete_and_never_an_incomplete():
+    import datetime as dt
+
+    import pytest
+
+    from blocks.backup_store import BackupListing
+    from flows.restore_drill import DrillError, pick_backup
+
+    t = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    listing = [
+        BackupListing("a", t, True, ()),
+        BackupListing("b", t + dt.timedelta(days=1), True, ()),
+        BackupListing("c", t + dt.timedelta(days=2), False, ()),
+        BackupListing("odd", None, True, ()),
+    ]
+    assert pick_backup(listing, None) == "b"
+    assert pick_backup(listing, "a") == "a"
+    with pytest.raises(DrillError, match="no manifest"):
+        pick_backup(listing, "c")
+    with pytest.raises(DrillError, match="not in the store"):
+        pick_backup(listing, "zzz")
+    with pytest.raises(DrillError, match="no complete backup"):
+        pick_backup(listing[2:3], None)
+
+
+def test_same_host_drill_of_a_layout_with_external_volumes_is_refused():
+    import pytest
+
+    from flows.restore_drill import DrillError, DrillStack, scratch_of
+    from tests.unit.test_sentry_host_block import make_host
+
+    with pytest.raises(DrillError, match="external volumes"):
+        scratch_of(make_host(layout="self-hosted"), DrillStack())
+    scratch = scratch_of(make_host(project_name="prod", web_port=9000), DrillStack())
+    assert scratch.project_name == "prod-drill" and scratch.web_port == 9100
+    assert scratch.project_dir == "/opt/sentry-drill"
