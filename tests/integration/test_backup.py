@@ -182,3 +182,10 @@ def test_two_backups_of_one_host_never_overlap(saved_host, store_name, sandbox):
         (store.read_manifest(r["backup_id"]) for r in results), key=lambda m: m.started_at
     )
     assert first.finished_at <= second.started_at, "two backups of one host interleaved"
+
+
+def test_backup_refuses_to_run_without_its_host_lock(sentry_host, store_name, prefect_api):
+    name = f"unlocked-{uuid.uuid4().hex[:6]}"
+    sentry_host.save(name, overwrite=True)  # a host whose lock was never created
+    with pytest.raises(Exception, match=f"sentry-backup-{name}"):
+        backup(name, store_name)
