@@ -456,10 +456,13 @@ class SSHTransport:
             yield server.getsockname()[1]
         finally:
             stop.set()
+            with contextlib.suppress(OSError):
+                server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() does not
             server.close()
             for conn, chan in open_pairs:
-                chan.close()
                 conn.close()
+                with contextlib.suppress(Exception):
+                    chan.close()
 
 
 def _feed(channel: paramiko.Channel, source: BinaryIO, errors: list[BaseException]) -> None:
@@ -482,9 +485,14 @@ def _exit_status(channel: paramiko.Channel, deadline: float | None) -> int:
 
 
 def _pump(conn: socket.socket, chan: paramiko.Channel) -> None:
+    """Copy both ways until either side ends. Whatever happens, the local socket is closed, so a
+    client on it (pg_dump, psycopg) sees the end instead of waiting forever."""
+    transport = chan.get_transport()
     try:
         while True:
-            readable, _, _ = select.select([conn, chan], [], [], 60)
+            readable, _, _ = select.select([conn, chan], [], [], 1.0)
+            if not readable and (chan.closed or transport is None or not transport.is_active()):
+                break
             if conn in readable:
                 data = conn.recv(PUMP)
                 if not data:
@@ -495,8 +503,9 @@ def _pump(conn: socket.socket, chan: paramiko.Channel) -> None:
                 if not data:
                     break
                 conn.sendall(data)
-    except (OSError, ValueError):  # the tunnel closed both ends under us
+    except Exception:  # the SSH connection or the tunnel ended under us: close both ends
         pass
     finally:
-        chan.close()
         conn.close()
+        with contextlib.suppress(Exception):  # closing a channel of a dead transport can raise
+            chan.close()

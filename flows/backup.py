@@ -111,18 +111,30 @@ def ship(
     name: str,
     source: BinaryIO,
     on_progress: Callable[[int], None] | None = None,
+    on_stall: Callable[[], None] | None = None,
+    stall_seconds: float = 300,
 ) -> StoredObject:
-    """source -> zstd -> S3 multipart, with size and sha256 of the stored bytes."""
+    """source -> zstd -> S3 multipart, with size and sha256 of the stored bytes.
+
+    `on_stall` is called once if the source sends nothing for `stall_seconds` (it should end the
+    source, e.g. kill the dump, so the read fails and the upload aborts instead of hanging).
+    """
     started = time.monotonic()
     raw = _Counter(source)
     compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_reader(raw, read_size=READ)
     with ThreadPoolExecutor(1, thread_name_prefix="upload") as pool:
         upload = pool.submit(store.upload_stream, key, compressed)
-        while True:  # progress is reported from this (the task's) thread
+        seen, seen_at = 0, time.monotonic()
+        while True:  # progress and the stall watchdog run in this (the task's) thread
             try:
                 size, sha256 = upload.result(timeout=2)
                 break
             except FutureTimeout:
+                if raw.count != seen:
+                    seen, seen_at = raw.count, time.monotonic()
+                elif on_stall and time.monotonic() - seen_at > stall_seconds:
+                    on_stall()
+                    on_stall = None
                 if on_progress:
                     on_progress(raw.count)
     return StoredObject(
@@ -188,7 +200,13 @@ def backup_postgres(host: SentryHost, store: BackupStore, backup_id: str) -> dic
             counting = threading.Thread(target=lambda: counts.update(postgres.row_counts(conn)))
             counts: dict[str, int] = {}
             counting.start()  # same snapshot as the dump, while it runs
-            obj = ship(store, key, "postgres", _ProcessOutput(proc, "pg_dump"), on_progress)
+
+            def on_stall() -> None:
+                logger.error("pg_dump sent nothing for 300 s: killing it; the upload aborts")
+                proc.kill()
+
+            output = _ProcessOutput(proc, "pg_dump")
+            obj = ship(store, key, "postgres", output, on_progress, on_stall)
             counting.join()
         finally:
             if proc.poll() is None:

@@ -129,3 +129,19 @@ def test_one_connection_is_reused(sentry_host):
     first = sentry_host.transport.client()
     sentry_host.run(["true"])
     assert sentry_host.transport.client() is first
+
+
+def test_a_tunnel_client_sees_the_end_when_the_ssh_connection_dies(sentry_host):
+    from tests.integration.test_backup import kill_ssh_sessions
+
+    with sentry_host.tunnel(sentry_host.postgres_port) as port:
+        client = socket.create_connection(("127.0.0.1", port), timeout=10)
+        client.sendall(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")  # SSLRequest: postgres answers 'N'
+        assert client.recv(1) == b"N"
+        assert kill_ssh_sessions() > 0
+        client.settimeout(10)
+        started = time.monotonic()
+        assert client.recv(1) == b""  # EOF, not a hang
+        assert time.monotonic() - started < 5
+        client.close()
+    sentry_host.run(["true"])  # and the transport reconnects
