@@ -197,9 +197,10 @@ def backup_postgres(host: SentryHost, store: BackupStore, backup_id: str) -> dic
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=postgres.client_env(host)
         )
         try:
-            counting = threading.Thread(target=lambda: counts.update(postgres.row_counts(conn)))
-            counts: dict[str, int] = {}
-            counting.start()  # same snapshot as the dump, while it runs
+            # row counts in the same snapshot, while the dump runs; they go through the same
+            # thread pool so a failure surfaces here instead of leaving partial counts
+            counter = ThreadPoolExecutor(1, thread_name_prefix="row-counts")
+            counting = counter.submit(postgres.row_counts, conn)
 
             def on_stall() -> None:
                 logger.error("pg_dump sent nothing for 300 s: killing it; the upload aborts")
@@ -207,7 +208,8 @@ def backup_postgres(host: SentryHost, store: BackupStore, backup_id: str) -> dic
 
             output = _ProcessOutput(proc, "pg_dump")
             obj = ship(store, key, "postgres", output, on_progress, on_stall)
-            counting.join()
+            counts = counting.result()
+            counter.shutdown()
         finally:
             if proc.poll() is None:
                 proc.kill()
