@@ -13,12 +13,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import zstandard
+from pydantic import SecretStr
 
 from blocks import postgres
 from blocks.backup_store import MANIFEST, StoreError
 from deployments.setup import store_from_connection
 from flows.backup import BackupError, backup, list_backups, verify_backup
+from flows.restore_drill import decompressed
 
 
 def fresh_postgres(name: str, port: int) -> None:
@@ -68,17 +69,9 @@ def test_round_trip_restores_equal_rows_and_content(
     name, port = f"sentry-ops-test-restore-{uuid.uuid4().hex[:6]}", 15990
     fresh_postgres(name, port)
     try:
-        body = store.open(manifest.object("postgres").key)
-        restore = subprocess.Popen(
-            postgres.restore_argv(port, "sentry", "sentry"),
-            stdin=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "PGPASSWORD": "restore"},
-        )  # fmt: skip
-        with zstandard.ZstdDecompressor().stream_reader(body) as plain:
-            while chunk := plain.read(1 << 20):
-                restore.stdin.write(chunk)
-        restore.stdin.close()
-        assert restore.wait() == 0, restore.stderr.read().decode()[-2000:]
+        # the same streaming restore the drill uses: S3 -> zstd -> pg_restore
+        target = sentry_host.model_copy(update={"postgres_password": SecretStr("restore")})
+        postgres.restore_from(target, port, decompressed(store, manifest.object("postgres").key))
         with psycopg.connect(host="127.0.0.1", port=port, user="sentry", dbname="sentry",
                              password="restore") as conn:  # fmt: skip
             assert postgres.row_counts(conn) == source_counts

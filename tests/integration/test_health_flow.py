@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from prefect.client.orchestration import get_client
 
 from flows.health import UnhealthyError, health_check
 
@@ -21,11 +20,6 @@ def test_health_passes_on_a_healthy_stack(saved_host):
         "worker: container",
     } <= names
     assert all(c["ok"] for c in checks)
-
-
-async def _latest_health_artifact(key: str):
-    async with get_client() as client:
-        return await client.read_latest_artifacts()
 
 
 def test_health_fails_naming_postgres_when_it_is_stopped(saved_host, sentry_host):
