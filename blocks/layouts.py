@@ -1,14 +1,24 @@
 """The one place that knows how a Sentry stack is laid out.
 
 Flows speak roles (web, worker, postgres, ...); compose knows service and volume names. A
-`StackLayout` maps one to the other for one install layout. See shared/LAYOUTS.md for the sources.
+`StackLayout` maps one to the other for one install layout. The presets are defaults taken from
+the real projects (shared/LAYOUTS.md); every name is per-host data that a host block can override
+(`StackLayout.customized`), because real installs rename things.
 """
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+# compose's own rules (compose-spec): service and volume keys, project names; plus .env and SQL
+SERVICE_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 
 
 class Role(StrEnum):
@@ -16,6 +26,7 @@ class Role(StrEnum):
     WORKER = "worker"
     CRON = "cron"
     POSTGRES = "postgres"
+    PGBOUNCER = "pgbouncer"
     REDIS = "redis"
     CLICKHOUSE = "clickhouse"
     KAFKA = "kafka"
@@ -23,6 +34,7 @@ class Role(StrEnum):
     TASKBROKER = "taskbroker"
     CLEANUP = "cleanup"
     NODESTORE = "nodestore"
+    NGINX = "nginx"
 
 
 class DataVolume(StrEnum):
@@ -41,6 +53,13 @@ class VolumeRef(BaseModel):
         description="External volumes keep their literal name; others get the project prefix",
     )
 
+    @field_validator("name")
+    @classmethod
+    def _compose_name(cls, value: str) -> str:
+        if not VOLUME_NAME.match(value):
+            raise ValueError(f"{value!r} is not a compose volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
+        return value
+
     def docker_name(self, project_name: str) -> str:
         """The name `docker volume ls` shows for this volume in the given compose project."""
         return self.name if self.external else f"{project_name}_{self.name}"
@@ -54,6 +73,7 @@ class StackLayout(BaseModel):
     required: frozenset[Role]
     postgres_user: str
     postgres_db: str
+    clickhouse_database: str
     # Data volumes that together make a full backup set (order = backup order).
     backup_volumes: tuple[DataVolume, ...]
     # Where the stack's secrets are configured: .env variables (None: not by .env).
@@ -61,6 +81,30 @@ class StackLayout(BaseModel):
     postgres_password_env: str | None
     # Dependencies started (and waited for) before migrations, in order.
     dependencies: tuple[Role, ...]
+    # Files and folders (relative to the project dir) a restore of this install needs, if present.
+    config_files: tuple[str, ...]
+
+    @field_validator("services")
+    @classmethod
+    def _service_names(cls, value: dict[Role, str]) -> dict[Role, str]:
+        for role, name in value.items():
+            if not SERVICE_NAME.match(name):
+                raise ValueError(f"service name {name!r} for role {role} is not a compose name")
+        return value
+
+    @field_validator("postgres_user", "postgres_db", "clickhouse_database")
+    @classmethod
+    def _sql_name(cls, value: str, info) -> str:
+        if not SQL_NAME.match(value):
+            raise ValueError(f"{info.field_name} {value!r} is not a plain SQL identifier")
+        return value
+
+    @field_validator("secret_key_env", "postgres_password_env")
+    @classmethod
+    def _env_name(cls, value: str | None, info) -> str | None:
+        if value is not None and not ENV_NAME.match(value):
+            raise ValueError(f"{info.field_name} {value!r} is not an environment variable name")
+        return value
 
     def service(self, role: Role) -> str:
         return self.services[role]
@@ -70,6 +114,21 @@ class StackLayout(BaseModel):
             if name == service:
                 return role
         return None
+
+    def customized(
+        self,
+        services: dict[Role, str] | None = None,
+        volumes: dict[DataVolume, str] | None = None,
+        **names: str | None,
+    ) -> StackLayout:
+        """This layout with some names replaced (a host that renamed things); validated."""
+        data = self.model_dump()
+        data["services"].update(services or {})
+        for volume, name in (volumes or {}).items():
+            ref = data["volumes"].get(volume, {"external": False})
+            data["volumes"][volume] = {**ref, "name": name}
+        data.update({k: v for k, v in names.items() if v is not None})
+        return StackLayout.model_validate(data)
 
 
 GUIDE = StackLayout(
@@ -84,18 +143,27 @@ GUIDE = StackLayout(
         Role.KAFKA: "sentry-kafka",
         Role.ZOOKEEPER: "sentry-zookeeper",
     },
+    # compose keys as in the guide; compose prefixes them with the project name
     volumes={
-        DataVolume.POSTGRES: VolumeRef(name="sentry-postgres"),
-        DataVolume.FILES: VolumeRef(name="sentry-data"),
-        DataVolume.CLICKHOUSE: VolumeRef(name="sentry-clickhouse"),
+        DataVolume.POSTGRES: VolumeRef(name="sentry_postgres_data"),  # not named by the guide
+        DataVolume.FILES: VolumeRef(name="sentry_data"),
+        DataVolume.CLICKHOUSE: VolumeRef(name="sentry_clickhouse_data"),
     },
     required=frozenset({Role.WEB, Role.WORKER, Role.CRON, Role.POSTGRES, Role.REDIS}),
     postgres_user="sentry",
     postgres_db="sentry",
+    clickhouse_database="sentry",
     backup_volumes=(DataVolume.FILES,),
     secret_key_env="SENTRY_SECRET_KEY",
-    postgres_password_env="POSTGRES_PASSWORD",
+    postgres_password_env="SENTRY_DB_PASSWORD",
     dependencies=(Role.POSTGRES, Role.REDIS, Role.CLICKHOUSE, Role.ZOOKEEPER, Role.KAFKA),
+    config_files=(
+        ".env",
+        "docker-compose.yml",
+        "docker-compose.override.yml",
+        "sentry/config.yml",
+        "sentry/sentry.conf.py",
+    ),
 )
 
 SELF_HOSTED = StackLayout(
@@ -107,10 +175,12 @@ SELF_HOSTED = StackLayout(
         Role.TASKBROKER: "taskbroker",
         Role.CLEANUP: "sentry-cleanup",
         Role.POSTGRES: "postgres",
+        Role.PGBOUNCER: "pgbouncer",
         Role.REDIS: "redis",
         Role.CLICKHOUSE: "clickhouse",
         Role.KAFKA: "kafka",
         Role.NODESTORE: "seaweedfs",
+        Role.NGINX: "nginx",
     },
     volumes={
         DataVolume.POSTGRES: VolumeRef(name="sentry-postgres", external=True),
@@ -125,20 +195,35 @@ SELF_HOSTED = StackLayout(
             Role.CRON,
             Role.TASKBROKER,
             Role.POSTGRES,
+            Role.PGBOUNCER,
             Role.REDIS,
             Role.CLICKHOUSE,
             Role.KAFKA,
             Role.NODESTORE,
+            Role.NGINX,
         }
     ),
     postgres_user="postgres",
     postgres_db="postgres",
+    clickhouse_database="default",
     backup_volumes=(DataVolume.FILES, DataVolume.NODESTORE),
     # self-hosted keeps its secret key in sentry/config.yml (system.secret-key) and runs
     # Postgres with trust auth; its ./install.sh bootstraps it.
     secret_key_env=None,
     postgres_password_env=None,
     dependencies=(Role.POSTGRES, Role.REDIS, Role.CLICKHOUSE, Role.KAFKA, Role.NODESTORE),
+    config_files=(
+        ".env",
+        ".env.custom",
+        "docker-compose.yml",
+        "docker-compose.override.yml",
+        "nginx.conf",
+        "sentry/config.yml",
+        "sentry/sentry.conf.py",
+        "relay/config.yml",
+        "relay/credentials.json",
+        "certificates",
+    ),
 )
 
 LAYOUTS: dict[str, StackLayout] = {layout.name: layout for layout in (GUIDE, SELF_HOSTED)}
@@ -150,3 +235,9 @@ def get_layout(name: str) -> StackLayout:
     except KeyError:
         known = ", ".join(sorted(LAYOUTS))
         raise ValueError(f"unknown stack layout {name!r}; choose one of: {known}") from None
+
+
+def default_project_name(project_dir: str) -> str:
+    """compose's default project name: the directory's base name, lowercased, [a-z0-9_-] kept."""
+    base = project_dir.rstrip("/").rsplit("/", 1)[-1].lower()
+    return re.sub(r"^[^a-z0-9]+", "", re.sub(r"[^a-z0-9_-]", "", base))

@@ -7,27 +7,34 @@ way flows touch a host: `run`, `stream`, `put`/`get`, `tunnel`, `compose`.
 from __future__ import annotations
 
 import contextlib
+import json
 import posixpath
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from blocks.layouts import DataVolume, Role, StackLayout, get_layout
+from blocks.dotenv import parse_env
+from blocks.layouts import (
+    PROJECT_NAME,
+    DataVolume,
+    Role,
+    StackLayout,
+    default_project_name,
+    get_layout,
+)
 from blocks.ssh import CommandResult, SSHTarget, SSHTransport, parse_host_key
 
-# The files that configure a stack, relative to its project dir (both layouts).
-CONFIG_FILES = (
-    ".env",
-    ".env.custom",
-    "docker-compose.yml",
-    "docker-compose.override.yml",
-    "sentry/config.yml",
-    "sentry/sentry.conf.py",
-)
+
+@dataclass(frozen=True)
+class ComposeContext:
+    """What compose itself would resolve in the project dir: the project name and env files."""
+
+    project: str
+    env_files: tuple[str, ...] = ()
 
 
 class SentryHost(Block):
@@ -38,7 +45,8 @@ class SentryHost(Block):
     _logo_url = "https://avatars.githubusercontent.com/u/1396951?s=200"  # type: ignore[assignment]
     _description = (
         "A Docker host running a self-hosted Sentry docker-compose stack, reached over SSH with a "
-        "pinned host key."
+        "pinned host key. Service, volume and database names default to the layout's and can be "
+        "overridden for installs that renamed them."
     )
 
     ssh_host: str = Field(description="Host name or address sshd listens on.")
@@ -56,43 +64,100 @@ class SentryHost(Block):
     project_dir: str = Field(
         description="Absolute path of the compose project directory on the host."
     )
-    project_name: str = Field(default="sentry", description="Compose project name (-p).")
-    layout: str = Field(
+    project_name: str | None = Field(
+        default=None,
+        description="Compose project name. Empty: COMPOSE_PROJECT_NAME from the project's .env "
+        "(and .env.custom), else compose's default (the directory's name), as compose itself does.",
+    )
+    layout: Literal["guide", "self-hosted"] = Field(
         default="guide",
         description="Stack layout preset: 'guide' (sentry, sentry-worker, ...) or 'self-hosted' "
-        "(getsentry/self-hosted: web, taskworker, ...).",
+        "(getsentry/self-hosted 26.x: web, taskworker, ...).",
     )
-    web_port: int = Field(default=9000, description="Port of Sentry web on the host's loopback.")
-    postgres_port: int = Field(default=5432, description="Postgres port inside its container.")
+    service_names: dict[Role, str] = Field(
+        default_factory=dict,
+        description="Compose service per role where it differs from the layout's, e.g. "
+        '{"worker": "my-worker"}.',
+    )
+    volume_names: dict[DataVolume, str] = Field(
+        default_factory=dict,
+        description="Compose volume key per data volume (postgres, files, clickhouse, nodestore) "
+        "where it differs from the layout's.",
+    )
+    postgres_user: str | None = Field(default=None, description="Empty: the layout's.")
+    postgres_db: str | None = Field(default=None, description="Empty: the layout's.")
+    clickhouse_database: str | None = Field(
+        default=None, description="ClickHouse database of Snuba's tables. Empty: the layout's."
+    )
+    secret_key_env: str | None = Field(
+        default=None, description=".env variable of the secret key. Empty: the layout's."
+    )
+    postgres_password_env: str | None = Field(
+        default=None, description=".env variable of the Postgres password. Empty: the layout's."
+    )
+    web_port: int = Field(
+        default=9000,
+        description="Port where Sentry answers on the host's loopback (self-hosted: nginx's "
+        "SENTRY_BIND).",
+    )
+    postgres_port: int | None = Field(
+        default=None,
+        description="Postgres port inside its container. Empty: the container's own (PGPORT or "
+        "5432).",
+    )
     redis_port: int = Field(default=6379, description="Redis port inside its container.")
     clickhouse_port: int = Field(
         default=9000, description="ClickHouse native port in its container."
     )
     postgres_password: SecretStr | None = Field(
         default=None,
-        description="Password of the layout's Postgres user (None where the stack uses trust).",
+        description="Password of the layout's Postgres user (empty where the stack uses trust).",
     )
     postgres_tunnel_host: str = Field(
         default="127.0.0.1",
         description="Where Postgres answers as seen from the Docker host, for the SSH tunnel "
-        "used by backups (publish it on 127.0.0.1 with a compose override if needed).",
+        "used by guide-layout backups.",
+    )
+    probe_dsn: SecretStr | None = Field(
+        default=None,
+        description="DSN of a project to send the health check's synthetic event to "
+        "(http://<public key>@host/<project id>); empty: no ingestion probe.",
+    )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="Sentry API token (scope event:read) to confirm the synthetic event was "
+        "processed; needed with probe_dsn.",
+    )
+    organization: str = Field(
+        default="sentry", description="Organization slug the probe project belongs to."
     )
     docker_data_dir: str = Field(
         default="/var/lib/docker", description="Docker's data directory, for the free-disk check."
     )
     connect_timeout: float = Field(default=10.0, description="Seconds to wait for sshd.")
 
-    @field_validator("ssh_host", "ssh_user", "project_name")
+    _compose_context: ComposeContext | None = PrivateAttr(default=None)
+
+    @field_validator("ssh_host", "ssh_user")
     @classmethod
     def _not_blank(cls, value: str, info) -> str:
         if not value or not value.strip() or any(c.isspace() for c in value):
             raise ValueError(f"{info.field_name} must be a non-empty word, got {value!r}")
         return value
 
+    @field_validator("project_name")
+    @classmethod
+    def _project_name(cls, value: str | None) -> str | None:
+        if value is not None and not PROJECT_NAME.match(value):
+            raise ValueError(
+                f"project_name {value!r} is not a compose project name ([a-z0-9][a-z0-9_-]*)"
+            )
+        return value or None
+
     @field_validator("ssh_port", "web_port", "postgres_port", "redis_port", "clickhouse_port")
     @classmethod
-    def _valid_port(cls, value: int, info) -> int:
-        if not 1 <= value <= 65535:
+    def _valid_port(cls, value: int | None, info) -> int | None:
+        if value is not None and not 1 <= value <= 65535:
             raise ValueError(f"{info.field_name} must be a TCP port 1-65535, got {value}")
         return value
 
@@ -109,20 +174,28 @@ class SentryHost(Block):
             raise ValueError(f"{info.field_name} must be an absolute path, got {value!r}")
         return posixpath.normpath(value)
 
-    @field_validator("layout")
-    @classmethod
-    def _known_layout(cls, value: str) -> str:
-        get_layout(value)
-        return value
+    @model_validator(mode="after")
+    def _names(self) -> SentryHost:
+        self.stack  # noqa: B018  (validates every overridden name against compose's rules)
+        return self
 
     # -- what the host is ---------------------------------------------------------------------
     @property
     def stack(self) -> StackLayout:
-        return get_layout(self.layout)
+        """The layout preset with this host's names."""
+        return get_layout(self.layout).customized(
+            services=self.service_names,
+            volumes=self.volume_names,
+            postgres_user=self.postgres_user,
+            postgres_db=self.postgres_db,
+            clickhouse_database=self.clickhouse_database,
+            secret_key_env=self.secret_key_env,
+            postgres_password_env=self.postgres_password_env,
+        )
 
     @property
     def label(self) -> str:
-        return f"{self.ssh_host}:{self.ssh_port}/{self.project_name}"
+        return f"{self.ssh_host}:{self.ssh_port}{self.project_dir}"
 
     @property
     def transport(self) -> SSHTransport:
@@ -137,15 +210,45 @@ class SentryHost(Block):
             )
         )
 
+    @property
+    def context(self) -> ComposeContext:
+        """Project name and env files as compose resolves them in project_dir (read once)."""
+        if self._compose_context is None:
+            env_text, custom = "", False
+            with contextlib.suppress(FileNotFoundError):
+                env_text = self.get(f"{self.project_dir}/.env").decode("utf-8", "replace")
+            if self.exists(f"{self.project_dir}/.env.custom"):
+                custom = True
+                env_text += "\n" + self.get(f"{self.project_dir}/.env.custom").decode()
+            self._compose_context = resolve_context(
+                self.project_dir, self.project_name, env_text, custom
+            )
+        return self._compose_context
+
+    def use_context(self, context: ComposeContext) -> SentryHost:
+        """Set what `context` would read (a stack this process is creating, tests)."""
+        self._compose_context = context
+        return self
+
+    @property
+    def project(self) -> str:
+        """The compose project name in effect."""
+        return self.project_name or self.context.project
+
+    def volume_name(self, volume: DataVolume) -> str:
+        return self.stack.volumes[volume].docker_name(self.project)
+
     # -- commands as data ---------------------------------------------------------------------
     def compose_argv(self, *args: str) -> list[str]:
+        env_files = [a for f in self.context.env_files for a in ("--env-file", f)]
         return [
             "docker",
             "compose",
             "--project-directory",
             self.project_dir,
+            *env_files,
             "-p",
-            self.project_name,
+            self.project,
             *args,
         ]
 
@@ -157,13 +260,15 @@ class SentryHost(Block):
         """A cheap liveness probe of a data service, run inside its container."""
         stack = self.stack
         if role is Role.POSTGRES:
+            # without a port, pg_isready uses the container's own PGPORT (or 5432), like the
+            # stack's healthcheck
+            port = ["-p", str(self.postgres_port)] if self.postgres_port else []
             return self.exec_argv(
                 role,
                 "pg_isready",
                 "-h",
                 "127.0.0.1",
-                "-p",
-                str(self.postgres_port),
+                *port,
                 "-U",
                 stack.postgres_user,
                 "-d",
@@ -199,7 +304,7 @@ class SentryHost(Block):
 
     def volume_tar_argv(self, volume: DataVolume, image: str) -> list[str]:
         """tar of a data volume to stdout, from a throwaway read-only container."""
-        name = self.stack.volumes[volume].docker_name(self.project_name)
+        name = self.volume_name(volume)
         return [
             "docker",
             "run",
@@ -222,7 +327,7 @@ class SentryHost(Block):
 
     def volume_untar_argv(self, volume: DataVolume, image: str) -> list[str]:
         """Unpack a tar from stdin into a data volume, from a throwaway container."""
-        name = self.stack.volumes[volume].docker_name(self.project_name)
+        name = self.volume_name(volume)
         return [
             "docker",
             "run",
@@ -245,11 +350,19 @@ class SentryHost(Block):
 
     def config_tar_argv(self) -> list[str]:
         """tar of the stack's configuration files that exist (they hold secrets)."""
-        return ["tar", "-C", self.project_dir, "--ignore-failed-read", "-cf", "-", *CONFIG_FILES]
+        return [
+            "tar",
+            "-C",
+            self.project_dir,
+            "--ignore-failed-read",
+            "-cf",
+            "-",
+            *self.stack.config_files,
+        ]
 
     def leftovers_argv(self) -> list[list[str]]:
         """Containers and volumes still labelled with this compose project."""
-        label = f"label=com.docker.compose.project={self.project_name}"
+        label = f"label=com.docker.compose.project={self.project}"
         return [
             ["docker", "ps", "-aq", "--filter", label],
             ["docker", "volume", "ls", "-q", "--filter", label],
@@ -304,8 +417,12 @@ class SentryHost(Block):
             raise ValueError(f"refusing to remove {path!r}")
         self.run(["rm", "-rf", "--", path], timeout=120)
 
+    def compose_config(self) -> dict:
+        """The project as compose resolves it (`config --format json`): services, volumes."""
+        return json.loads(self.run(self.config_json_argv(), timeout=60).stdout)
+
     def volume_exists(self, volume: DataVolume) -> bool:
-        name = self.stack.volumes[volume].docker_name(self.project_name)
+        name = self.volume_name(volume)
         return (
             self.run(["docker", "volume", "inspect", name], check=False, timeout=30).exit_code == 0
         )
@@ -355,3 +472,36 @@ def listening_ports(ss_output: str) -> frozenset[int]:
         if len(fields) >= 4 and (m := re.search(r":(\d+)$", fields[3])):
             ports.add(int(m.group(1)))
     return frozenset(ports)
+
+
+def resolve_context(
+    project_dir: str, project_name: str | None, env_text: str, has_custom: bool
+) -> ComposeContext:
+    """compose's own resolution: -p, else COMPOSE_PROJECT_NAME from the env files, else the
+    directory's name; `.env.custom` (self-hosted's override file) is added when it exists."""
+    env_files = (f"{project_dir}/.env", f"{project_dir}/.env.custom") if has_custom else ()
+    name = project_name or parse_env(env_text).get("COMPOSE_PROJECT_NAME") or ""
+    return ComposeContext(name or default_project_name(project_dir), env_files)
+
+
+def name_problems(stack: StackLayout, config: dict, volumes: tuple[DataVolume, ...]) -> list[str]:
+    """Names this host's layout expects that the resolved compose project does not define,
+    each with the block field to set."""
+    services = set(config.get("services", {}))
+    problems = []
+    for role in sorted(stack.required):
+        name = stack.services.get(role)
+        if name not in services:
+            problems.append(
+                f"service {name!r} (role {role}) is not in the compose project (it has: "
+                f"{', '.join(sorted(services)) or 'none'}); set service_names.{role} in the block"
+            )
+    defined = config.get("volumes", {}) or {}
+    for volume in volumes:
+        ref = stack.volumes[volume]
+        if ref.name not in defined:
+            problems.append(
+                f"volume {ref.name!r} ({volume}) is not in the compose project (it has: "
+                f"{', '.join(sorted(defined)) or 'none'}); set volume_names.{volume} in the block"
+            )
+    return problems

