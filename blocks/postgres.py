@@ -82,7 +82,7 @@ def connect(host: SentryHost, port: int, dbname: str | None = None) -> Iterator[
     except psycopg.OperationalError as exc:
         raise PostgresError(
             f"{host.label}: cannot connect to Postgres at {host.postgres_tunnel_host}:"
-            f"{host.postgres_port} (via SSH) as {host.stack.postgres_user}: "
+            f"{host.postgres_port or 5432} (via SSH) as {host.stack.postgres_user}: "
             f"{str(exc).strip()[-300:]}. Check postgres_port/postgres_tunnel_host and the "
             "block's postgres_password"
         ) from None
@@ -124,15 +124,32 @@ def table_checksums(conn: psycopg.Connection) -> dict[str, str]:
 
 
 def newest_event(conn: psycopg.Connection) -> str | None:
-    """'<event_id> <datetime>' of the newest event (Sentry's sentry_message), if there is one."""
-    exists = conn.execute("SELECT to_regclass('public.sentry_message')").fetchone()[0]
+    """'<node id> <timestamp>' of the newest payload in Sentry's Postgres nodestore
+    (`nodestore_node`, the guide era's), if it has one. Sentry never writes `sentry_message`."""
+    exists = conn.execute("SELECT to_regclass('public.nodestore_node')").fetchone()[0]
     if not exists:
         return None
     row = conn.execute(
-        "SELECT event_id::text, datetime FROM sentry_message ORDER BY datetime DESC, id DESC "
-        "LIMIT 1"
+        "SELECT id, timestamp FROM nodestore_node ORDER BY timestamp DESC, id DESC LIMIT 1"
     ).fetchone()
     return f"{row[0]} {row[1].isoformat()}" if row else None
+
+
+def node_payload(conn: psycopg.Connection, node_id: str) -> str | None:
+    """The nodestore payload of one node (an event), or None."""
+    row = conn.execute("SELECT data FROM nodestore_node WHERE id = %s", (node_id,)).fetchone()
+    return row[0] if row else None
+
+
+def app_counts(conn: psycopg.Connection) -> dict[str, int]:
+    """What an operator counts after a restore: users, superusers, projects, issues."""
+    queries = {
+        "users": "SELECT count(*) FROM auth_user",
+        "superusers": "SELECT count(*) FROM auth_user WHERE is_superuser",
+        "projects": "SELECT count(*) FROM sentry_project",
+        "issues": "SELECT count(*) FROM sentry_groupedmessage",
+    }
+    return {name: conn.execute(query).fetchone()[0] for name, query in queries.items()}
 
 
 def restore_from(host: SentryHost, port: int, source, jobs: int = 1) -> float:

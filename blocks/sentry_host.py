@@ -10,6 +10,9 @@ import contextlib
 import json
 import posixpath
 import re
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
@@ -26,7 +29,13 @@ from blocks.layouts import (
     default_project_name,
     get_layout,
 )
-from blocks.ssh import CommandResult, SSHTarget, SSHTransport, parse_host_key
+from blocks.ssh import (
+    CommandResult,
+    RemoteCommandError,
+    SSHTarget,
+    SSHTransport,
+    parse_host_key,
+)
 
 
 @dataclass(frozen=True)
@@ -296,11 +305,36 @@ class SentryHost(Block):
     def disk_argv(self) -> list[str]:
         return ["df", "-P", "-B1", self.docker_data_dir]
 
-    def config_json_argv(self) -> list[str]:
-        return self.compose_argv("config", "--format", "json")
+    def config_json_argv(self, interpolate: bool = True) -> list[str]:
+        raw = [] if interpolate else ["--no-interpolate"]
+        return self.compose_argv("config", *raw, "--format", "json")
 
     def sentry_version_argv(self) -> list[str]:
         return self.exec_argv(Role.WEB, "sentry", "--version")
+
+    def sentry_argv(self, *args: str) -> list[str]:
+        """A one-off `sentry <args>` in a new container of the web service (its image, config)."""
+        return self.compose_argv("run", "--rm", "-T", self.stack.service(Role.WEB), *args)
+
+    def volume_df_argv(self, volumes: Sequence[DataVolume], image: str) -> list[str]:
+        """`df` of each data volume, mounted read-only in a throwaway container."""
+        mounts = [a for v in volumes for a in ("-v", f"{self.volume_name(v)}:/volumes/{v}:ro")]
+        return [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--label",
+            "sentry-ops.job=health",
+            *mounts,
+            "--entrypoint",
+            "df",
+            image,
+            "-P",
+            "-B1",
+            *(f"/volumes/{v}" for v in volumes),
+        ]
 
     def volume_tar_argv(self, volume: DataVolume, image: str) -> list[str]:
         """tar of a data volume to stdout, from a throwaway read-only container."""
@@ -417,15 +451,103 @@ class SentryHost(Block):
             raise ValueError(f"refusing to remove {path!r}")
         self.run(["rm", "-rf", "--", path], timeout=120)
 
-    def compose_config(self) -> dict:
-        """The project as compose resolves it (`config --format json`): services, volumes."""
-        return json.loads(self.run(self.config_json_argv(), timeout=60).stdout)
+    def compose_config(self, interpolate: bool = True) -> dict:
+        """The project as compose resolves it (`config --format json`): services, volumes.
+        Without interpolation it reads before .env has every variable (names only)."""
+        return json.loads(self.run(self.config_json_argv(interpolate), timeout=60).stdout)
 
     def volume_exists(self, volume: DataVolume) -> bool:
         name = self.volume_name(volume)
         return (
             self.run(["docker", "volume", "inspect", name], check=False, timeout=30).exit_code == 0
         )
+
+    def service_images(self) -> dict[str, str]:
+        """compose service -> image, as the project resolves them."""
+        services = self.compose_config().get("services", {})
+        return {name: svc.get("image", "") for name, svc in services.items()}
+
+    def name_problems(self, volumes: Sequence[DataVolume] = ()) -> list[str]:
+        """Names of this block that the host's compose project lacks (empty: all present)."""
+        return name_problems(self.stack, self.compose_config(False), tuple(volumes))
+
+    # -- Sentry, the way an operator talks to it ------------------------------------------------
+    def upgrade(self, timeout: float = 3600) -> tuple[bool, str]:
+        """`sentry upgrade --noinput` (idempotent: pending migrations only) -> (applied, log)."""
+        out = self.run(self.sentry_argv("upgrade", "--noinput"), timeout=timeout).text
+        return bool(re.search(r"\b(Applying|Applied)\b", out)), out
+
+    def create_superuser(self, email: str, password: str) -> bool:
+        """`sentry createuser --superuser`; True when created, False when the user exists.
+
+        The password goes to the command's own prompt on stdin, never into argv. Current Sentry
+        reports an existing user on stdout and exits 0; older releases exited non-zero.
+        """
+        argv = self.sentry_argv("createuser", "--email", email, "--superuser")
+        result = self.run(argv, stdin=f"{password}\n{password}\n".encode(), check=False)
+        if "exists" in result.text or (result.exit_code != 0 and "exists" in result.stderr):
+            return False
+        if result.exit_code != 0:
+            raise RemoteCommandError(
+                self.label, "sentry createuser", result.exit_code, result.stderr
+            )
+        return True
+
+    def web_request(
+        self,
+        path: str,
+        *,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 15,
+    ) -> tuple[int, bytes]:
+        """HTTP to Sentry's web port on the host, through the SSH tunnel -> (status, body).
+        Status 0: nothing answered."""
+        with self.tunnel(self.web_port) as port:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}{path}", data=data, headers=headers or {}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as resp:
+                    return resp.status, resp.read(1 << 20)
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read(1 << 20)
+            except OSError as exc:
+                return 0, f"no answer on port {self.web_port}: {exc}".encode()
+
+    def send_event(self, event: dict) -> str:
+        """Send an event to the store endpoint of `probe_dsn`'s project, as an SDK would."""
+        if self.probe_dsn is None:
+            raise ValueError(f"{self.label}: the block has no probe_dsn")
+        dsn = urllib.parse.urlsplit(self.probe_dsn.get_secret_value())
+        project = dsn.path.strip("/").rsplit("/", 1)[-1]
+        auth = f"Sentry sentry_version=7, sentry_client=sentry-ops/1, sentry_key={dsn.username}"
+        status, body = self.web_request(
+            f"/api/{project}/store/",
+            data=json.dumps(event).encode(),
+            headers={"X-Sentry-Auth": auth, "Content-Type": "application/json"},
+        )
+        if status != 200:
+            raise RemoteCommandError(
+                self.label, f"POST /api/{project}/store/", status, body.decode("utf-8", "replace")
+            )
+        return json.loads(body)["id"]
+
+    def lookup_event(self, event_id: str) -> dict | None:
+        """The processed event (its issue and payload) through Sentry's API; None: not (yet)."""
+        if self.api_token is None:
+            raise ValueError(f"{self.label}: the block has no api_token")
+        status, body = self.web_request(
+            f"/api/0/organizations/{self.organization}/eventids/{event_id}/",
+            headers={"Authorization": f"Bearer {self.api_token.get_secret_value()}"},
+        )
+        if status == 404:
+            return None
+        if status != 200:
+            raise RemoteCommandError(
+                self.label, "GET .../eventids/", status, body.decode("utf-8", "replace")[:300]
+            )
+        return json.loads(body)
 
     def leftovers(self) -> list[str]:
         return [item for argv in self.leftovers_argv() for item in self.run(argv).text.split()]

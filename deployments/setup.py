@@ -31,18 +31,24 @@ STACK_FIELDS = (
     "postgres_port",
     "redis_port",
     "clickhouse_port",
+    "postgres_password",
+    "probe_dsn",
+    "api_token",
+    "service_names",
+    "volume_names",
 )
 
 
-def host_from_connection(info: dict) -> SentryHost:
-    ssh, stack = info["ssh"], info["stack"]
+def host_from_connection(info: dict, layout: str = "guide") -> SentryHost:
+    """The host block of one of the connection file's stacks (`stacks.<layout>`)."""
+    ssh = info["ssh"]
+    stack = info.get("stacks", {}).get(layout) or info["stack"]
     return SentryHost(
         ssh_host=ssh["host"],
         ssh_port=ssh["port"],
         ssh_user=ssh["user"],
         ssh_private_key=Path(ssh["private_key_path"]).read_text(),
         ssh_host_key=ssh["host_key"],
-        postgres_password=stack.get("postgres_password"),
         **{k: stack[k] for k in STACK_FIELDS if k in stack},
     )
 
@@ -73,8 +79,8 @@ def ensure_backup_lock(host_block_name: str) -> str:
     return name
 
 
-def save_blocks(info: dict, name: str) -> list[str]:
-    host_from_connection(info).save(name, overwrite=True)
+def save_blocks(info: dict, name: str, layout: str = "guide") -> list[str]:
+    host_from_connection(info, layout).save(name, overwrite=True)
     store_from_connection(info).save(name, overwrite=True)
     lock = ensure_backup_lock(name)
     return [f"sentry-host/{name}", f"sentry-backup-store/{name}", f"concurrency-limit/{lock}"]
@@ -84,8 +90,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m deployments.setup", description=__doc__)
     parser.add_argument("--connection", type=Path, default=Path(".sandbox/connection.json"))
     parser.add_argument("--name", default="sandbox", help="block name to save under")
+    parser.add_argument("--layout", default="guide", help="which of the file's stacks")
     args = parser.parse_args()
-    saved = save_blocks(json.loads(args.connection.read_text()), args.name)
+    saved = save_blocks(json.loads(args.connection.read_text()), args.name, args.layout)
     print("saved blocks: " + ", ".join(saved))
     return 0
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import re
 import subprocess
 import threading
@@ -153,17 +152,23 @@ def ship(
 def preflight(host: SentryHost, store: BackupStore) -> dict[str, str]:
     """Everything that can be checked before a byte is written; returns compose images."""
     store.check_access()
-    config = json.loads(host.run(host.config_json_argv(), timeout=60).stdout)
-    images = {name: svc.get("image", "") for name, svc in config.get("services", {}).items()}
-    for volume in (DataVolume.POSTGRES, *host.stack.backup_volumes):
-        name = host.stack.volumes[volume].docker_name(host.project_name)
+    volumes = (DataVolume.POSTGRES, *host.stack.backup_volumes)
+    problems = host.name_problems(volumes)
+    if problems:
+        raise BackupError(f"{host.label}: nothing was backed up: {'; '.join(problems)}")
+    for volume in volumes:
         if not host.volume_exists(volume):
             raise BackupError(
-                f"{host.label}: data volume {name} ({volume}) does not exist; "
-                "check the block's layout and project_name"
+                f"{host.label}: data volume {host.volume_name(volume)} ({volume}) does not "
+                "exist; check the block's layout, project_name and volume_names"
             )
+    if host.postgres_port is None:
+        raise BackupError(
+            f"{host.label}: this Postgres is not published (no postgres_port in the block); "
+            "dumping it next to the database is not implemented yet (issue 9)"
+        )
     postgres.client_major("pg_dump")
-    return images
+    return host.service_images()
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60])
@@ -306,7 +311,7 @@ def backup(host: str, store: str, retries: int = 2) -> dict:
             backup_id=backup_id,
             host=host,
             layout=sentry_host.layout,
-            project_name=sentry_host.project_name,
+            project_name=sentry_host.project,
             started_at=started,
             finished_at=dt.datetime.now(dt.UTC),
             objects=objects,

@@ -17,22 +17,18 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
+from blocks.dotenv import conflicts, parse_env, render_env
 from blocks.layouts import Role
 from blocks.sentry_host import SentryHost
-from blocks.ssh import RemoteCommandError
-from flows.health import artifact_slug, check_web
-
-# actions are done / already done; checks are ok / warning; either can have failed
-DONE, ALREADY, OK, FAILED, WARNING = "done", "already done", "ok", "failed", "warning"
+from flows.health import check_web
+from flows.shared import Result, Status, failed, results_artifact, summary
 
 
 class HostRequirements(BaseModel):
@@ -46,44 +42,15 @@ class HostRequirements(BaseModel):
     recommended_disk_gb: float = Field(default=100, description="Warn below this free disk (GB).")
 
 
-@dataclass(frozen=True)
-class Step:
-    step: str
-    status: str
-    detail: str
-
-
 class BootstrapError(Exception):
     pass
 
 
 # -- pure logic --------------------------------------------------------------------------------
-def parse_env(text: str) -> dict[str, str]:
-    env = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            env[key.strip()] = value
-    return env
-
-
-def render_env(current: str, wanted: dict[str, str]) -> str:
-    """`current` .env text with `wanted` keys set: existing lines and order kept, new keys last."""
-    lines, seen = [], set()
-    for line in current.splitlines():
-        key = line.partition("=")[0].strip()
-        if key in wanted and not line.lstrip().startswith("#"):
-            lines.append(f"{key}={wanted[key]}")
-            seen.add(key)
-        else:
-            lines.append(line)
-    lines += [f"{k}={v}" for k, v in wanted.items() if k not in seen]
-    return "\n".join(lines) + "\n"
-
-
-def assess_resources(cpus: int, memory_gb: float, disk_gb: float, req: HostRequirements):
-    """-> [(what, status, detail)]: FAILED below the minimum, WARNING below recommended."""
+def assess_resources(
+    cpus: int, memory_gb: float, disk_gb: float, req: HostRequirements
+) -> list[Result]:
+    """FAILED below the minimum, WARNING below the recommended size, else OK."""
     out = []
     for what, have, low, rec, unit in (
         ("cpu", cpus, req.min_cpus, req.recommended_cpus, "cores"),
@@ -92,44 +59,48 @@ def assess_resources(cpus: int, memory_gb: float, disk_gb: float, req: HostRequi
     ):
         have_s = f"{have:g} {unit}" if isinstance(have, int) else f"{have:.1f} {unit}"
         if have < low:
-            out.append((what, FAILED, f"{have_s}, the minimum is {low:g}"))
+            out.append(Result(what, Status.FAILED, f"{have_s}, the minimum is {low:g}"))
         elif have < rec:
-            out.append((what, WARNING, f"{have_s}, below the recommended {rec:g}"))
+            out.append(Result(what, Status.WARNING, f"{have_s}, below the recommended {rec:g}"))
         else:
-            out.append((what, OK, have_s))
+            out.append(Result(what, Status.OK, have_s))
     return out
 
 
 # -- tasks --------------------------------------------------------------------------------------
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, timeout_seconds=300)
 def preflight(
     host: SentryHost, requirements: HostRequirements, force: bool, ports: list[int]
-) -> list[Step]:
+) -> list[Result]:
     facts = host.facts()
-    steps = [Step("docker", OK, f"engine {facts.docker}, compose {facts.compose}")]
-    resources = assess_resources(facts.cpus, facts.memory_gb, facts.disk_free_gb, requirements)
-    for what, status, detail in resources:
-        if status == FAILED and force:
-            status, detail = WARNING, detail + " (force=True)"
-        steps.append(Step(what, status, detail))
+    steps = [Result("docker", Status.OK, f"engine {facts.docker}, compose {facts.compose}")]
+    for result in assess_resources(facts.cpus, facts.memory_gb, facts.disk_free_gb, requirements):
+        if result.status is Status.FAILED and force:
+            result = Result(result.name, Status.WARNING, result.detail + " (force=True)")
+        steps.append(result)
+    if host.exists(f"{host.project_dir}/docker-compose.yml"):  # names, before anything is written
+        problems = host.name_problems()
+        steps += [Result("names", Status.FAILED, p) for p in problems] or [
+            Result("names", Status.OK, f"project {host.project}: every role's service found")
+        ]
     running = set(host.run(host.compose_argv("ps", "-q"), timeout=60, check=False).text.split())
     if not running:  # our stack holds its own ports once it runs
         taken = facts.listening & set(ports)
         steps.append(
-            Step(
+            Result.check(
                 "ports",
-                FAILED if taken else OK,
+                not taken,
                 f"in use: {sorted(taken)}" if taken else f"free: {sorted(ports)}",
             )
         )
     return steps
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def put_stack(host: SentryHost, stack_files: str | None) -> Step:
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, timeout_seconds=600)
+def put_stack(host: SentryHost, stack_files: str | None) -> Result:
     compose_file = f"{host.project_dir}/docker-compose.yml"
     if host.exists(compose_file):
-        return Step("stack files", ALREADY, f"{compose_file} exists")
+        return Result("stack files", Status.ALREADY, f"{compose_file} exists")
     if not stack_files:
         raise BootstrapError(
             f"{host.label}: {compose_file} does not exist and no stack_files "
@@ -143,12 +114,16 @@ def put_stack(host: SentryHost, stack_files: str | None) -> Step:
     host.makedirs(*dirs)
     for path in files:
         host.put(f"{host.project_dir}/{path.relative_to(source)}", path.read_bytes(), mode=0o644)
-    return Step("stack files", DONE, f"uploaded {len(files)} files from {stack_files}")
+    problems = host.name_problems()
+    if problems:
+        raise BootstrapError(f"{host.label}: the uploaded stack: {'; '.join(problems)}")
+    return Result("stack files", Status.DONE, f"uploaded {len(files)} files from {stack_files}")
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def write_env(host: SentryHost, settings: dict[str, str]) -> Step:
-    """The secret key is generated here once and never leaves the host's .env again."""
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, timeout_seconds=120)
+def write_env(host: SentryHost, settings: dict[str, str]) -> Result:
+    """The secret key is generated here once and never leaves the host's .env again; an existing
+    secret key or database password is never changed."""
     stack, path = host.stack, f"{host.project_dir}/.env"
     if stack.secret_key_env is None:
         raise BootstrapError(
@@ -156,10 +131,21 @@ def write_env(host: SentryHost, settings: dict[str, str]) -> Step:
             "bootstrap it with its own ./install.sh"
         )
     current = host.get(path).decode() if host.exists(path) else ""
+    have = parse_env(current)
     wanted = dict(settings)
     if stack.postgres_password_env and host.postgres_password is not None:
         wanted[stack.postgres_password_env] = host.postgres_password.get_secret_value()
-    have = parse_env(current)
+    kept = {
+        stack.secret_key_env,
+        *([stack.postgres_password_env] * bool(stack.postgres_password_env)),
+    }
+    differ = conflicts(have, wanted, kept)
+    if differ:
+        raise BootstrapError(
+            f"{host.label}: {path} already sets {', '.join(differ)} to another value than this "
+            "run would write; refusing to change a secret that existing data depends on. Put "
+            "the existing value in the block (or settings), or remove it from .env on purpose"
+        )
     key_note = "secret key kept"
     if not have.get(stack.secret_key_env):
         wanted[stack.secret_key_env] = secrets.token_urlsafe(50)
@@ -169,11 +155,11 @@ def write_env(host: SentryHost, settings: dict[str, str]) -> Step:
         mode = host.transport.stat_mode(path)
         if mode & 0o077:
             host.chmod(path, 0o600)
-            return Step(".env", DONE, f"{key_note}; mode {mode:o} -> 600")
-        return Step(".env", ALREADY, f"{key_note}; nothing to change")
+            return Result(".env", Status.DONE, f"{key_note}; mode {mode:o} -> 600")
+        return Result(".env", Status.ALREADY, f"{key_note}; nothing to change")
     host.put(path, rendered.encode(), mode=0o600)
     changed = sorted(k for k in wanted if have.get(k) != wanted[k])
-    return Step(".env", DONE, f"{key_note}; wrote {len(changed)} settings (mode 600)")
+    return Result(".env", Status.DONE, f"{key_note}; wrote {len(changed)} settings (mode 600)")
 
 
 def _running(host: SentryHost) -> set[str]:
@@ -181,51 +167,32 @@ def _running(host: SentryHost) -> set[str]:
     return set(out.text.split())
 
 
-@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
-def start_services(host: SentryHost, roles: list[Role], name: str) -> Step:
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, timeout_seconds=900)
+def start_services(host: SentryHost, roles: list[Role], name: str) -> Result:
     defined = set(host.run(host.services_argv(), timeout=60).text.split())
     services = [host.stack.service(r) for r in roles if host.stack.services.get(r) in defined]
     before = _running(host)
     host.run(host.compose_argv("up", "-d", "--wait", *services), timeout=600)
     if set(services) <= before:
-        return Step(name, ALREADY, f"running: {', '.join(services)}")
-    return Step(name, DONE, f"started and healthy: {', '.join(services)}")
+        return Result(name, Status.ALREADY, f"running: {', '.join(services)}")
+    return Result(name, Status.DONE, f"started and healthy: {', '.join(services)}")
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
-def migrate(host: SentryHost, web_already_healthy: bool) -> Step:
-    if web_already_healthy:
-        return Step("migrations", ALREADY, "web is up and healthy on this version")
-    out = host.run(
-        host.compose_argv(
-            "run", "--rm", "-T", host.stack.service(Role.WEB), "upgrade", "--noinput"
-        ),
-        timeout=3600,
-    )
-    return Step("migrations", DONE, out.text.strip().splitlines()[-1][-200:] if out.text else "")
+def migrate(host: SentryHost) -> Result:
+    """Always run: health is no proof of a migrated schema, and `upgrade` runs only what is
+    pending."""
+    applied, out = host.upgrade()
+    last = out.strip().splitlines()[-1][-200:] if out.strip() else ""
+    return Result("migrations", Status.DONE if applied else Status.ALREADY, last)
 
 
-@task(cache_policy=NO_CACHE)
-def create_superuser(host: SentryHost, email: str, password_secret: str) -> Step:
-    # The password goes on stdin to the command's own prompt, never into argv.
-    password = Secret.load(password_secret).get()
-    argv = host.compose_argv(
-        "run",
-        "--rm",
-        "-T",
-        host.stack.service(Role.WEB),
-        "createuser",
-        "--email",
-        email,
-        "--superuser",
-    )
-    try:
-        host.run(argv, stdin=f"{password}\n{password}\n".encode(), timeout=600)
-    except RemoteCommandError as exc:
-        if "exists" in exc.stderr_tail:
-            return Step("superuser", ALREADY, f"{email} exists")
-        raise
-    return Step("superuser", DONE, f"{email} created")
+@task(cache_policy=NO_CACHE, timeout_seconds=900)
+def create_superuser(host: SentryHost, email: str, password_secret: str) -> Result:
+    created = host.create_superuser(email, Secret.load(password_secret).get())
+    if created:
+        return Result("superuser", Status.DONE, f"{email} created")
+    return Result("superuser", Status.ALREADY, f"{email} exists")
 
 
 # -- flow ---------------------------------------------------------------------------------------
@@ -240,66 +207,69 @@ def bootstrap(
     force: bool = False,
     extra_ports: list[int] | None = None,
 ) -> list[dict]:
-    """Bring a Sentry host from nothing to healthy; safe to run again.
+    """Bring a Sentry host in the guide's layout from nothing to healthy; safe to run again.
 
-    host: SentryHost block. admin_password_secret: name of a Prefect Secret block.
-    stack_files: local directory with docker-compose.yml (+ config) to upload when the host has
-    none. settings: non-secret .env values (image versions, ports). requirements: the resource
-    thresholds (the guide's minimum by default). force: go on below the minimum.
-    extra_ports: host ports besides web_port that must be free on a first bootstrap.
+    Args:
+        host: Name of the SentryHost block.
+        admin_email: Email of the superuser to create (kept if it exists).
+        admin_password_secret: Name of the Prefect Secret block holding the admin password.
+        stack_files: Local directory with docker-compose.yml (+ config) to upload when the host
+            has none.
+        settings: Non-secret .env values (image versions, ports).
+        requirements: Resource thresholds (the guide's minimum by default).
+        force: Go on below the minimum size.
+        extra_ports: Host ports besides web_port that must be free on a first bootstrap.
     """
     logger = get_run_logger()
     if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", admin_email or ""):
         raise BootstrapError(f"admin_email={admin_email!r} is not an email address")
     Secret.load(admin_password_secret)  # fails early, naming the block, if it does not exist
     sentry_host = SentryHost.load(host)
+    if sentry_host.stack.secret_key_env is None:
+        raise BootstrapError(
+            f"{sentry_host.label}: layout {sentry_host.layout!r} keeps its secret key in "
+            "sentry/config.yml and is installed by its own ./install.sh; run that instead "
+            "(nothing was changed)"
+        )
     steps = preflight(
         sentry_host,
         requirements or HostRequirements(),
         force,
         [sentry_host.web_port, *(extra_ports or [])],
     )
-    failed = [s for s in steps if s.status == FAILED]
-    if failed:
+    if failed(steps):
         report(host, sentry_host, steps)
         raise BootstrapError(
-            f"{sentry_host.label}: preflight failed, nothing was changed: "
-            + "; ".join(f"{s.step}: {s.detail}" for s in failed)
+            f"{sentry_host.label}: preflight failed, nothing was changed: {summary(steps)}"
         )
-    web_before = check_web(sentry_host).ok if _running(sentry_host) else False
     try:
         steps.append(put_stack(sentry_host, stack_files))
         steps.append(write_env(sentry_host, settings or {}))
         steps.append(
             start_services(sentry_host, list(sentry_host.stack.dependencies), "dependencies")
         )
-        steps.append(migrate(sentry_host, web_before))
+        steps.append(migrate(sentry_host))
         steps.append(create_superuser(sentry_host, admin_email, admin_password_secret))
         steps.append(start_services(sentry_host, [Role.WEB, Role.WORKER, Role.CRON], "services"))
-        health = check_web(sentry_host)
-        steps.append(Step("/_health/", OK if health.ok else FAILED, health.detail))
+        steps += check_web(sentry_host)
     except Exception as exc:
-        steps.append(Step("(stopped)", FAILED, f"{exc.__class__.__name__}: {exc}"[:300]))
+        steps.append(Result("(stopped)", Status.FAILED, f"{exc.__class__.__name__}: {exc}"[:300]))
         report(host, sentry_host, steps)
         raise
     report(host, sentry_host, steps)
-    if steps[-1].status == FAILED:
-        raise BootstrapError(f"{sentry_host.label}: /_health/ failed: {steps[-1].detail}")
-    changed = [s.step for s in steps if s.status == DONE]
+    if failed(steps):
+        raise BootstrapError(f"{sentry_host.label}: not healthy after bootstrap: {summary(steps)}")
+    changed = [s.name for s in steps if s.status is Status.DONE]
     logger.info(
         "bootstrap of %s: %s",
         sentry_host.label,
         f"changed {', '.join(changed)}" if changed else "nothing to do",
     )
-    return [asdict(s) for s in steps]
+    return [s.row() for s in steps]
 
 
-def report(host: str, sentry_host: SentryHost, steps: list[Step]) -> None:
-    create_table_artifact(
-        key=f"bootstrap-{artifact_slug(host)}",
-        table=[asdict(s) for s in steps],
-        description=f"Bootstrap of {sentry_host.label}",
-    )
+def report(host: str, sentry_host: SentryHost, steps: list[Result]) -> None:
+    results_artifact(f"bootstrap-{host}", steps, f"Bootstrap of {sentry_host.label}")
 
 
 if __name__ == "__main__":

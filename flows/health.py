@@ -1,32 +1,28 @@
-"""Health check of a Sentry host: is every part of the stack up and answering?
+"""Health check of a Sentry host: is every part of the stack up, and is it ingesting?
 
-Runbook, in order: containers of every role running (and healthy where they have a healthcheck);
-Sentry web answers `/_health/`; Postgres `pg_isready`; Redis PING; ClickHouse `SELECT 1`; enough
-free disk where Docker keeps its data. Every check runs even when another fails; the flow then
-fails naming each failed check.
+Runbook, in order: the block's names exist in the compose project; containers of every role
+running (and healthy where they have a healthcheck); Sentry web answers `/_health/` and its full
+status checks `/_health/?full`; Postgres `pg_isready`; Redis PING; ClickHouse `SELECT 1`; free
+disk where Docker keeps its data and on every data volume; then, because `/_health/` stays green
+while nothing is ingested, a synthetic event sent to the probe project's store endpoint must come
+out processed (its issue and its payload) through Sentry's API within a bound. Every check runs
+even when another fails; the flow then fails naming each failed check.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-import urllib.error
-import urllib.request
-from dataclasses import asdict, dataclass
+import time
+import uuid
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from blocks.layouts import Role, StackLayout
 from blocks.sentry_host import SentryHost
 from blocks.ssh import RemoteCommandError
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
+from flows.shared import Result, Status, failed, results_artifact, summary
 
 
 class UnhealthyError(Exception):
@@ -44,19 +40,19 @@ def parse_ps(output: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def assess_containers(rows: list[dict], defined: set[str], layout: StackLayout) -> list[Check]:
+def assess_containers(rows: list[dict], defined: set[str], layout: StackLayout) -> list[Result]:
     """One check per role the layout knows and the project defines (or requires)."""
     checks = []
     for role, service in layout.services.items():
         if service not in defined:
             if role in layout.required:
                 checks.append(
-                    Check(f"{role}: container", False, f"service {service} is not defined")
+                    Result.check(f"{role}: container", False, f"service {service} is not defined")
                 )
             continue
         mine = [r for r in rows if r.get("Service") == service]
         if not mine:
-            checks.append(Check(f"{role}: container", False, f"{service} has no container"))
+            checks.append(Result.check(f"{role}: container", False, f"{service} has no container"))
             continue
         bad = [
             f"{r.get('Name')} {r.get('State')}" + (f"/{r['Health']}" if r.get("Health") else "")
@@ -64,68 +60,151 @@ def assess_containers(rows: list[dict], defined: set[str], layout: StackLayout) 
             if r.get("State") != "running" or r.get("Health") not in ("", None, "healthy")
         ]
         detail = "; ".join(bad) if bad else f"{len(mine)} running"
-        checks.append(Check(f"{role}: container", not bad, detail))
+        checks.append(Result.check(f"{role}: container", not bad, detail))
     return checks
 
 
-def assess_disk(df_output: str, min_free_gb: float) -> Check:
-    """`df -P -B1 DIR` -> a check that at least `min_free_gb` is free."""
-    fields = df_output.strip().splitlines()[-1].split()
-    total, available = int(fields[1]), int(fields[3])
-    free_gb = available / 1e9
-    detail = f"{free_gb:.1f} GB free of {total / 1e9:.1f} GB on {fields[5]}"
-    return Check("docker disk", free_gb >= min_free_gb, detail)
+def assess_disk(df_output: str, min_free_gb: float, names: list[str]) -> list[Result]:
+    """`df -P -B1 A B ...` -> one check per path (named by `names`): at least `min_free_gb`."""
+    rows = df_output.strip().splitlines()[1:]
+    results = []
+    for name, row in zip(names, rows, strict=True):
+        fields = row.split()
+        total, available = int(fields[1]), int(fields[3])
+        free_gb = available / 1e9
+        detail = f"{free_gb:.1f} GB free of {total / 1e9:.1f} GB ({100 * available / total:.0f}%)"
+        results.append(Result.check(f"disk: {name}", free_gb >= min_free_gb, detail))
+    return results
+
+
+def assess_full_health(status: int, body: bytes) -> Result:
+    """`/_health/?full`: 200 and no problems; else the problems Sentry names."""
+    name = f"{Role.WEB}: /_health/?full"
+    text = body.decode("utf-8", "replace")
+    try:
+        problems = json.loads(text).get("problems", [])
+    except (ValueError, AttributeError):
+        return Result.check(name, False, f"{status} {text[:200]}")
+    messages = [f"{p.get('id', '?')}: {p.get('message', '')}"[:200] for p in problems]
+    if status == 200 and not problems:
+        return Result.check(name, True, "200, no problems")
+    return Result.check(name, False, f"{status}: " + ("; ".join(messages) or text[:200]))
 
 
 # -- tasks --------------------------------------------------------------------------------------
-@task(cache_policy=NO_CACHE)
-def check_containers(host: SentryHost) -> list[Check]:
+@task(cache_policy=NO_CACHE, timeout_seconds=120)
+def check_names(host: SentryHost) -> list[Result]:
+    problems = host.name_problems(host.stack.backup_volumes)
+    if not problems:
+        return [Result.check("names", True, f"project {host.project}: services and volumes found")]
+    return [Result.check("names", False, p) for p in problems]
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=120)
+def check_containers(host: SentryHost) -> list[Result]:
     defined = set(host.run(host.services_argv(), timeout=60).text.split())
     rows = parse_ps(host.run(host.ps_argv(), timeout=60).text)
     return assess_containers(rows, defined, host.stack)
 
 
-def probe_web(host: SentryHost) -> Check:
-    """GET /_health/ on the host's web port through the SSH tunnel (plain function: pollable)."""
-    name = f"{Role.WEB}: /_health/"
-    with host.tunnel(host.web_port) as port:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_health/", timeout=15) as resp:
-                body = resp.read(200).decode("utf-8", "replace").strip()
-                return Check(name, resp.status == 200 and "ok" in body, f"{resp.status} {body}")
-        except urllib.error.HTTPError as exc:
-            return Check(name, False, f"{exc.code} {exc.read(200).decode('utf-8', 'replace')}")
-        except OSError as exc:
-            return Check(name, False, f"no answer on port {host.web_port}: {exc}")
+def probe_web(host: SentryHost) -> Result:
+    """GET /_health/ (plain function: pollable). Like Sentry's, it does not touch the database."""
+    status, body = host.web_request("/_health/")
+    text = body.decode("utf-8", "replace").strip()[:200]
+    return Result.check(
+        f"{Role.WEB}: /_health/", status == 200 and "ok" in text, f"{status} {text}"
+    )
 
 
-@task(cache_policy=NO_CACHE)
-def check_web(host: SentryHost) -> Check:
-    return probe_web(host)
+@task(cache_policy=NO_CACHE, timeout_seconds=120)
+def check_web(host: SentryHost) -> list[Result]:
+    """/_health/ (the process answers) and /_health/?full (its status checks)."""
+    return [probe_web(host), assess_full_health(*host.web_request("/_health/?full"))]
 
 
-@task(cache_policy=NO_CACHE)
-def check_service(host: SentryHost, role: Role) -> Check:
+@task(cache_policy=NO_CACHE, timeout_seconds=60)
+def check_service(host: SentryHost, role: Role) -> Result:
     name = {Role.POSTGRES: "pg_isready", Role.REDIS: "PING", Role.CLICKHOUSE: "SELECT 1"}[role]
     try:
         out = host.run(host.probe_argv(role), timeout=30).text.strip()
     except RemoteCommandError as exc:
-        return Check(f"{role}: {name}", False, exc.stderr_tail.strip()[-300:] or str(exc))
-    return Check(f"{role}: {name}", True, out[-200:])
+        return Result.check(f"{role}: {name}", False, exc.stderr_tail.strip()[-300:] or str(exc))
+    return Result.check(f"{role}: {name}", True, out[-200:])
 
 
-@task(cache_policy=NO_CACHE)
-def check_disk(host: SentryHost, min_free_gb: float) -> Check:
-    return assess_disk(host.run(host.disk_argv(), timeout=30).text, min_free_gb)
+@task(cache_policy=NO_CACHE, timeout_seconds=120)
+def check_disk(host: SentryHost, min_free_gb: float) -> list[Result]:
+    """Free space where Docker keeps its data, and on the filesystem of each data volume."""
+    results = assess_disk(host.run(host.disk_argv(), timeout=30).text, min_free_gb, ["docker"])
+    volumes = [v for v in host.stack.volumes if host.volume_exists(v)]
+    image = host.service_images().get(host.stack.service(Role.WEB), "")
+    if volumes and image:
+        df = host.run(host.volume_df_argv(volumes, image), timeout=60).text
+        names = [f"volume {v} ({host.volume_name(v)})" for v in volumes]
+        results += assess_disk(df, min_free_gb, names)
+    return results
+
+
+def probe_ingestion(host: SentryHost, within: float) -> Result:
+    """Send a synthetic event; it must come out processed (issue + payload) within `within` s."""
+    name = "ingestion: synthetic event"
+    if host.probe_dsn is None or host.api_token is None:
+        return Result(
+            name,
+            Status.WARNING,
+            "not probed: set probe_dsn and api_token in the host block to prove that events are "
+            "processed, not only that /_health/ answers",
+        )
+    marker = uuid.uuid4().hex
+    event = {
+        "event_id": marker,
+        "message": f"sentry-ops ingestion probe {marker[:8]}",
+        "level": "info",
+        "platform": "other",
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+        "tags": {"sentry-ops": "health-probe"},
+    }
+    started = time.monotonic()
+    try:
+        event_id = host.send_event(event)
+    except RemoteCommandError as exc:
+        return Result.check(name, False, f"store endpoint refused the event: {exc}"[:300])
+    while True:
+        found = host.lookup_event(event_id)
+        waited = time.monotonic() - started
+        if found and found.get("groupId") and found.get("event"):
+            return Result.check(
+                name, True, f"processed in {waited:.2f}s (issue {found['groupId']})", waited
+            )
+        if waited > within:
+            state = "stored without an issue" if found else "never processed"
+            return Result.check(
+                name, False, f"event {event_id} {state} after {within:g}s: ingestion is stuck"
+            )
+        time.sleep(0.25)
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=300)
+def check_ingestion(host: SentryHost, within: float) -> Result:
+    return probe_ingestion(host, within)
 
 
 # -- flow ---------------------------------------------------------------------------------------
 @flow(name="health-check", log_prints=True)
-def health_check(host: str, min_free_gb: float = 5.0) -> list[dict]:
-    """Check every part of the Sentry stack on `host` (the name of a SentryHost block)."""
+def health_check(
+    host: str, min_free_gb: float = 5.0, ingestion_within_seconds: float = 60.0
+) -> list[dict]:
+    """Check every part of the Sentry stack on a host, ingestion included.
+
+    Args:
+        host: Name of the SentryHost block.
+        min_free_gb: Fail when Docker's disk or a data volume has less free space (GB).
+        ingestion_within_seconds: A synthetic event must be processed within this many seconds.
+    """
     logger = get_run_logger()
     sentry_host = SentryHost.load(host)
     futures = [
+        check_names.submit(sentry_host),
         check_containers.submit(sentry_host),
         check_web.submit(sentry_host),
         *(
@@ -134,31 +213,23 @@ def health_check(host: str, min_free_gb: float = 5.0) -> list[dict]:
             if role in sentry_host.stack.services
         ),
         check_disk.submit(sentry_host, min_free_gb),
+        check_ingestion.submit(sentry_host, ingestion_within_seconds),
     ]
-    checks: list[Check] = []
+    checks: list[Result] = []
     for future in futures:
         result = future.result()
         checks.extend(result if isinstance(result, list) else [result])
-    rows = [
-        {"check": c.name, "ok": "yes" if c.ok else "FAILED", "detail": c.detail} for c in checks
-    ]
-    failed = [c for c in checks if not c.ok]
-    create_table_artifact(
-        key=f"health-{artifact_slug(host)}",
-        table=rows,
-        description=f"Health of {sentry_host.label}: "
-        + (f"{len(failed)} failed" if failed else "all checks passed"),
+    bad = failed(checks)
+    results_artifact(
+        f"health-{host}",
+        checks,
+        f"Health of {sentry_host.label}: " + (f"{len(bad)} failed" if bad else "all passed"),
     )
     for c in checks:
-        logger.info("%s %s: %s", "ok    " if c.ok else "FAILED", c.name, c.detail)
-    if failed:
-        names = ", ".join(f"{c.name} ({c.detail})" for c in failed)
-        raise UnhealthyError(f"{sentry_host.label} is unhealthy: {names}")
-    return [asdict(c) for c in checks]
-
-
-def artifact_slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "host"
+        logger.info("%-8s %s: %s", c.status, c.name, c.detail)
+    if bad:
+        raise UnhealthyError(f"{sentry_host.label} is unhealthy: {summary(checks)}")
+    return [c.row() for c in checks]
 
 
 if __name__ == "__main__":

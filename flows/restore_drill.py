@@ -7,8 +7,9 @@ Runbook, in order:
    and ports, the image tags the manifest recorded, the config restored from the backup;
 4. Postgres: S3 -> zstd -> pg_restore (through the tunnel) into the scratch Postgres;
    data volumes: S3 -> zstd -> tar in a throwaway container;
-5. checks: per-table row counts equal the manifest's, an admin user exists, the newest event is
-   there; then Sentry web against the restored data: `/_health/` ok;
+5. checks: per-table row counts equal the manifest's; what an operator looks at: a superuser,
+   projects and issues counted equal to the manifest, the newest event's payload readable from
+   the restored nodestore; then Sentry web on the restored data: `/_health/` and `?full` ok;
 6. tear the scratch stack down, always (kept only when keep_on_failure and it failed).
 RTO is the wall time from start to a healthy, checked scratch stack; RPO is the backup's age.
 Production is never touched: every command names the scratch project.
@@ -30,11 +31,12 @@ from pydantic import BaseModel, Field
 
 from blocks import postgres
 from blocks.backup_store import BackupManifest, BackupStore
+from blocks.dotenv import render_env
 from blocks.layouts import DataVolume, Role
 from blocks.sentry_host import SentryHost
 from flows.backup import verify_object
-from flows.bootstrap import render_env
-from flows.health import Check, probe_web
+from flows.health import assess_full_health, probe_web
+from flows.shared import Result, Status
 
 DRILL_COMPOSE = "docker-compose.drill.yml"
 
@@ -52,7 +54,6 @@ class DrillStack(BaseModel):
         "takes them from .env).",
     )
     web_timeout: float = Field(default=300, description="Seconds to wait for /_health/ ok.")
-    web_timeout: float = Field(default=300, description="Seconds to wait for /_health/ ok.")
 
 
 class DrillError(Exception):
@@ -61,19 +62,20 @@ class DrillError(Exception):
 
 @dataclass
 class Outcome:
-    stages: list[tuple[str, float, str]]
-    checks: list[tuple[str, bool, str]]
+    stages: list[Result]
+    checks: list[Result]
 
     def stage(self, name: str, started: float, detail: str = "ok") -> None:
-        self.stages.append((name, round(time.monotonic() - started, 2), detail))
+        seconds = round(time.monotonic() - started, 2)
+        self.stages.append(Result(name, Status.DONE, detail, seconds))
 
     def check(self, name: str, ok: bool, detail: str) -> bool:
-        self.checks.append((name, ok, detail))
+        self.checks.append(Result.check(name, ok, detail))
         return ok
 
     @property
     def failed(self) -> list[str]:
-        return [f"{n} ({d})" for n, ok, d in self.checks if not ok]
+        return [f"{r.name} ({r.detail})" for r in self.checks if not r.ok]
 
 
 # -- pure logic --------------------------------------------------------------------------------
@@ -101,16 +103,18 @@ def scratch_of(host: SentryHost, drill: DrillStack) -> SentryHost:
             "drill on another host (drill_host=...)"
         )
     o = drill.port_offset
-    return host.model_copy(
+    scratch = host.model_copy(
         update={
             "project_dir": f"{host.project_dir}-{drill.suffix}",
-            "project_name": f"{host.project_name}-{drill.suffix}",
+            "project_name": f"{host.project}-{drill.suffix}",
             "web_port": host.web_port + o,
-            "postgres_port": host.postgres_port + o,
+            "postgres_port": (host.postgres_port or 5432) + o,
             "redis_port": host.redis_port + o,
             "clickhouse_port": host.clickhouse_port + o,
         }
     )
+    scratch._compose_context = None  # its own directory's env files, read when it exists
+    return scratch
 
 
 def drill_override(images: dict[str, str]) -> str:
@@ -175,57 +179,78 @@ def restore_volume(
     scratch.run(scratch.volume_untar_argv(volume, image), stdin=source, timeout=3600)
 
 
-@task(cache_policy=NO_CACHE)
-def check_data(scratch: SentryHost, manifest: BackupManifest) -> list[tuple[str, bool, str]]:
-    with (
-        scratch.tunnel(scratch.postgres_port, scratch.postgres_tunnel_host) as port,
-        postgres.connect(scratch, port) as conn,
-    ):
-        counts = postgres.row_counts(conn)
-        admins = conn.execute("SELECT count(*) FROM auth_user WHERE is_superuser").fetchone()[0]
-        newest = postgres.newest_event(conn)
+def assess_data(
+    manifest: BackupManifest, counts: dict[str, int], app: dict[str, int], payload: str | None
+) -> list[Result]:
+    """The restored database against the backup's manifest (pure)."""
     diff = {
         t: (manifest.row_counts.get(t), counts.get(t))
         for t in set(counts) | set(manifest.row_counts)
         if counts.get(t) != manifest.row_counts.get(t)
     }
-    total = sum(counts.values())
-    return [
-        (
+    results = [
+        Result.check(
             "row counts",
             not diff,
-            f"{len(counts)} tables, {total} rows equal the manifest"
+            f"{len(counts)} tables, {sum(counts.values())} rows equal the manifest"
             if not diff
             else f"differ (manifest, restored): {dict(sorted(diff.items())[:5])}",
         ),
-        ("admin user", admins > 0, f"{admins} superuser(s)"),
-        (
-            "newest event",
-            newest == manifest.newest_event,
-            f"{newest}"
-            if newest == manifest.newest_event
-            else f"restored {newest}, manifest {manifest.newest_event}",
-        ),
+        Result.check("superuser", app["superusers"] > 0, f"{app['superusers']} superuser(s)"),
     ]
+    for name, table in (("projects", "sentry_project"), ("issues", "sentry_groupedmessage")):
+        want = manifest.row_counts.get(table)
+        results.append(
+            Result.check(name, app[name] == want, f"{app[name]} restored, manifest {want}")
+        )
+    if manifest.newest_event is None:
+        results.append(Result("newest event", Status.WARNING, "the backup recorded no event"))
+    else:
+        node_id = manifest.newest_event.split()[0]
+        readable = payload is not None and payload.strip().startswith("{")
+        results.append(
+            Result.check(
+                "newest event payload",
+                readable,
+                f"{node_id}: {len(payload)} bytes readable from the restored nodestore"
+                if readable
+                else f"{node_id}: missing from the restored nodestore",
+            )
+        )
+    return results
 
 
-@task(cache_policy=NO_CACHE)
-def start_web(scratch: SentryHost, timeout: float) -> Check:
-    """Start web on the restored data and poll /_health/ until ok or `timeout`."""
+@task(cache_policy=NO_CACHE, timeout_seconds=1800)
+def check_data(scratch: SentryHost, manifest: BackupManifest) -> list[Result]:
+    with (
+        scratch.tunnel(scratch.postgres_port, scratch.postgres_tunnel_host) as port,
+        postgres.connect(scratch, port) as conn,
+    ):
+        counts = postgres.row_counts(conn)
+        app = postgres.app_counts(conn)
+        newest = manifest.newest_event
+        payload = postgres.node_payload(conn, newest.split()[0]) if newest else None
+    return assess_data(manifest, counts, app, payload)
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=1800)
+def start_web(scratch: SentryHost, timeout: float) -> list[Result]:
+    """Start web on the restored data, poll /_health/ until ok or `timeout`, then ?full."""
     scratch.run(scratch.compose_argv("up", "-d", scratch.stack.service(Role.WEB)), timeout=600)
     deadline = time.monotonic() + timeout
     while True:
         web = probe_web(scratch)
         if web.ok or time.monotonic() > deadline:
-            return web
+            break
         time.sleep(1)
+    return [web, assess_full_health(*scratch.web_request("/_health/?full"))] if web.ok else [web]
 
 
 @task(cache_policy=NO_CACHE)
 def teardown(scratch: SentryHost, prod: SentryHost) -> str:
     """Remove the scratch stack's containers, volumes and directory; report any leftover."""
     d = scratch.project_dir
-    if d == prod.project_dir or scratch.project_name == prod.project_name or d.count("/") < 2:
+    if d == prod.project_dir or scratch.project == prod.project or d.count("/") < 2:
         raise DrillError(f"refusing to remove {d}: not a scratch stack")
     if scratch.exists(f"{d}/docker-compose.yml"):
         scratch.run(scratch.compose_argv("down", "-v", "--remove-orphans", "-t", "5"), timeout=600)
@@ -285,19 +310,20 @@ def restore_drill(
                 elif obj.name not in ("postgres", "config"):
                     raise DrillError(f"this sentry-ops cannot restore object {obj.name!r}")
             t = time.monotonic()
-            for name, ok, detail in check_data(scratch, manifest):
-                out.check(name, ok, detail)
+            out.checks += check_data(scratch, manifest)
             out.stage("check data", t)
             t = time.monotonic()
             web = start_web(scratch, drill.web_timeout)
-            healthy = out.check("/_health/", web.ok, web.detail)
+            out.checks += web
+            healthy = all(r.ok for r in web)
             out.stage("start web", t)
             rto = round(time.monotonic() - t0, 1)
         except Exception as exc:
             out.check("restore", False, f"{exc.__class__.__name__}: {exc}"[:500])
         finally:
             if out.failed and keep_on_failure:
-                out.stages.append(("teardown", 0.0, f"kept for inspection: {scratch.project_dir}"))
+                kept = f"kept for inspection: {scratch.project_dir}"
+                out.stages.append(Result("teardown", Status.WARNING, kept, 0.0))
             else:
                 t = time.monotonic()
                 left = teardown(scratch, target)
@@ -341,11 +367,11 @@ def render_report(manifest: BackupManifest, out: Outcome, rto, rpo) -> str:
         "",
         "| stage | seconds | detail |",
         "|---|---:|---|",
-        *(f"| {n} | {s:.2f} | {d} |" for n, s, d in out.stages),
+        *(f"| {r.name} | {r.seconds or 0:.2f} | {r.detail} |" for r in out.stages),
         "",
         "| check | result | detail |",
         "|---|---|---|",
-        *(f"| {n} | {'pass' if ok else 'FAIL'} | {d} |" for n, ok, d in out.checks),
+        *(f"| {r.name} | {r.status} | {r.detail} |" for r in out.checks),
     ]
     return "\n".join(lines)
 

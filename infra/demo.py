@@ -11,28 +11,24 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from infra.sandbox import sandbox
 
 
-def send_events(info: dict, count: int) -> list:
-    """Events into the stand-in's store endpoint, through the SSH tunnel, like SDKs would."""
-    import json
-    import urllib.request
-
-    from deployments.setup import host_from_connection
-
-    host = host_from_connection(info)
-    ids = []
-    with host.tunnel(host.web_port) as port:
-        for i in range(count):
-            event = {"message": f"ZeroDivisionError: demo {i} ✓", "platform": "python"}
-            req = urllib.request.Request(
-                f"http://127.0.0.1:{port}/api/1/store/", data=json.dumps(event).encode()
-            )
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                ids.append(json.loads(resp.read())["id"])
+def send_events(host, count: int, within: float = 60) -> list:
+    """Events into the project's store endpoint (its DSN), as SDKs send them, until processed."""
+    ids = [
+        host.send_event({"message": f"ZeroDivisionError: demo {i} ✓", "platform": "python"})
+        for i in range(count)
+    ]
+    deadline = time.monotonic() + within
+    for event_id in ids:
+        while host.lookup_event(event_id) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"event {event_id} not processed within {within:g}s")
+            time.sleep(0.2)
     return ids
 
 
@@ -54,11 +50,8 @@ def summarize(result: object) -> str:
     if isinstance(result, list) and result and isinstance(result[0], str):
         return f"passed ({len(result)} sent)"
     if isinstance(result, list):
-        statuses = [r.get("status") for r in result if isinstance(r, dict) and "status" in r]
-        if statuses:
-            done, already = statuses.count("done"), statuses.count("already done")
-            return f"passed ({done} done, {already} already done)"
-        return f"passed ({len(result)} checks)"
+        statuses = Counter(r.get("status") for r in result if isinstance(r, dict))
+        return "passed (" + ", ".join(f"{n} {s}" for s, n in statuses.items() if s) + ")"
     return "passed"
 
 
@@ -73,13 +66,14 @@ def main() -> int:
     from prefect.blocks.system import Secret
 
     from blocks.backup_store import BackupStore
-    from deployments.setup import save_blocks
+    from deployments.setup import host_from_connection, save_blocks
     from flows.backup import backup
     from flows.bootstrap import HostRequirements, bootstrap
     from flows.health import health_check
     from flows.restore_drill import DrillStack, restore_drill
 
-    print(f"saved blocks: {', '.join(save_blocks(info, 'sandbox'))}")
+    print(f"saved blocks: {', '.join(save_blocks(info, 'sandbox', 'guide'))}")
+    print(f"saved blocks: {', '.join(save_blocks(info, 'sandbox-self-hosted', 'self-hosted'))}")
     Secret(value=Path(info["stack"]["admin_password_path"]).read_text()).save(
         "sandbox-admin-password", overwrite=True
     )
@@ -102,15 +96,21 @@ def main() -> int:
             "sandbox",
             stack["admin_email"],
             "sandbox-admin-password",
-            stack_files=str(sandbox.HERE / "stack"),
+            stack_files=str(sandbox.HERE / "stacks" / "guide"),
             settings=stack["settings"],
             # the sandbox machine is smaller than the guide's minimum (4 cores, 8 GB)
             requirements=HostRequirements(min_cpus=1, min_memory_gb=1, min_disk_gb=5),
             extra_ports=[stack["postgres_port"], stack["redis_port"], stack["clickhouse_port"]],
         ),
     )
-    step("health-check", lambda: health_check("sandbox"))
-    step("send events", lambda: send_events(info, 25))
+    # what an operator does once in Sentry's UI: a DSN and an API token for the ingestion probe
+    name, slot = sandbox.STACKS["guide"]
+    sandbox.create_probe_credentials("guide", name, slot)
+    info["stack"] = info["stacks"]["guide"] = sandbox.stack_info("guide")
+    save_blocks(info, "sandbox", "guide")
+    step("health-check (guide)", lambda: health_check("sandbox"))
+    step("health-check (self-hosted)", lambda: health_check("sandbox-self-hosted"))
+    step("send events", lambda: send_events(host_from_connection(info, "guide"), 25))
     taken = step("backup", lambda: backup("sandbox", "sandbox"))
     if taken:
         store = BackupStore.load("sandbox")
@@ -135,7 +135,7 @@ def main() -> int:
     ui = api.removesuffix("/api")
     print("\n=== sentry-ops demo report ===")
     for name, result, seconds in report:
-        print(f"{name:<16} {seconds:6.1f}s  {result}")
+        print(f"{name:<28} {seconds:6.1f}s  {result}")
     print(f"\nPrefect UI: {ui}  (flow runs, logs and artifacts)")
     print(f"Sentry (stand-in) web: http://127.0.0.1:{info['stack']['web_port']}/_health/")
     return 0 if all("FAILED" not in r for _, r, _ in report) else 1

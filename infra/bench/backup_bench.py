@@ -88,7 +88,8 @@ def load(scale: float) -> int:
 def prepare(scale: float) -> tuple[dict, dict, dict, int]:
     """The sandbox, a Prefect server, the bench stack (slot 2) with its data, its blocks."""
     info = sb.up(with_prefect=True)
-    bench = {**info, "stack": sb.ensure_stack("bench", 2)}
+    stack = sb.ensure_stack("guide", "bench", 2)
+    bench = {**info, "stack": stack, "stacks": {"guide": stack}}
     env = {**os.environ, "PREFECT_API_URL": info["prefect_api_url"]}
     subprocess.run(
         [

@@ -460,8 +460,9 @@ class StackPorts:
         )  # fmt: skip
 
 
-# layout -> (stack name, port slot). Slot 1 is left for the guide stack's restore drill (+100).
-STACKS = {"guide": ("production", 0), "self-hosted": ("self-hosted", 3)}
+# layout -> (stack name, port slot). Slot 1 is the guide stack's restore drill (+100); slots 2-3
+# are for tests and benchmarks (a bare host, a bench stack and its drill).
+STACKS = {"guide": ("production", 0), "self-hosted": ("self-hosted", 4)}
 # self-hosted's external volumes (created by its install.sh; here by `ensure_stack`)
 EXTERNAL_VOLUMES = (
     "sentry-data",

@@ -19,19 +19,21 @@ from prefect.client.schemas.filters import (
 
 from blocks import postgres
 from deployments.setup import host_from_connection
-from flows.bootstrap import ALREADY, BootstrapError, HostRequirements, bootstrap
+from flows.bootstrap import BootstrapError, HostRequirements, bootstrap
+from flows.shared import Status
 from infra.sandbox import sandbox as sb
 
-STACK = str(Path(sb.HERE, "stack"))
+STACK = str(Path(sb.HERE, "stacks", "guide"))
+ALREADY = str(Status.ALREADY)
 SMALL = HostRequirements(min_cpus=1, min_memory_gb=1, min_disk_gb=1)
 
 
 @pytest.fixture()
 def bare_host(sandbox, prefect_api):
-    """A bare host: a project dir that does not exist yet, on ports of its own (slot 3)."""
+    """A bare host: a project dir that does not exist yet, on ports of its own (slot 2)."""
     name = f"boot{uuid.uuid4().hex[:6]}"
-    stack = sb.stack_info(name, 3)
-    host = host_from_connection({**sandbox, "stack": stack})
+    stack = sb.stack_info("guide", name, 2)
+    host = host_from_connection({**sandbox, "stacks": {"guide": stack}})
     host.save(name, overwrite=True)
     password = secrets.token_urlsafe(16)
     Secret(value=password).save(f"{name}-admin", overwrite=True)
@@ -73,9 +75,10 @@ def test_bootstrap_from_nothing_then_rerun_is_a_noop(bare_host):
     host = bare_host["host"]
     assert not Path(host.project_dir).exists()
     state = run(bare_host)
-    steps = {s["step"]: s for s in state.result()}
-    assert steps["/_health/"]["status"] == "ok" and "ok" in steps["/_health/"]["detail"]
-    assert steps["superuser"]["status"] == "done"
+    steps = {s["name"]: s for s in state.result()}
+    assert steps["web: /_health/"]["status"] == "ok" and "ok" in steps["web: /_health/"]["detail"]
+    assert steps["web: /_health/?full"]["status"] == "ok"
+    assert steps["superuser"]["status"] == "done" and steps["migrations"]["status"] == "done"
     assert host.transport.stat_mode(f"{host.project_dir}/.env") == 0o600
     env_before = host.get(f"{host.project_dir}/.env")
     secret_key = next(
@@ -95,7 +98,8 @@ def test_bootstrap_from_nothing_then_rerun_is_a_noop(bare_host):
         assert secret not in text
 
     again = run(bare_host)
-    steps = {s["step"]: s["status"] for s in again.result()}
+    steps = {s["name"]: s["status"] for s in again.result()}
+    assert steps["names"] == "ok"  # the stack exists now: its names are checked first
     for step in (".env", "stack files", "dependencies", "migrations", "superuser", "services"):
         assert steps[step] == ALREADY, (step, steps)
     assert host.get(f"{host.project_dir}/.env") == env_before  # same secret key, untouched
@@ -118,3 +122,24 @@ def test_bad_input_is_rejected_early(bare_host):
     with pytest.raises(ValueError, match="no-such-secret"):
         run(bare_host, admin_password_secret="no-such-secret").result()
     assert not Path(bare_host["host"].project_dir).exists()
+
+
+def test_an_existing_database_password_is_never_replaced(bare_host):
+    host = bare_host["host"]
+    host.makedirs(host.project_dir)
+    host.put(f"{host.project_dir}/.env", b"export SENTRY_DB_PASSWORD=the-old-one\n")
+    with pytest.raises(BootstrapError, match="already sets SENTRY_DB_PASSWORD to another value"):
+        run(bare_host).result()
+    assert host.get(f"{host.project_dir}/.env") == b"export SENTRY_DB_PASSWORD=the-old-one\n"
+
+
+def test_self_hosted_is_refused_pointing_to_its_install_sh(sandbox, prefect_api):
+    from deployments.setup import save_blocks
+
+    save_blocks(sandbox, "test-boot-self-hosted", "self-hosted")
+    secret = "test-boot-self-hosted-admin"
+    Secret(value="unused").save(secret, overwrite=True)
+    env_before = Path(sandbox["stacks"]["self-hosted"]["project_dir"], ".env").read_bytes()
+    with pytest.raises(BootstrapError, match=r"installed by its own \./install\.sh"):
+        bootstrap("test-boot-self-hosted", "ops@example.com", secret)
+    assert Path(sandbox["stacks"]["self-hosted"]["project_dir"], ".env").read_bytes() == env_before

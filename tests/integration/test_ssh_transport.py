@@ -111,7 +111,7 @@ def test_sftp_put_get_with_mode(sentry_host, tmp_path):
 def test_tunnel_to_postgres_and_web(sentry_host, sandbox):
     stack_dir = sandbox["stack"]["project_dir"]
     env_text = Path(stack_dir, ".env").read_text()
-    password = dict(line.split("=", 1) for line in env_text.splitlines())["POSTGRES_PASSWORD"]
+    password = dict(line.split("=", 1) for line in env_text.splitlines())["SENTRY_DB_PASSWORD"]
     with (
         sentry_host.tunnel(sentry_host.postgres_port) as port,
         psycopg.connect(

@@ -1,18 +1,15 @@
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flows.bootstrap import (
-    FAILED,
-    OK,
-    WARNING,
-    HostRequirements,
-    assess_resources,
-    parse_env,
-    render_env,
-)
+from blocks.dotenv import EnvFileError, conflicts, parse_env, render_env
+from flows.bootstrap import HostRequirements, assess_resources
 from flows.restore_drill import drill_override
+from flows.shared import Status
+
+FAILED, OK, WARNING = Status.FAILED, Status.OK, Status.WARNING
 
 keys = st.from_regex(r"[A-Z][A-Z0-9_]{0,12}", fullmatch=True)
 values = st.from_regex(r"[A-Za-z0-9_.:/-]{0,20}", fullmatch=True)
@@ -32,12 +29,37 @@ def test_render_env_sets_wanted_keeps_the_rest_and_is_idempotent(existing, wante
     assert render_env(out, wanted) == out  # a second bootstrap changes nothing
 
 
+def test_env_reads_export_lines_quotes_and_comments_like_compose():
+    text = '# comment\nexport SENTRY_SECRET_KEY=abc\nA=\'x # y\'\nB="q\\"z"\nC=v # note\nA=2\n'
+    assert parse_env(text) == {"SENTRY_SECRET_KEY": "abc", "A": "2", "B": 'q"z', "C": "v"}
+    # an `export` line is the same key: rewritten in place, never appended a second time
+    out = render_env("export SENTRY_SECRET_KEY=abc\n", {"SENTRY_SECRET_KEY": "abc"})
+    assert out == "SENTRY_SECRET_KEY=abc\n"
+
+
+def test_env_refuses_what_would_inject_lines_or_read_back_differently():
+    with pytest.raises(EnvFileError, match="line break"):
+        render_env("", {"A": "x\nSENTRY_SECRET_KEY=evil"})
+    with pytest.raises(EnvFileError, match="not a variable name"):
+        render_env("", {"A=B": "x"})
+    assert render_env("", {"P": "a$b c"}) == "P='a$b c'\n"  # no compose interpolation
+    assert parse_env(render_env("", {"P": "a$b c"})) == {"P": "a$b c"}
+
+
+def test_conflicts_name_kept_keys_whose_value_would_change():
+    have = {"SENTRY_DB_PASSWORD": "old", "SENTRY_SECRET_KEY": "k"}
+    want = {"SENTRY_DB_PASSWORD": "new", "SENTRY_SECRET_KEY": "k", "X": "1"}
+    assert conflicts(have, want, {"SENTRY_DB_PASSWORD", "SENTRY_SECRET_KEY"}) == [
+        "SENTRY_DB_PASSWORD"
+    ]
+
+
 def test_resources_fail_below_minimum_warn_below_recommended():
     guide = HostRequirements()
-    verdict = {w: s for w, s, _ in assess_resources(2, 24.0, 80.0, guide)}
+    verdict = {r.name: r.status for r in assess_resources(2, 24.0, 80.0, guide)}
     assert verdict == {"cpu": FAILED, "memory": OK, "disk": WARNING}
     small = HostRequirements(min_cpus=1, min_memory_gb=1, min_disk_gb=1)
-    assert {s for _, s, _ in assess_resources(2, 24.0, 80.0, small)} == {WARNING, OK}
+    assert {r.status for r in assess_resources(2, 24.0, 80.0, small)} == {WARNING, OK}
 
 
 def test_drill_override_pins_each_service_image():
@@ -48,8 +70,6 @@ def test_drill_override_pins_each_service_image():
 
 def test_pick_backup_takes_the_newest_complete_and_never_an_incomplete():
     import datetime as dt
-
-    import pytest
 
     from blocks.backup_store import BackupListing
     from flows.restore_drill import DrillError, pick_backup
@@ -72,8 +92,6 @@ def test_pick_backup_takes_the_newest_complete_and_never_an_incomplete():
 
 
 def test_same_host_drill_of_a_layout_with_external_volumes_is_refused():
-    import pytest
-
     from flows.restore_drill import DrillError, DrillStack, scratch_of
     from tests.unit.test_sentry_host_block import make_host
 

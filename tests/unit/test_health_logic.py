@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 from blocks.layouts import GUIDE
-from flows.health import assess_containers, assess_disk, parse_ps
+from flows.health import assess_containers, assess_disk, assess_full_health, parse_ps
 
 DEFINED = {
     "sentry",
@@ -58,11 +58,20 @@ def test_a_required_role_missing_from_the_project_fails():
     assert [c.name for c in failed] == ["redis: container"]
 
 
-def test_disk_threshold():
+def test_disk_threshold_per_path():
     out = (
         "Filesystem 1-B Used Available Capacity Mounted on\n"
         "/dev/vda 252000000000 22000000000 80000000000 22% /\n"
+        "/dev/vdb 10000000000 9000000000 1000000000 90% /volumes/postgres\n"
     )
-    assert assess_disk(out, 5).ok
-    low = assess_disk(out, 100)
-    assert not low.ok and "80.0 GB free" in low.detail
+    ok, full = assess_disk(out, 5, ["docker", "volume postgres"])
+    assert ok.ok and ok.name == "disk: docker" and "80.0 GB free" in ok.detail
+    assert not full.ok and full.name == "disk: volume postgres" and "1.0 GB free" in full.detail
+
+
+def test_full_health_names_sentrys_problems():
+    body = b'{"problems": [{"id": "DatabaseCheck", "message": "no db"}], "healthy": {}}'
+    bad = assess_full_health(500, body)
+    assert not bad.ok and "DatabaseCheck: no db" in bad.detail
+    assert assess_full_health(200, b'{"problems": [], "healthy": {"x": true}}').ok
+    assert not assess_full_health(502, b"<html>Bad Gateway</html>").ok

@@ -7,8 +7,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
-from blocks.layouts import GUIDE, SELF_HOSTED, DataVolume, Role, get_layout
-from blocks.sentry_host import SentryHost, listening_ports
+from blocks.layouts import GUIDE, SELF_HOSTED, DataVolume, Role, default_project_name, get_layout
+from blocks.sentry_host import (
+    ComposeContext,
+    SentryHost,
+    listening_ports,
+    name_problems,
+    resolve_context,
+)
 from blocks.ssh import quote
 
 
@@ -42,7 +48,64 @@ def make_host(**overrides) -> SentryHost:
 def test_defaults_are_the_guide_layout():
     host = make_host()
     assert host.ssh_port == 22 and host.layout == "guide"
-    assert host.stack is GUIDE
+    assert host.stack == GUIDE
+
+
+def test_names_are_per_host_and_validated():
+    host = make_host(
+        service_names={"worker": "my-worker"},
+        volume_names={"files": "ridehailing_files"},
+        postgres_user="app",
+    )
+    assert host.stack.service(Role.WORKER) == "my-worker"
+    assert host.stack.service(Role.WEB) == "sentry"  # the rest stays the preset's
+    assert host.stack.postgres_user == "app" and host.stack.postgres_db == "sentry"
+    host.use_context(ComposeContext("ridehailing"))
+    assert host.volume_name(DataVolume.FILES) == "ridehailing_ridehailing_files"
+    for bad in (
+        {"service_names": {"worker": "bad name"}},
+        {"volume_names": {"files": "../x"}},
+        {"postgres_user": "x; DROP TABLE"},
+        {"secret_key_env": "A-B"},
+        {"project_name": "Upper Case"},
+    ):
+        with pytest.raises(ValidationError):
+            make_host(**bad)
+
+
+def test_project_name_resolves_like_compose():
+    assert resolve_context("/opt/Sentry.Prod", None, "", False).project == "sentryprod"
+    env = "COMPOSE_PROJECT_NAME=sentry-self-hosted\n"
+    ctx = resolve_context("/opt/self-hosted", None, env, True)
+    assert ctx.project == "sentry-self-hosted"
+    assert ctx.env_files == ("/opt/self-hosted/.env", "/opt/self-hosted/.env.custom")
+    assert resolve_context("/opt/x", "given", env, False).project == "given"
+    assert default_project_name("/srv/_my app!") == "myapp"
+
+
+def test_compose_argv_adds_env_custom_when_the_install_has_one():
+    host = make_host(layout="self-hosted", project_dir="/opt/sentry")
+    host.use_context(
+        ComposeContext("sentry-self-hosted", ("/opt/sentry/.env", "/opt/sentry/.env.custom"))
+    )
+    assert host.compose_argv("ps") == [
+        "docker", "compose", "--project-directory", "/opt/sentry",
+        "--env-file", "/opt/sentry/.env", "--env-file", "/opt/sentry/.env.custom",
+        "-p", "sentry-self-hosted", "ps",
+    ]  # fmt: skip
+
+
+def test_name_problems_name_the_missing_service_or_volume_and_the_field():
+    config = {
+        "services": {s: {} for s in GUIDE.services.values() if s != "sentry-cron"},
+        "volumes": {"sentry_data": {}, "sentry_postgres_data": {}},
+    }
+    problems = name_problems(GUIDE, config, (DataVolume.FILES, DataVolume.CLICKHOUSE))
+    assert len(problems) == 2
+    assert "service 'sentry-cron' (role cron)" in problems[0]
+    assert "set service_names.cron in the block" in problems[0]
+    assert "volume 'sentry_clickhouse_data' (clickhouse)" in problems[1]
+    assert "set volume_names.clickhouse" in problems[1]
 
 
 @pytest.mark.parametrize(
@@ -52,7 +115,7 @@ def test_defaults_are_the_guide_layout():
         ("ssh_host", "  ", "ssh_host must be a non-empty word"),
         ("ssh_port", 0, "ssh_port must be a TCP port 1-65535"),
         ("ssh_port", 70000, "ssh_port must be a TCP port 1-65535"),
-        ("layout", "kubernetes", "unknown stack layout 'kubernetes'; choose one of: guide"),
+        ("layout", "kubernetes", "Input should be 'guide' or 'self-hosted'"),
         ("project_dir", "sentry", "project_dir must be an absolute path"),
         ("ssh_host_key", "not-a-key", "a pinned host key looks like 'ssh-ed25519"),
     ],
@@ -77,7 +140,7 @@ def test_known_hosts_line_is_accepted_as_pin():
 
 
 def test_compose_and_probe_argv():
-    host = make_host(project_name="prod", postgres_port=15432)
+    host = make_host(project_name="prod", postgres_port=15432).use_context(ComposeContext("prod"))
     assert host.compose_argv("ps") == [
         "docker",
         "compose",
@@ -105,8 +168,12 @@ def test_compose_and_probe_argv():
             "sentry",
         ][-11:]
     )
-    selfhosted = make_host(layout="self-hosted")
+    selfhosted = make_host(layout="self-hosted").use_context(ComposeContext("sentry-self-hosted"))
     assert selfhosted.probe_argv(Role.REDIS)[-5:] == ["redis", "redis-cli", "-p", "6379", "ping"]
+    # no port in the block: pg_isready uses the container's own (trust auth, unpublished)
+    assert selfhosted.probe_argv(Role.POSTGRES)[-7:] == [
+        "pg_isready", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"
+    ]  # fmt: skip
 
 
 def test_quote_is_the_one_place_argv_becomes_a_line():
@@ -120,7 +187,11 @@ def test_layout_presets_match_shared_layouts():
     assert SELF_HOSTED.service(Role.WORKER) == "taskworker"
     assert SELF_HOSTED.service(Role.CRON) == "taskscheduler"
     assert SELF_HOSTED.service(Role.NODESTORE) == "seaweedfs"
-    assert GUIDE.volumes[DataVolume.POSTGRES].docker_name("sentry") == "sentry_sentry-postgres"
+    assert GUIDE.volumes[DataVolume.FILES].docker_name("ridehailing") == "ridehailing_sentry_data"
+    assert GUIDE.volumes[DataVolume.CLICKHOUSE].name == "sentry_clickhouse_data"
+    assert GUIDE.postgres_password_env == "SENTRY_DB_PASSWORD"
+    assert "relay/credentials.json" in SELF_HOSTED.config_files
+    assert SELF_HOSTED.clickhouse_database == "default"
     assert SELF_HOSTED.volumes[DataVolume.POSTGRES].docker_name("x") == "sentry-postgres"
     assert DataVolume.NODESTORE in SELF_HOSTED.backup_volumes
     assert GUIDE.role_of("sentry-cron") is Role.CRON
