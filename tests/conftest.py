@@ -124,7 +124,7 @@ def seeded(sandbox) -> int:
                 "|| '\"}' "  # 256 KB payloads
                 "ELSE '{\"exception\": \"ValueError: ' || i || ' ✗ ñ 漢字 ' "
                 "|| repeat('frame ' || i, 20) || '\"}' END, "
-                "now() - (i %% 5000) * interval '1 hour' "
+                "now() - (i %% 600) * interval '1 hour' "  # within 30 days: no cleanup removes it
                 "FROM generate_series(1, %s) i ON CONFLICT DO NOTHING",
                 (EVENTS,),
             )
