@@ -56,7 +56,7 @@ class StoredObject(BaseModel):
     key: str
     size: int
     sha256: str
-    compression: Literal["zstd", "none"]
+    compression: Literal["zstd", "pg_dump:zstd:1", "none"]
     encryption: Literal["fernet", "none"] = "none"
     raw_size: int | None = None
     seconds: float = 0.0
@@ -144,6 +144,11 @@ class BackupStore(Block):
         description="Fernet key (`python -c 'from cryptography.fernet import Fernet; "
         "print(Fernet.generate_key().decode())'`) to encrypt the stack's config (.env, "
         "config.yml: they hold the secret key and passwords). Unset: config is not backed up.",
+    )
+    bandwidth_limit: int | None = Field(
+        default=None,
+        description="Bytes per second a backup may move at most (so a nightly backup cannot "
+        "saturate the host's link); empty: no limit.",
     )
     storage_class: str | None = Field(
         default=None, description="S3 storage class, e.g. STANDARD_IA (None: bucket default)."

@@ -37,6 +37,40 @@ from blocks.ssh import (
     parse_host_key,
 )
 
+# Runs a throwaway container whose stdout (mode "out") or stdin (mode "in") is a FIFO in a private
+# temp dir that this SSH command reads or writes: Docker 20.10's attach relay costs more CPU than
+# SSH (TESTBED.md), a FIFO avoids it. The first stdin line is a secret (a pgpass line, or empty)
+# written to a 0600 file the container sees as $PGPASSFILE: never argv. The container's exit
+# status is this command's; on any exit or hang-up the container and the temp dir are removed.
+# Arguments: mode job image netns n_options options... command...
+CONTAINER_IO = r"""set -euo pipefail
+mode=$1 job=$2 image=$3 netns=$4 nopts=$5
+shift 5
+opts=("${@:1:$nopts}")
+shift "$nopts"
+d=$(mktemp -d /tmp/sentry-ops.XXXXXXXX)
+cid=
+cleanup() { if [ -n "$cid" ]; then docker rm -f "$cid" >/dev/null 2>&1 || true; fi; rm -rf "$d"; }
+trap cleanup EXIT
+trap 'exit 129' HUP INT TERM PIPE
+IFS= read -r secret || true
+if [ -n "$secret" ]; then (umask 077; printf '%s\n' "$secret" >"$d/pgpass"); fi
+unset secret
+mkfifo -m 600 "$d/fifo"
+net=(--network none)
+if [ -n "$netns" ]; then net=(--network "container:$netns"); fi
+if [ "$mode" = out ]; then io='exec >/io/fifo'; else io='exec </io/fifo'; fi
+cid=$(docker run -d --label "sentry-ops.job=$job" "${net[@]}" -v "$d:/io" \
+    -e PGPASSFILE=/io/pgpass "${opts[@]}" --entrypoint sh "$image" -c "$io; exec \"\$@\"" sh "$@")
+if [ "$mode" = out ]; then cat "$d/fifo"; else cat >"$d/fifo" || true; fi
+code=$(docker wait "$cid")
+if [ "$code" != 0 ]; then
+    docker logs --tail 40 "$cid" >&2 2>&1 || true
+    echo "$job container ($image) exited with $code" >&2
+    exit "$code"
+fi
+"""
+
 
 @dataclass(frozen=True)
 class ComposeContext:
@@ -139,6 +173,17 @@ class SentryHost(Block):
     )
     organization: str = Field(
         default="sentry", description="Organization slug the probe project belongs to."
+    )
+    tool_image: str = Field(
+        default="postgres:17-bookworm",
+        description="Image for throwaway containers next to the data: pg_dump/pg_restore >= the "
+        "server's major, tar and zstd (postgres:17-bookworm plus zstd: infra/tool-image/"
+        "Dockerfile). Present on the host, or pullable by it.",
+    )
+    pull_images: bool = Field(
+        default=True,
+        description="Let Docker pull the tool image when the host lacks it (off for hosts "
+        "without a registry: a missing image then fails at once).",
     )
     docker_data_dir: str = Field(
         default="/var/lib/docker", description="Docker's data directory, for the free-disk check."
@@ -337,50 +382,54 @@ class SentryHost(Block):
         ]
 
     def volume_tar_argv(self, volume: DataVolume, image: str) -> list[str]:
-        """tar of a data volume to stdout, from a throwaway read-only container."""
-        name = self.volume_name(volume)
-        return [
-            "docker",
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "--label",
-            "sentry-ops.job=backup",
-            "-v",
-            f"{name}:/volume:ro",
-            "--entrypoint",
-            "tar",
-            image,
-            "-C",
-            "/volume",
-            "-cf",
-            "-",
-            ".",
-        ]
+        """zstd-compressed tar of a data volume, made on the host (read-only mount)."""
+        mount = ["-v", f"{self.volume_name(volume)}:/volume:ro"]
+        command = ["tar", "--use-compress-program=zstd -1 -T0", "-C", "/volume", "-cf", "-", "."]
+        return self.container_stream_argv(image, None, command, job="backup", options=mount)
 
     def volume_untar_argv(self, volume: DataVolume, image: str) -> list[str]:
-        """Unpack a tar from stdin into a data volume, from a throwaway container."""
-        name = self.volume_name(volume)
-        return [
-            "docker",
-            "run",
-            "--rm",
-            "-i",
-            "--network",
-            "none",
-            "--label",
-            "sentry-ops.job=restore",
-            "-v",
-            f"{name}:/volume",
-            "--entrypoint",
-            "tar",
-            image,
-            "-C",
-            "/volume",
-            "-xf",
-            "-",
-        ]
+        """Unpack a zstd-compressed tar into a data volume, on the host."""
+        mount = ["-v", f"{self.volume_name(volume)}:/volume"]
+        command = ["tar", "--use-compress-program=zstd -d", "-C", "/volume", "-xf", "-"]
+        return self.container_feed_argv(image, None, command, job="restore", options=mount)
+
+    def container_stream_argv(
+        self,
+        image: str,
+        netns: str | None,
+        command: Sequence[str],
+        *,
+        job: str,
+        options: Sequence[str] = (),
+    ) -> list[str]:
+        """Run `command` in a throwaway container of `image` (in `netns`'s network namespace, else
+        none); its stdout comes out of this SSH command through a FIFO, not Docker's relay."""
+        options = [*self.pull_argv(), *options]
+        return ["bash", "-c", CONTAINER_IO, "sentry-ops", "out", job, image, netns or "",
+                str(len(options)), *options, *command]  # fmt: skip
+
+    def container_feed_argv(
+        self,
+        image: str,
+        netns: str | None,
+        command: Sequence[str],
+        *,
+        job: str,
+        options: Sequence[str] = (),
+    ) -> list[str]:
+        """Like `container_stream_argv`, the other way: this SSH command's stdin (after one
+        secret line) becomes `command`'s stdin."""
+        options = [*self.pull_argv(), *options]
+        return ["bash", "-c", CONTAINER_IO, "sentry-ops", "in", job, image, netns or "",
+                str(len(options)), *options, *command]  # fmt: skip
+
+    def tool_argv(self, image: str, tool: str, *args: str) -> list[str]:
+        """A short command from the tool image (no network, no mounts)."""
+        return ["docker", "run", "--rm", "--network", "none", "--label", "sentry-ops.job=tool",
+                *self.pull_argv(), "--entrypoint", tool, image, *args]  # fmt: skip
+
+    def pull_argv(self) -> list[str]:
+        return [] if self.pull_images else ["--pull", "never"]
 
     def config_tar_argv(self) -> list[str]:
         """tar of the stack's configuration files that exist (they hold secrets)."""
@@ -411,6 +460,7 @@ class SentryHost(Block):
 
     @contextlib.contextmanager
     def stream(self, argv: Sequence[str], **kwargs) -> Iterator[BinaryIO]:
+        """argv's stdout as a readable (see SSHTransport.stream); `stdin=` a secret line."""
         with self.transport.stream(argv, **kwargs) as reader:
             yield reader
 

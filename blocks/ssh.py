@@ -335,7 +335,7 @@ class SSHTransport:
             if feeder is not None:
                 feeder.join(5)
         channel.close()
-        if feeder_error and code == 0:
+        if feeder_error:  # the source failed: the remote side saw its stdin cut, not an EOF
             raise feeder_error[0]
         result = CommandResult(code, bytes(out), stderr.text())
         if check and code != 0:
@@ -343,15 +343,21 @@ class SSHTransport:
         return result
 
     @contextlib.contextmanager
-    def stream(self, argv: Sequence[str], *, timeout: float | None = 300) -> Iterator[BinaryIO]:
+    def stream(
+        self, argv: Sequence[str], *, timeout: float | None = 300, stdin: bytes = b""
+    ) -> Iterator[BinaryIO]:
         """Yield argv's stdout as a buffered file object, read in bounded memory.
 
         At the end of the stream the exit status is checked, and a non-zero one raises
         `RemoteCommandError` from the read itself (so an upload reading it aborts instead of
-        completing). `timeout` is the longest silence tolerated.
+        completing). `timeout` is the longest silence tolerated. `stdin` (small: a secret line)
+        is sent first, then the remote stdin is closed.
         """
         channel = self._open(argv, timeout)
         stderr = _StderrTail(channel)
+        if stdin:
+            channel.sendall(stdin)
+        channel.shutdown_write()
 
         def check_exit() -> None:
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -375,6 +381,17 @@ class SSHTransport:
             channel.close()
             raise
         channel.close()  # at EOF the exit status was checked; before it, the reader stopped early
+
+    @contextlib.contextmanager
+    def session(self, argv: Sequence[str], *, timeout: float | None = 3600) -> Iterator[Session]:
+        """An interactive command: send lines to its stdin, read lines of its stdout (psql)."""
+        channel = self._open(argv, timeout)
+        session = Session(channel, _StderrTail(channel), self.target.label, summarize(argv))
+        try:
+            yield session
+            session.finish(timeout)
+        finally:
+            channel.close()
 
     # -- files ------------------------------------------------------------------------------
     def put(self, path: str, data: bytes | BinaryIO, *, mode: int = 0o600) -> None:
@@ -465,12 +482,64 @@ class SSHTransport:
                     chan.close()
 
 
+class Prefixed:
+    """`head` then the bytes of `rest`: e.g. a secret line, then the data, on one stdin."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head, self._rest = head, rest
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            head, self._head = self._head, b""
+            return head
+        return self._rest.read(n)
+
+
+class Session:
+    def __init__(self, channel: paramiko.Channel, stderr: _StderrTail, host: str, what: str):
+        self._channel, self._stderr, self._host, self._what = channel, stderr, host, what
+        self._out = channel.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self._channel.sendall(data)
+
+    def readline(self) -> str | None:
+        """One line of output without its newline; None at the end of output."""
+        line = self._out.readline()
+        return line.decode("utf-8", "replace").rstrip("\n") if line else None
+
+    def stderr_tail(self) -> str:
+        return self._stderr.text(0.5)
+
+    def finish(self, timeout: float | None) -> None:
+        """Close stdin and check the exit status."""
+        self._channel.shutdown_write()
+        while self._out.readline():
+            pass
+        deadline = None if timeout is None else time.monotonic() + timeout
+        code = _exit_status(self._channel, deadline)
+        if code != 0:
+            raise RemoteCommandError(self._host, self._what, code, self._stderr.text())
+
+
 def _feed(channel: paramiko.Channel, source: BinaryIO, errors: list[BaseException]) -> None:
+    """Copy `source` to the channel's stdin. A failing source hangs up the channel (a clean EOF
+    would let the remote side take half the input for all of it); a remote side that stopped
+    reading just ends the copy: its exit status says why."""
     try:
-        while chunk := source.read(CHUNK):
+        while True:
+            try:
+                chunk = source.read(CHUNK)
+            except BaseException as exc:  # surfaced by run() after the command ends
+                errors.append(exc)
+                with contextlib.suppress(Exception):
+                    channel.close()
+                return
+            if not chunk:
+                break
             channel.sendall(chunk)
-    except BaseException as exc:  # surfaced by run() after the command ends
-        errors.append(exc)
+    except OSError:
+        pass  # the remote command stopped reading
     finally:
         with contextlib.suppress(Exception):
             channel.shutdown_write()

@@ -36,6 +36,8 @@ STACK_FIELDS = (
     "api_token",
     "service_names",
     "volume_names",
+    "tool_image",
+    "pull_images",
 )
 
 

@@ -2,12 +2,13 @@
 
 Runbook, in order:
 1. preflight, before anything is written: the store answers (bucket, credentials), the host
-   answers, the compose project and its data volumes exist, the worker's pg_dump is new enough;
+   answers, the block's names and data volumes exist, the tool image has pg_dump, tar, zstd;
 2. take the host's backup lock (a strict Prefect global concurrency limit named after the host);
-3. Postgres: export a snapshot; `pg_dump -Fc --snapshot` through the SSH tunnel -> zstd -> S3
-   multipart, while exact per-table row counts are taken in that same snapshot;
+3. Postgres, next to the database: export a snapshot; `pg_dump -Fc --compress=zstd:1 --snapshot`
+   in a throwaway tool container in the postgres container's network namespace -> FIFO -> SSH ->
+   S3 multipart, while exact per-table row counts are taken in that same snapshot;
 4. each data volume of the layout (guide: files; self-hosted: files + seaweedfs nodestore):
-   tar in a throwaway container -> SSH -> zstd -> S3 multipart;
+   tar | zstd in a throwaway container on the host -> FIFO -> SSH -> S3 multipart;
 5. the stack's config, Fernet-encrypted with the store's key (left out when it has none);
 6. manifest.json, last: the commit marker;
 7. retention; artifacts; the event `sentry.backup.completed`.
@@ -19,8 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-import subprocess
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from importlib.metadata import version as package_version
 from typing import BinaryIO
 
-import zstandard
 from cryptography.fernet import Fernet
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -42,12 +40,9 @@ from prefect.events import emit_event
 
 from blocks import postgres
 from blocks.backup_store import BackupManifest, BackupStore, StoredObject, new_backup_id
-from blocks.layouts import DataVolume, Role
+from blocks.layouts import DataVolume
 from blocks.sentry_host import SentryHost
 from flows.retention import apply_retention
-
-ZSTD_LEVEL = 1  # measured on Sentry-like data: L1 3.59x at tunnel speed, L3 3.49x and 35% slower
-READ = 1 << 20
 
 
 class BackupError(Exception):
@@ -75,32 +70,19 @@ def unique_backup_id(store: BackupStore, host: str) -> tuple[dt.datetime, str]:
 
 # -- streams ------------------------------------------------------------------------------------
 class _Counter:
-    def __init__(self, source: BinaryIO) -> None:
-        self.source, self.count = source, 0
+    """Counts the bytes read; with `limit` (bytes/s), reads no faster than that on average."""
+
+    def __init__(self, source: BinaryIO, limit: int | None = None) -> None:
+        self.source, self.count, self.limit = source, 0, limit
+        self.started = time.monotonic()
 
     def read(self, n: int = -1) -> bytes:
         data = self.source.read(n)
         self.count += len(data)
-        return data
-
-
-class _ProcessOutput:
-    """stdout of a local process; at EOF a non-zero exit raises, so the upload aborts."""
-
-    def __init__(self, proc: subprocess.Popen, what: str) -> None:
-        self.proc, self.what = proc, what
-        self.stderr: list[bytes] = []
-        self._drain = threading.Thread(target=lambda: self.stderr.extend(proc.stderr), daemon=True)
-        self._drain.start()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.proc.stdout.read(n)
-        if not data:
-            code = self.proc.wait()
-            self._drain.join(5)
-            if code != 0:
-                tail = b"".join(self.stderr).decode("utf-8", "replace").strip()[-1500:]
-                raise BackupError(f"{self.what} exited with {code}: {tail}")
+        if self.limit:
+            ahead = self.count / self.limit - (time.monotonic() - self.started)
+            if ahead > 0:
+                time.sleep(ahead)
         return data
 
 
@@ -109,40 +91,30 @@ def ship(
     key: str,
     name: str,
     source: BinaryIO,
+    compression: str,
     on_progress: Callable[[int], None] | None = None,
-    on_stall: Callable[[], None] | None = None,
-    stall_seconds: float = 300,
 ) -> StoredObject:
-    """source -> zstd -> S3 multipart, with size and sha256 of the stored bytes.
+    """An already-compressed stream -> S3 multipart, with size and sha256 of the stored bytes.
 
-    `on_stall` is called once if the source sends nothing for `stall_seconds` (it should end the
-    source, e.g. kill the dump, so the read fails and the upload aborts instead of hanging).
-    """
+    A source that fails or stays silent past its timeout raises from its read, and the upload
+    aborts (no object)."""
     started = time.monotonic()
-    raw = _Counter(source)
-    compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_reader(raw, read_size=READ)
+    counted = _Counter(source, store.bandwidth_limit)
     with ThreadPoolExecutor(1, thread_name_prefix="upload") as pool:
-        upload = pool.submit(store.upload_stream, key, compressed)
-        seen, seen_at = 0, time.monotonic()
-        while True:  # progress and the stall watchdog run in this (the task's) thread
+        upload = pool.submit(store.upload_stream, key, counted)
+        while True:  # progress reports run in this (the task's) thread
             try:
                 size, sha256 = upload.result(timeout=2)
                 break
             except FutureTimeout:
-                if raw.count != seen:
-                    seen, seen_at = raw.count, time.monotonic()
-                elif on_stall and time.monotonic() - seen_at > stall_seconds:
-                    on_stall()
-                    on_stall = None
                 if on_progress:
-                    on_progress(raw.count)
+                    on_progress(counted.count)
     return StoredObject(
         name=name,
         key=key,
         size=size,
         sha256=sha256,
-        compression="zstd",
-        raw_size=raw.count,
+        compression=compression,
         seconds=round(time.monotonic() - started, 3),
     )
 
@@ -162,83 +134,51 @@ def preflight(host: SentryHost, store: BackupStore) -> dict[str, str]:
                 f"{host.label}: data volume {host.volume_name(volume)} ({volume}) does not "
                 "exist; check the block's layout, project_name and volume_names"
             )
-    if host.postgres_port is None:
-        raise BackupError(
-            f"{host.label}: this Postgres is not published (no postgres_port in the block); "
-            "dumping it next to the database is not implemented yet (issue 9)"
-        )
-    postgres.client_major("pg_dump")
+    postgres.check_tool_image(host, host.tool_image)
     return host.service_images()
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60])
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60], timeout_seconds=6 * 3600)
 def backup_postgres(host: SentryHost, store: BackupStore, backup_id: str) -> dict:
-    """pg_dump through the tunnel, row counts in the same snapshot; returns object + facts."""
+    """pg_dump next to the database, compressed there; row counts in the same snapshot."""
     logger = get_run_logger()
-    key = store.key(backup_id, "postgres.dump.zst")
-    with (
-        host.tunnel(host.postgres_port, host.postgres_tunnel_host) as port,
-        postgres.connect(host, port) as conn,
-    ):
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
-        server = conn.execute("SHOW server_version").fetchone()[0]
-        newest = postgres.newest_event(conn)
-        size_estimate = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
-        server_major = int(server.split(".")[0])
-        if postgres.client_major("pg_dump") < server_major:
-            raise BackupError(
-                f"the worker's pg_dump is older than the server ({server}): "
-                f"install postgresql-client-{server_major} or newer"
-            )
-        argv = postgres.dump_argv(port, host.stack.postgres_user, host.stack.postgres_db, snapshot)
+    key = store.key(backup_id, "postgres.dump")
+    with postgres.dump(host, host.tool_image) as dump:
         progress_id = create_progress_artifact(0.0, description=f"pg_dump of {host.label}")
 
-        def on_progress(done: int) -> None:
-            pct = min(99.0, 100.0 * done / max(size_estimate, 1))
-            update_progress_artifact(progress_id, pct, f"{done / 1e6:.0f} MB dumped")
+        def on_progress(done: int) -> None:  # compressed bytes vs. the database's size: a guess
+            pct = min(99.0, 100.0 * done * 3 / max(dump.size_estimate, 1))
+            update_progress_artifact(progress_id, pct, f"{done / 1e6:.0f} MB stored")
 
-        proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=postgres.client_env(host)
-        )
-        try:
-            # row counts in the same snapshot, while the dump runs; they go through the same
-            # thread pool so a failure surfaces here instead of leaving partial counts
-            counter = ThreadPoolExecutor(1, thread_name_prefix="row-counts")
-            counting = counter.submit(postgres.row_counts, conn)
-
-            def on_stall() -> None:
-                logger.error("pg_dump sent nothing for 300 s: killing it; the upload aborts")
-                proc.kill()
-
-            output = _ProcessOutput(proc, "pg_dump")
-            obj = ship(store, key, "postgres", output, on_progress, on_stall)
-            counts = counting.result()
-            counter.shutdown()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-        conn.execute("COMMIT")
-        update_progress_artifact(progress_id, 100.0, f"{obj.raw_size / 1e6:.0f} MB dumped")
+        obj = ship(store, key, "postgres", dump.stream, dump.compression, on_progress)
+        counts = dump.row_counts.result()
+    update_progress_artifact(progress_id, 100.0, f"{obj.size / 1e6:.0f} MB stored")
+    obj = obj.model_copy(update={"raw_size": dump.size_estimate})
     logger.info(
-        "postgres: %.1f MB -> %.1f MB in %.1fs (%.0f MB/s)",
-        obj.raw_size / 1e6,
+        "postgres: %.1f MB database -> %.1f MB in %.1fs (%.0f MB/s of database)",
+        dump.size_estimate / 1e6,
         obj.size / 1e6,
         obj.seconds,
         obj.mb_per_s,
     )
-    return {"object": obj, "row_counts": counts, "postgres_version": server, "newest": newest}
+    return {
+        "object": obj,
+        "row_counts": counts,
+        "postgres_version": dump.server_version,
+        "newest": dump.newest_event,
+    }
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60])
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60], timeout_seconds=6 * 3600)
 def backup_volume(
-    host: SentryHost, store: BackupStore, backup_id: str, volume: DataVolume, image: str
+    host: SentryHost, store: BackupStore, backup_id: str, volume: DataVolume
 ) -> StoredObject:
+    """tar + zstd of a data volume on the host (read-only mount); only compressed bytes move."""
     key = store.key(backup_id, f"volume-{volume}.tar.zst")
-    with host.stream(host.volume_tar_argv(volume, image), timeout=300) as tar:
-        obj = ship(store, key, f"volume:{volume}", tar)
-    get_run_logger().info("volume %s: %.1f MB in %.1fs", volume, obj.raw_size / 1e6, obj.seconds)
+    argv = host.volume_tar_argv(volume, host.tool_image)
+    with host.stream(argv, timeout=300, stdin=b"\n") as tar:
+        obj = ship(store, key, f"volume:{volume}", tar, "zstd")
+    get_run_logger().info("volume %s: %.1f MB in %.1fs", volume, obj.size / 1e6, obj.seconds)
     return obj
 
 
@@ -296,12 +236,11 @@ def backup(host: str, store: str, retries: int = 2) -> dict:
             backup_store.prefix,
         )
         pg = backup_postgres.with_options(retries=retries)(sentry_host, backup_store, backup_id)
-        web_image = images.get(sentry_host.stack.service(Role.WEB), "")
         objects = [pg["object"]]
         for volume in sentry_host.stack.backup_volumes:
             objects.append(
                 backup_volume.with_options(retries=retries)(
-                    sentry_host, backup_store, backup_id, volume, web_image
+                    sentry_host, backup_store, backup_id, volume
                 )
             )
         config = backup_config.with_options(retries=retries)(sentry_host, backup_store, backup_id)

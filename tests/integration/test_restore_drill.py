@@ -31,8 +31,8 @@ def leftovers(project: str) -> list[str]:
 
 
 def prod_state(host) -> tuple[dict, dict]:
-    with host.tunnel(host.postgres_port) as port, postgres.connect(host, port) as conn:
-        return postgres.row_counts(conn), postgres.table_checksums(conn)
+    with postgres.psql(host) as db:
+        return postgres.row_counts(db), postgres.table_checksums(db)
 
 
 def test_drill_of_a_fresh_backup_passes_and_leaves_production_alone(
