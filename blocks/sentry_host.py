@@ -145,8 +145,8 @@ class SentryHost(Block):
     )
     postgres_port: int | None = Field(
         default=None,
-        description="Postgres port inside its container. Empty: the container's own (PGPORT or "
-        "5432).",
+        description="Postgres port inside its container (never published: sentry-ops reaches it "
+        "from the host). Empty: the container's own (PGPORT or 5432).",
     )
     redis_port: int = Field(default=6379, description="Redis port inside its container.")
     clickhouse_port: int = Field(
@@ -155,11 +155,6 @@ class SentryHost(Block):
     postgres_password: SecretStr | None = Field(
         default=None,
         description="Password of the layout's Postgres user (empty where the stack uses trust).",
-    )
-    postgres_tunnel_host: str = Field(
-        default="127.0.0.1",
-        description="Where Postgres answers as seen from the Docker host, for the SSH tunnel "
-        "used by guide-layout backups.",
     )
     probe_dsn: SecretStr | None = Field(
         default=None,

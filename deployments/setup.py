@@ -55,6 +55,21 @@ def host_from_connection(info: dict, layout: str = "guide") -> SentryHost:
     )
 
 
+def drill_host_from_connection(info: dict) -> SentryHost:
+    """The sandbox's drill host: another Docker engine behind its own sshd; scratch stacks go
+    under its `drill_dir`."""
+    ssh, stack = info["drill_ssh"], info["stack"]
+    return SentryHost(
+        ssh_host=ssh["host"],
+        ssh_port=ssh["port"],
+        ssh_user=ssh["user"],
+        ssh_private_key=Path(ssh["private_key_path"]).read_text(),
+        ssh_host_key=ssh["host_key"],
+        project_dir=info["drill_dir"],
+        **{k: stack[k] for k in ("tool_image", "pull_images") if k in stack},
+    )
+
+
 def store_from_connection(info: dict, prefix: str = "sentry") -> BackupStore:
     s3 = info["s3"]
     return BackupStore(
@@ -83,6 +98,8 @@ def ensure_backup_lock(host_block_name: str) -> str:
 
 def save_blocks(info: dict, name: str, layout: str = "guide") -> list[str]:
     host_from_connection(info, layout).save(name, overwrite=True)
+    if "drill_ssh" in info:
+        drill_host_from_connection(info).save("drill-host", overwrite=True)
     store_from_connection(info).save(name, overwrite=True)
     lock = ensure_backup_lock(name)
     return [f"sentry-host/{name}", f"sentry-backup-store/{name}", f"concurrency-limit/{lock}"]

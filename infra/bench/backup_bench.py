@@ -1,15 +1,18 @@
 """Backup benchmark on the sandbox (a script, not a test; figures go in the issue note).
 
-    .venv/bin/python -m infra.bench.backup_bench --scale 1.0   # ~1.1 GiB (shared/bench SQL)
-    .venv/bin/python -m infra.bench.backup_bench --scale 0.1   # ~0.1 GiB
+    .venv/bin/python -m infra.bench.backup_bench --scale 1.0 --layout guide        # ~1.1 GiB
+    .venv/bin/python -m infra.bench.backup_bench --scale 1.0 --layout self-hosted
+    .venv/bin/python -m infra.bench.backup_bench --scale 0.1 --layout guide        # ~0.1 GiB
 
-On a "bench" stack of its own (slot 2), with the Sentry-like data of
-shared/bench/sentry_like_db.sql loaded in schema `bench` beside the stand-in's tables, it measures:
-  (a) the limit: `pg_dump -Fc -Z0 > /dev/null` inside the postgres container;
-  (b) the guide's way: `ssh HOST "docker compose exec -T sentry-postgres pg_dump -U sentry sentry
-      | gzip" > /dev/null` (OpenSSH client);
-  (c) the backup flow end to end into the sandbox S3, manifest included, in its own process
-      (wall time and peak RSS of that process).
+The Sentry-like data of shared/bench/sentry_like_db.sql is loaded in schema `bench` (guide: a
+"bench" stack of its own, slot 2; self-hosted: the sandbox's self-hosted stack, dropped after).
+Then, with shared/bench/paired.py (A B A B, a warm-up pair, medians, per-pair ratios), whole
+processes each time:
+  A  = the backup flow end to end in a fresh Python process (manifest included);
+  B1 = the limit: `pg_dump -Fc -Z0 > /dev/null` inside the postgres container;
+  B2 = the guide's way: `ssh HOST "docker compose exec -T <postgres> pg_dump | gzip" > /dev/null`
+       (OpenSSH).
+Targets: median A/B1 <= 2.0 (moonshot 1.33); median B2/A >= 2; A's peak RSS <= 250 MiB.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -24,187 +29,121 @@ import time
 from infra.sandbox import sandbox as sb
 
 SQL = sb.REPO.parent / "shared" / "bench" / "sentry_like_db.sql"
+PAIRED = sb.REPO.parent / "shared" / "bench" / "paired.py"
 NODES, GROUPS = 260_000, 1_000_000
 
 
-def timed(argv: list[str], **kw) -> tuple[float, str]:
-    started = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True, check=True, **kw)
-    return time.monotonic() - started, proc.stdout
+def bench_stack(layout: str) -> tuple[str, dict]:
+    """(sandbox stack name, its info): the guide's bench stack, or the self-hosted stack."""
+    if layout == "guide":
+        return "bench", sb.ensure_stack("guide", "bench", 2)
+    return sb.STACKS["self-hosted"][0], sb.ensure_stack("self-hosted")
 
 
-def psql(*args: str, **kw) -> subprocess.CompletedProcess:
-    """psql in the bench stack's postgres container (local socket, trust auth)."""
-    return sb.compose(
-        "bench",
-        "exec",
-        "-T",
-        "sentry-postgres",
-        "psql",
-        "-U",
-        "sentry",
-        "-d",
-        "sentry",
-        *args,
-        **kw,
-    )
+def pg(layout: str) -> tuple[str, str]:
+    """(postgres service, user = database) of the layout."""
+    return ("sentry-postgres", "sentry") if layout == "guide" else ("postgres", "postgres")
 
 
-def load(scale: float) -> int:
+def psql(name: str, layout: str, *args: str, **kw) -> subprocess.CompletedProcess:
+    """psql in the stack's postgres container (local socket, trust auth)."""
+    service, user = pg(layout)
+    return sb.compose(name, "exec", "-T", service, "psql", "-U", user, "-d", user, *args, **kw)
+
+
+def load(name: str, layout: str, scale: float) -> int:
     nodes, groups = int(NODES * scale), int(GROUPS * scale)
-    check = psql("-Atc", "SELECT count(*) FROM bench.nodestore_node", check=False)
+    check = psql(name, layout, "-Atc", "SELECT count(*) FROM bench.nodestore_node", check=False)
     if check.returncode == 0 and check.stdout.strip() == str(nodes):
         print(f"bench data already loaded ({nodes} nodes, {groups} groups)")
     else:
         print(f"loading {nodes} nodes + {groups} groups (scale {scale}) ...", flush=True)
         started = time.monotonic()
-        psql("-q", "-c", "DROP SCHEMA IF EXISTS bench CASCADE; CREATE SCHEMA bench")
+        psql(name, layout, "-q", "-c", "DROP SCHEMA IF EXISTS bench CASCADE; CREATE SCHEMA bench")
+        service, user = pg(layout)
         with SQL.open() as sql:
-            sb.compose(
-                "bench",
-                "exec",
-                "-T",
-                "-e",
-                "PGOPTIONS=-csearch_path=bench",
-                "sentry-postgres",
-                "psql",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-v",
-                f"nodes={nodes}",
-                "-v",
-                f"groups={groups}",
-                "-U",
-                "sentry",
-                "-d",
-                "sentry",
-                stdin=sql,
-            )
+            sb.compose(name, "exec", "-T", "-e", "PGOPTIONS=-csearch_path=bench", service,
+                       "psql", "-q", "-v", "ON_ERROR_STOP=1", "-v", f"nodes={nodes}",
+                       "-v", f"groups={groups}", "-U", user, "-d", user, stdin=sql)  # fmt: skip
         print(f"loaded in {time.monotonic() - started:.0f}s")
-    return int(psql("-Atc", "SELECT pg_database_size('sentry')").stdout.strip())
+    return int(psql(name, layout, "-Atc", "SELECT pg_database_size(current_database())").stdout)
 
 
-def prepare(scale: float) -> tuple[dict, dict, dict, int]:
-    """The sandbox, a Prefect server, the bench stack (slot 2) with its data, its blocks."""
-    info = sb.up(with_prefect=True)
-    stack = sb.ensure_stack("guide", "bench", 2)
-    bench = {**info, "stack": stack, "stacks": {"guide": stack}}
-    env = {**os.environ, "PREFECT_API_URL": info["prefect_api_url"]}
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import json, sys; from deployments.setup import save_blocks; "
-            "save_blocks(json.load(sys.stdin), 'bench')",
-        ],
-        input=json.dumps(bench),
-        text=True,
-        check=True,
-        env=env,
-        cwd=sb.REPO,
+def paired(a: str, b: str, n: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, str(PAIRED), "-n", str(n), "--a", a, "--b", b],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    print(out, flush=True)
+    num = r"([\d.]+)"
+    a_row = re.search(
+        rf"^A wall s\s+min {num}\s+median {num}\s+max {num}\s+peak RSS {num}", out, re.M
     )
-    return info, bench, env, load(scale)
+    b_row = re.search(rf"^B wall s\s+min {num}\s+median {num}\s+max {num}", out, re.M)
+    ratio = re.search(rf"A/B wall\s+median {num}\s+\(min {num}, max {num}", out)
+    return {
+        "a_median_s": float(a_row[2]),
+        "a_peak_rss_MiB": float(a_row[4]),
+        "b_median_s": float(b_row[2]),
+        "a_over_b_median": float(ratio[1]),
+        "a_over_b_range": [float(ratio[2]), float(ratio[3])],
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--keep", action="store_true", help="keep the bench stack afterwards")
+    parser.add_argument("--layout", choices=["guide", "self-hosted"], default="guide")
+    parser.add_argument("-n", type=int, default=3, help="pairs after the warm-up")
+    parser.add_argument("--keep", action="store_true", help="keep the bench data afterwards")
     args = parser.parse_args()
 
-    info, bench, env, db_bytes = prepare(args.scale)
-    stack = bench["stack"]
-    port = stack["postgres_port"]
-    results: dict = {"scale": args.scale, "database_bytes": db_bytes}
-
-    # (a) the limit, inside the container
-    t, out = timed(
-        sb.compose_argv(
-            "bench",
-            "exec",
-            "-T",
-            "sentry-postgres",
-            "sh",
-            "-c",
-            f"pg_dump -Fc -Z0 -U sentry -p {port} sentry | wc -c",
-        )
+    info = sb.up(with_prefect=True)
+    name, stack = bench_stack(args.layout)
+    conn = {**info, "stack": stack, "stacks": {args.layout: stack}}
+    env = {**os.environ, "PREFECT_API_URL": info["prefect_api_url"]}
+    setup = (
+        "import json, sys; from deployments.setup import save_blocks, store_from_connection; "
+        f"c = json.load(sys.stdin); save_blocks(c, 'bench', {args.layout!r}); "
+        "store_from_connection(c, prefix='bench').save('bench', overwrite=True)"
     )
-    dump_bytes = int(out.split()[-1])
-    results["a_limit"] = {"seconds": round(t, 2), "MBps": round(dump_bytes / 1e6 / t, 1)}
+    subprocess.run([sys.executable, "-c", setup], input=json.dumps(conn), text=True, check=True,
+                   env=env, cwd=sb.REPO)  # fmt: skip
+    db_bytes = load(name, args.layout, args.scale)
+    service, user = pg(args.layout)
 
-    # (b) the guide's way, through OpenSSH
+    flow = shlex.join([
+        "env", f"PREFECT_API_URL={info['prefect_api_url']}", "PREFECT_LOGGING_LEVEL=WARNING",
+        sys.executable, "-c", "from flows.backup import backup; backup('bench', 'bench')",
+    ])  # fmt: skip
+    in_container = f"pg_dump -Fc -Z0 -U {user} {user} > /dev/null"
+    limit = shlex.join(sb.compose_argv(name, "exec", "-T", service, "sh", "-c", in_container))
     ssh = info["ssh"]
-    remote = " ".join(
-        sb.compose_argv(
-            "bench",
-            "exec",
-            "-T",
-            "sentry-postgres",
-            "pg_dump",
-            "-U",
-            "sentry",
-            "-p",
-            str(port),
-            "sentry",
-        )
+    remote = shlex.join(sb.compose_argv(name, "exec", "-T", service, "pg_dump", "-U", user, user))
+    guide = (
+        f"set -o pipefail; ssh -p {ssh['port']} -i {ssh['private_key_path']} -o "
+        f"UserKnownHostsFile={ssh['known_hosts_path']} -o BatchMode=yes "
+        f"{ssh['user']}@{ssh['host']} {shlex.quote(remote + ' | gzip')} > /dev/null"
     )
-    t, _ = timed(
-        [
-            "bash",
-            "-c",
-            f"set -o pipefail; ssh -p {ssh['port']} -i "
-            f"{ssh['private_key_path']} -o UserKnownHostsFile={ssh['known_hosts_path']} "
-            f"-o BatchMode=yes {ssh['user']}@{ssh['host']} '{remote} | gzip' > /dev/null",
-        ]
-    )
-    results["b_guide_ssh_gzip"] = {"seconds": round(t, 2), "MBps": round(dump_bytes / 1e6 / t, 1)}
-
-    # (c) the backup flow, end to end, in its own process (peak RSS of that process)
-    code = (
-        "from flows.backup import backup; import json; print(json.dumps(backup('bench', 'bench')))"
-    )
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        cwd=sb.REPO,
-    )
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.monotonic() - started
-    if status != 0:
-        raise SystemExit("the backup flow failed")
-    flow_result = json.loads(out.decode().strip().splitlines()[-1])
-    sys.path.insert(0, str(sb.REPO))
-    os.environ["PREFECT_API_URL"] = info["prefect_api_url"]
-    from blocks.backup_store import BackupStore
-
-    manifest = BackupStore.load("bench").read_manifest(flow_result["backup_id"])
-    pg = manifest.object("postgres")
-    in_flow = (manifest.finished_at - manifest.started_at).total_seconds()
-    results["c_backup_flow"] = {
-        "process_seconds": round(wall, 2),
-        "backup_seconds": round(in_flow, 2),
-        "postgres_object_seconds": pg.seconds,
-        "MBps_postgres_object": round(pg.raw_size / 1e6 / pg.seconds, 1),
-        "dump_MB": round(pg.raw_size / 1e6, 1),
-        "stored_MB": round(pg.size / 1e6, 1),
-        "ratio": round(pg.raw_size / pg.size, 2),
-        "peak_rss_MiB": round(usage.ru_maxrss / 1024, 1),
+    os.chdir(sb.REPO)
+    results = {"layout": args.layout, "scale": args.scale, "database_bytes": db_bytes}
+    results["flow_vs_limit"] = paired(flow, limit, args.n)
+    results["flow_vs_guide"] = paired(flow, guide, args.n)
+    fl, gd = results["flow_vs_limit"], results["flow_vs_guide"]
+    results["verdict"] = {
+        "flow/limit <= 2.0": fl["a_over_b_median"] <= 2.0,
+        "guide/flow >= 2.0": 1 / gd["a_over_b_median"] >= 2.0,
+        "peak RSS <= 250 MiB": max(fl["a_peak_rss_MiB"], gd["a_peak_rss_MiB"]) <= 250,
     }
-    # (c) is the whole backup as the manifest times it: dump, volumes, config, manifest.
-    a, b, c = results["a_limit"]["seconds"], results["b_guide_ssh_gzip"]["seconds"], in_flow
-    results["c_vs_b_speedup"] = round(b / c, 2)
-    results["c_vs_a_throughput"] = round(a / c, 2)
     print(json.dumps(results, indent=2))
-    out_file = sb.STATE / f"bench-backup-{args.scale}.json"
+    out_file = sb.STATE / f"bench-backup-{args.layout}-{args.scale}.json"
     out_file.write_text(json.dumps(results, indent=2))
     print(f"written to {out_file}")
     if not args.keep:
-        sb.remove_stack("bench")
+        if args.layout == "guide":
+            sb.remove_stack("bench")
+        else:
+            psql(name, args.layout, "-q", "-c", "DROP SCHEMA IF EXISTS bench CASCADE")
     return 0
 
 

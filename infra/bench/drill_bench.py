@@ -2,10 +2,10 @@
 
     .venv/bin/python -m infra.bench.drill_bench --scale 1.0
 
-On the bench stack with the Sentry-like data of shared/bench/sentry_like_db.sql (~1.1 GiB at
-scale 1.0), in one run: a backup; the raw baseline, `pg_restore` of that same dump (decompressed
-to a local file first, not timed) into an empty Postgres; and the restore drill's RTO.
-Target: RTO <= 1.3 x raw + 30 s.
+On the guide layout's bench stack with the Sentry-like data of shared/bench/sentry_like_db.sql
+(~1.1 GiB at scale 1.0), in one run: a backup; the raw baseline, `pg_restore` (the tool image's,
+as the drill uses) of that same dump from a local file into an empty Postgres; and the restore
+drill's RTO. Target: RTO <= 1.3 x raw + 30 s.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-from infra.bench.backup_bench import prepare
+from infra.bench.backup_bench import bench_stack, load
 from infra.sandbox import sandbox as sb
 
 RAW_PORT = 15995
@@ -29,82 +30,59 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--keep", action="store_true", help="keep the bench stack afterwards")
     args = parser.parse_args()
-    info, _, _, db_bytes = prepare(args.scale)
+    info = sb.up(with_prefect=True)
     os.environ["PREFECT_API_URL"] = info["prefect_api_url"]
+    name, stack = bench_stack("guide")
+    db_bytes = load(name, "guide", args.scale)
 
-    import zstandard
-
-    from blocks.backup_store import BackupStore
+    from deployments.setup import save_blocks, store_from_connection
     from flows.backup import backup
     from flows.restore_drill import DrillStack, restore_drill
 
+    save_blocks({**info, "stacks": {"guide": stack}}, "bench", "guide")
+    store = store_from_connection(info, prefix="bench")
+    store.save("bench", overwrite=True)
     taken = backup("bench", "bench")
-    store = BackupStore.load("bench")
     manifest = store.read_manifest(taken["backup_id"])
     results: dict = {
         "scale": args.scale,
         "database_bytes": db_bytes,
-        "dump_MB": round(manifest.object("postgres").raw_size / 1e6, 1),
+        "stored_MB": round(manifest.object("postgres").size / 1e6, 1),
     }
 
     # raw baseline: the same dump, from a local file, into an empty Postgres
-    name = "sentry-ops-bench-raw-restore"
-    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    raw_name = "sentry-ops-bench-raw-restore"
+    subprocess.run(["docker", "rm", "-f", raw_name], capture_output=True)
     subprocess.run(
-        [
-            "docker",
-            "run",
-            "-d",
-            "--rm",
-            "--name",
-            name,
-            "--network",
-            "host",
-            "-e",
-            "POSTGRES_USER=sentry",
-            "-e",
-            "POSTGRES_DB=sentry",
-            "-e",
-            "POSTGRES_PASSWORD=bench",
-            "-e",
-            f"PGPORT={RAW_PORT}",
-            "sentry-ops-sandbox/services:latest",
-            "postgres",
-        ],
-        check=True,
-        capture_output=True,
-    )
+        ["docker", "run", "-d", "--rm", "--name", raw_name, "--network", "host",
+         "-e", "POSTGRES_USER=sentry", "-e", "POSTGRES_DB=sentry",
+         "-e", "POSTGRES_HOST_AUTH_METHOD=trust", "-e", f"PGPORT={RAW_PORT}",
+         "sentry-ops-sandbox/services:latest", "postgres"],
+        check=True, capture_output=True,
+    )  # fmt: skip
     try:
         sb.wait_for("raw postgres", lambda: sb.port_open(RAW_PORT), 60)
         time.sleep(2)
-        with tempfile.NamedTemporaryFile(suffix=".dump") as dump:
-            reader = zstandard.ZstdDecompressor().stream_reader(
-                store.open(manifest.object("postgres").key)
-            )
-            while chunk := reader.read(8 << 20):
-                dump.write(chunk)
-            dump.flush()
+        with tempfile.TemporaryDirectory() as tmp:
+            dump = Path(tmp, "postgres.dump")
+            with dump.open("wb") as f:
+                body = store.open(manifest.object("postgres").key)
+                while chunk := body.read(8 << 20):
+                    f.write(chunk)
             started = time.monotonic()
-            subprocess.run(
-                [
-                    "pg_restore",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(RAW_PORT),
-                    "-U",
-                    "sentry",
-                    "-d",
-                    "sentry",
-                    "--no-owner",
-                    dump.name,
-                ],
-                check=True,
-                env={**os.environ, "PGPASSWORD": "bench"},
-            )
+            proc = subprocess.run(
+                ["docker", "run", "--rm", "--network", "host", "-v", f"{tmp}:/d:ro",
+                 "--entrypoint", "pg_restore", sb.TOOL_IMAGE, "-h", "127.0.0.1",
+                 "-p", str(RAW_PORT), "-U", "sentry", "-d", "sentry", "--no-owner",
+                 "/d/postgres.dump"],
+                capture_output=True, text=True,
+            )  # fmt: skip
             raw = time.monotonic() - started
+            # 1: "errors ignored on restore" (pg_restore 17's SET transaction_timeout on PG 15)
+            if proc.returncode not in (0, 1):
+                raise SystemExit(f"raw pg_restore failed: {proc.stderr[-2000:]}")
     finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        subprocess.run(["docker", "rm", "-f", raw_name], capture_output=True)
     results["raw_pg_restore_seconds"] = round(raw, 1)
 
     drill = restore_drill(

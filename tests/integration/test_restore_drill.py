@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import re
+import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +21,9 @@ from flows.backup import backup
 from flows.health import health_check
 from flows.restore_drill import DrillError, DrillStack, restore_drill
 from infra.sandbox import sandbox as sb
-from tests.conftest import expect_failure_until
 
-DRILL = DrillStack(env=sb.stack_settings(1), web_timeout=20)  # production is slot 0
+DRILL = DrillStack(web_timeout=20)  # ports: production's + 100, computed by the drill
+BROKEN = "sentry-ops-sandbox/sentry:24.3.0-broken"
 
 
 def leftovers(project: str) -> list[str]:
@@ -54,16 +59,23 @@ def test_drill_of_a_fresh_backup_passes_and_leaves_production_alone(
     assert not Path(f"{sentry_host.project_dir}-drill").exists()
 
 
-def test_drill_on_each_layout(request, layout, saved_layout_host, store_name, layout_host):
-    expect_failure_until(
-        request,
-        layout,
-        {"self-hosted": "issues 9 and 10: dump next to its Postgres; drill on a second host"},
-    )
+def drill_host_leftovers() -> list[str]:
+    """Containers and volumes on the drill host's Docker engine (it holds nothing else)."""
+    ps = sb.drill_docker("ps", "-aq").stdout.split()
+    return ps + sb.drill_docker("volume", "ls", "-q").stdout.split()
+
+
+def test_drill_on_each_layout_as_the_deployment_schedules_it(
+    layout, saved_layout_host, store_name, layout_host
+):
+    """The deployment's own parameters (prefect.yaml: host and store only); self-hosted on the
+    drill host, since its volumes are external. Nothing is left on either host."""
     taken = backup(saved_layout_host, store_name)
-    result = restore_drill(saved_layout_host, store_name, drill=DRILL)
+    drill_host = "drill-host" if layout == "self-hosted" else None
+    result = restore_drill(saved_layout_host, store_name, drill_host=drill_host)
     assert result["passed"] and result["backup_id"] == taken["backup_id"]
     assert leftovers(f"{layout_host.project}-drill") == []
+    assert drill_host_leftovers() == []
 
 
 def test_a_flipped_byte_fails_at_verification_before_any_restore(
@@ -99,17 +111,18 @@ def test_a_failing_drill_tears_down_unless_asked_to_keep(
     store = store_from_connection(sandbox, prefix=store_name)
     manifest_key = store.key(taken["backup_id"], "manifest.json")
     manifest = json.loads(store.open(manifest_key).read())
-    manifest["images"]["sentry"] = "sentry-ops-sandbox/sentry:24.3.0-broken"  # never healthy
+    manifest["images"]["sentry"] = BROKEN  # never healthy
     store.put_bytes(manifest_key, json.dumps(manifest).encode())
     scratch = f"{sentry_host.project}-drill"
+    drill = DRILL.model_copy(update={"allowed_images": [BROKEN]})
 
     with pytest.raises(DrillError, match=r"/_health/ \(0 no answer"):
-        restore_drill(saved_host, store_name, drill=DRILL)
+        restore_drill(saved_host, store_name, drill=drill)
     assert leftovers(scratch) == []
     assert not Path(f"{sentry_host.project_dir}-drill").exists()
 
     with pytest.raises(DrillError, match=r"/_health/"):
-        restore_drill(saved_host, store_name, drill=DRILL, keep_on_failure=True)
+        restore_drill(saved_host, store_name, drill=drill, keep_on_failure=True)
     try:
         assert leftovers(scratch) != []  # kept for inspection
     finally:
@@ -130,3 +143,124 @@ def test_a_failing_drill_tears_down_unless_asked_to_keep(
         )
         subprocess.run(["rm", "-rf", f"{sentry_host.project_dir}-drill"])
     assert leftovers(scratch) == []
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        ("x\n    privileged: true", "is not an image name"),
+        ("alpine:3 ", "is not an image name"),
+        ("sentry-ops-sandbox/services:latest", "is not one production's compose file uses"),
+    ],
+)
+def test_a_hostile_manifest_image_is_refused_before_anything_is_written(
+    sentry_host, saved_host, store_name, sandbox, image, message
+):
+    taken = backup(saved_host, store_name)
+    store = store_from_connection(sandbox, prefix=store_name)
+    key = store.key(taken["backup_id"], "manifest.json")
+    manifest = json.loads(store.open(key).read())
+    manifest["images"]["sentry"] = image
+    store.put_bytes(key, json.dumps(manifest).encode())
+    with pytest.raises(DrillError, match=message):
+        restore_drill(saved_host, store_name, drill=DRILL)
+    assert not Path(f"{sentry_host.project_dir}-drill").exists()
+    assert leftovers(f"{sentry_host.project}-drill") == []
+
+
+@pytest.mark.parametrize(
+    ("drill", "message"),
+    [
+        ({"port_offset": 0}, "greater than or equal to 1"),
+        ({"suffix": "x/../../opt/sentry"}, "should match pattern"),
+        ({"port_offset": 30000, "suffix": "far"}, "is not a TCP port"),
+    ],
+)
+def test_bad_drill_parameters_are_refused_before_anything_is_written(
+    sentry_host, saved_host, store_name, drill, message
+):
+    with pytest.raises(Exception, match=message):
+        restore_drill(saved_host, store_name, drill=drill)
+    assert not Path(f"{sentry_host.project_dir}-drill").exists()
+    assert leftovers(f"{sentry_host.project}-drill") == []
+
+
+class CuttingProxy:
+    """A TCP proxy to the S3 endpoint that cuts the `nth` connection which has sent more than
+    `limit` bytes back to its client: a real S3 read failing mid-object."""
+
+    def __init__(self, upstream: int, nth: int, limit: int = 4 << 20) -> None:
+        self.upstream, self.nth, self.limit, self.big = upstream, nth, limit, 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.lock = threading.Lock()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream))
+            threading.Thread(target=self.pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self.pipe, args=(upstream, client, True), daemon=True).start()
+
+    def pipe(self, src: socket.socket, dst: socket.socket, to_client: bool) -> None:
+        sent, counted = 0, False
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+                sent += len(data)
+                if to_client and sent > self.limit and not counted:
+                    counted = True
+                    with self.lock:
+                        self.big += 1
+                        cut = self.big == self.nth
+                    if cut:
+                        break
+        except OSError:
+            pass
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def test_an_s3_error_mid_restore_fails_within_its_timeout_and_removes_the_scratch_stack(
+    sentry_host, saved_host, store_name, sandbox, seeded
+):
+    taken = backup(saved_host, store_name)
+    # verification reads the dump once (the 1st large response), the restore again (the 2nd)
+    proxy = CuttingProxy(int(sandbox["s3"]["endpoint_url"].rsplit(":", 1)[1]), nth=2)
+    info = json.loads(json.dumps(sandbox))
+    info["s3"]["endpoint_url"] = f"http://127.0.0.1:{proxy.port}"
+    store_from_connection(info, prefix=store_name).save(f"{store_name}-cut", overwrite=True)
+    started = time.monotonic()
+    with pytest.raises(DrillError, match="restore"):
+        restore_drill(saved_host, f"{store_name}-cut", backup_id=taken["backup_id"], drill=DRILL)
+    assert proxy.big >= 2, "the restore's read was never cut: the test tested nothing"
+    assert time.monotonic() - started < 300
+    assert leftovers(f"{sentry_host.project}-drill") == []
+    assert not Path(f"{sentry_host.project_dir}-drill").exists()
+    proxy.server.close()
+
+
+def test_a_killed_drill_is_cleaned_up_by_the_next_one(sentry_host, saved_host, store_name, sandbox):
+    taken = backup(saved_host, store_name)
+    # what a drill killed after starting its scratch stack leaves: the dir, containers, volumes
+    scratch_dir = f"{sentry_host.project_dir}-drill"
+    subprocess.run(["cp", "-r", sentry_host.project_dir, scratch_dir], check=True)
+    env = Path(scratch_dir, ".env")
+    text = env.read_text()
+    for key, value in sb.stack_settings(1).items():
+        text = re.sub(rf"^{key}=.*$", f"{key}={value}", text, flags=re.M)
+    env.write_text(text)
+    project = f"{sentry_host.project}-drill"
+    subprocess.run(["docker", "compose", "--project-directory", scratch_dir, "-p", project,
+                    "up", "-d", "sentry-postgres", "sentry-redis"], check=True,
+                   capture_output=True)  # fmt: skip
+    assert leftovers(project) != []
+    result = restore_drill(saved_host, store_name, backup_id=taken["backup_id"], drill=DRILL)
+    assert result["passed"]
+    assert leftovers(project) == [] and not Path(scratch_dir).exists()
