@@ -134,14 +134,17 @@ def check_manifest(manifest: BackupManifest, backup_id: str, prefix: str) -> Non
             raise DrillError(f"object {obj.name} of {backup_id} lies outside its set: {obj.key}")
 
 
-def check_images(images: dict[str, str], allowed: set[str]) -> None:
+def check_images(images: dict[str, str], production: dict[str, str], allowed: set[str]) -> None:
+    """Each image the manifest pins must be a plain image reference, and the one production's
+    compose file uses for that service (or explicitly allowed)."""
     for service, image in images.items():
         if not IMAGE_REF.match(image or ""):
             raise DrillError(f"the manifest's image for {service} is not an image name: {image!r}")
-        if image not in allowed:
+        if image != production.get(service) and image not in allowed:
             raise DrillError(
-                f"the manifest's image for {service}, {image}, is not one production's compose "
-                "file uses: refusing to run it (add it to drill.allowed_images if it is yours)"
+                f"the manifest's image for {service}, {image}, is not the one production's "
+                f"compose file uses for it ({production.get(service)}): refusing to run it "
+                "(add it to drill.allowed_images if it is yours)"
             )
 
 
@@ -364,8 +367,8 @@ def prepare_scratch(
     """Scratch project dir with the backup's config (or production's), pinned images, its own
     ports; then its resolved config checked against production's, before anything runs."""
     prod_config = prod.compose_config()
-    prod_images = {svc.get("image") for svc in prod_config.get("services", {}).values()}
-    check_images(manifest.images, prod_images | set(drill.allowed_images))
+    prod_images = {name: svc.get("image") for name, svc in prod_config["services"].items()}
+    check_images(manifest.images, prod_images, set(drill.allowed_images))
     d = scratch.project_dir
     scratch.makedirs(d)
     if manifest.config_included:
@@ -404,23 +407,31 @@ def prepare_scratch(
     return source
 
 
+def external_volumes(config: dict) -> list[str]:
+    """Names of the external volumes a resolved compose project needs."""
+    return sorted(
+        v.get("name") or key
+        for key, v in (config.get("volumes") or {}).items()
+        if v.get("external")
+    )
+
+
 @task(cache_policy=NO_CACHE, timeout_seconds=600)
 def create_external_volumes(scratch: SentryHost) -> list[str]:
-    """External volumes (self-hosted) on the drill host: created for the drill, labelled, removed
-    after; refused if the host already has them (they would be someone's data)."""
-    created = []
-    for volume, ref in scratch.stack.volumes.items():
-        if not ref.external:
-            continue
-        if scratch.volume_exists(volume):
+    """External volumes (self-hosted's) on the drill host: created for the drill, labelled,
+    removed after; refused if the host already has one (it would be someone's data)."""
+    names = external_volumes(scratch.compose_config())
+    for name in names:
+        inspect = ["docker", "volume", "inspect", name]
+        if scratch.run(inspect, check=False, timeout=60).exit_code == 0:
             raise DrillError(
-                f"{scratch.label}: volume {ref.name} already exists on the drill host: refusing "
-                "to restore into it (use a drill host without a Sentry install)"
+                f"{scratch.label}: volume {name} already exists on the drill host: refusing to "
+                "restore into it (use a drill host without a Sentry install)"
             )
-        scratch.run(["docker", "volume", "create", "--label", f"{DRILL_LABEL}={scratch.project}",
-                     ref.name], timeout=60)  # fmt: skip
-        created.append(ref.name)
-    return created
+    for name in names:
+        label = f"{DRILL_LABEL}={scratch.project}"
+        scratch.run(["docker", "volume", "create", "--label", label, name], timeout=60)
+    return names
 
 
 @task(cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
@@ -546,7 +557,7 @@ def restore_drill(
             t = time.monotonic()
             source = prepare_scratch(prod, scratch, backup_store, manifest, drill)
             out.stage("prepare scratch stack", t, source)
-            if any(v.external for v in scratch.stack.volumes.values()):
+            if scratch.stack.volumes[DataVolume.POSTGRES].external:
                 t = time.monotonic()
                 made = create_external_volumes(scratch)
                 out.stage("create external volumes", t, ", ".join(made))

@@ -150,7 +150,7 @@ def test_a_failing_drill_tears_down_unless_asked_to_keep(
     [
         ("x\n    privileged: true", "is not an image name"),
         ("alpine:3 ", "is not an image name"),
-        ("sentry-ops-sandbox/services:latest", "is not one production's compose file uses"),
+        ("sentry-ops-sandbox/services:latest", "is not the one production's compose file uses"),
     ],
 )
 def test_a_hostile_manifest_image_is_refused_before_anything_is_written(
@@ -173,7 +173,6 @@ def test_a_hostile_manifest_image_is_refused_before_anything_is_written(
     [
         ({"port_offset": 0}, "greater than or equal to 1"),
         ({"suffix": "x/../../opt/sentry"}, "should match pattern"),
-        ({"port_offset": 30000, "suffix": "far"}, "is not a TCP port"),
     ],
 )
 def test_bad_drill_parameters_are_refused_before_anything_is_written(

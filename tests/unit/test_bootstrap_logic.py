@@ -96,7 +96,7 @@ def test_same_host_drill_of_a_layout_with_external_volumes_is_refused():
     from tests.unit.test_sentry_host_block import make_host
 
     with pytest.raises(DrillError, match="external volumes"):
-        scratch_of(make_host(layout="self-hosted"), DrillStack())
-    scratch = scratch_of(make_host(project_name="prod", web_port=9000), DrillStack())
+        scratch_of(make_host(layout="self-hosted"), None, DrillStack())
+    scratch = scratch_of(make_host(project_name="prod", web_port=9000), None, DrillStack())
     assert scratch.project_name == "prod-drill" and scratch.web_port == 9100
     assert scratch.project_dir == "/opt/sentry-drill"
