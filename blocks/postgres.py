@@ -193,37 +193,48 @@ def is_empty(db: Psql) -> bool:
 
 
 # -- the tool image -----------------------------------------------------------------------------
-def tool_major(host: SentryHost, image: str, tool: str = "pg_dump") -> int:
-    """The tool image's pg_dump/pg_restore major version; a clear error when it is not there."""
-    try:
-        out = host.run(host.tool_argv(image, tool, "--version"), timeout=600).text
-    except RemoteCommandError as exc:
-        why = exc.stderr_tail[-300:].strip() or str(exc)
-        raise PostgresError(
-            f"{host.label}: cannot run {tool} from the tool image {image!r} ({why}); set the "
-            f"block's tool_image to an image with {tool} >= the server's major version, zstd "
-            "and tar, present on the host or pullable"
-        ) from None
-    match = re.search(r"\(PostgreSQL\)\s+(\d+)", out)
-    if not match:
-        raise PostgresError(f"{host.label}: {image}: unexpected `{tool} --version`: {out[:200]}")
-    return int(match.group(1))
+_TOOLS = (
+    "pg_dump --version; "
+    "for t in pg_restore psql tar zstd; do command -v $t >/dev/null || echo missing: $t; done"
+)
+_tool_facts: dict[tuple, tuple[int, list[str]]] = {}
+
+
+def tool_facts(host: SentryHost, image: str) -> tuple[int, list[str]]:
+    """(pg_dump's major version, tools missing) of the tool image on this host; one throwaway
+    container, once per process."""
+    cache_key = (host.transport.target, image)
+    if cache_key not in _tool_facts:
+        try:
+            out = host.run(host.tool_argv(image, "sh", "-c", _TOOLS), timeout=600).text
+        except RemoteCommandError as exc:
+            why = exc.stderr_tail[-300:].strip() or str(exc)
+            raise PostgresError(
+                f"{host.label}: cannot run the tool image {image!r} ({why}); set the block's "
+                "tool_image to an image with pg_dump >= the server's major version, psql, tar "
+                "and zstd, present on the host or pullable (infra/tool-image/Dockerfile)"
+            ) from None
+        match = re.search(r"\(PostgreSQL\)\s+(\d+)", out)
+        if not match:
+            raise PostgresError(f"{host.label}: {image}: no pg_dump in the tool image: {out[:200]}")
+        missing = re.findall(r"^missing: (\S+)$", out, re.M)
+        _tool_facts[cache_key] = (int(match.group(1)), missing)
+    return _tool_facts[cache_key]
 
 
 def check_tool_image(host: SentryHost, image: str) -> None:
-    """Before anything is written: the tool image runs and has pg_dump, pg_restore, tar, zstd."""
-    tool_major(host, image)
-    probe = "for t in pg_restore tar zstd; do command -v $t >/dev/null || echo missing: $t; done"
-    missing = host.run(host.tool_argv(image, "sh", "-c", probe), timeout=600).text.split()
+    """Before anything is written: the tool image runs and has every tool a backup uses."""
+    _, missing = tool_facts(host, image)
     if missing:
         raise PostgresError(
-            f"{host.label}: the tool image {image} lacks {' '.join(missing[1::2])}: build "
+            f"{host.label}: the tool image {image} lacks {' '.join(missing)}: build "
             "infra/tool-image/Dockerfile on the host (postgres:17 plus zstd) and set tool_image"
         )
 
 
 def check_tool(host: SentryHost, image: str, server: str, tool: str = "pg_dump") -> None:
-    major, server_major = tool_major(host, image, tool), int(server.split(".")[0])
+    """pg_dump/pg_restore (one package, one version) must be the server's major or newer."""
+    major, server_major = tool_facts(host, image)[0], int(server.split(".")[0])
     if major < server_major:
         raise PostgresError(
             f"{host.label}: the tool image {image} has {tool} {major}, older than the server "

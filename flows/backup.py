@@ -169,7 +169,9 @@ def backup_postgres(host: SentryHost, store: BackupStore, backup_id: str) -> dic
     }
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60], timeout_seconds=6 * 3600)
+# submitted beside the dump: a thread cannot be interrupted, so no task timeout; the stream's
+# silence timeout (300 s) ends a stalled transfer instead
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60])
 def backup_volume(
     host: SentryHost, store: BackupStore, backup_id: str, volume: DataVolume
 ) -> StoredObject:
@@ -235,15 +237,21 @@ def backup(host: str, store: str, retries: int = 2) -> dict:
             backup_store.bucket,
             backup_store.prefix,
         )
-        pg = backup_postgres.with_options(retries=retries)(sentry_host, backup_store, backup_id)
-        objects = [pg["object"]]
-        for volume in sentry_host.stack.backup_volumes:
-            objects.append(
-                backup_volume.with_options(retries=retries)(
-                    sentry_host, backup_store, backup_id, volume
-                )
+        # the small objects and facts go while the dump streams (they wait on the network, the
+        # dump on the CPU); any failure fails the backup before the manifest is written
+        volumes = [
+            backup_volume.with_options(retries=retries).submit(
+                sentry_host, backup_store, backup_id, volume
             )
-        config = backup_config.with_options(retries=retries)(sentry_host, backup_store, backup_id)
+            for volume in sentry_host.stack.backup_volumes
+        ]
+        config_future = backup_config.with_options(retries=retries).submit(
+            sentry_host, backup_store, backup_id
+        )
+        version = sentry_version.submit(sentry_host)
+        pg = backup_postgres.with_options(retries=retries)(sentry_host, backup_store, backup_id)
+        objects = [pg["object"], *(v.result() for v in volumes)]
+        config = config_future.result()
         if config:
             objects.append(config)
         manifest = BackupManifest(
@@ -255,7 +263,7 @@ def backup(host: str, store: str, retries: int = 2) -> dict:
             finished_at=dt.datetime.now(dt.UTC),
             objects=objects,
             postgres_version=pg["postgres_version"],
-            sentry_version=sentry_version(sentry_host),
+            sentry_version=version.result(),
             images=images,
             row_counts=pg["row_counts"],
             newest_event=pg["newest"],
