@@ -70,7 +70,7 @@ def main() -> int:
     from flows.backup import backup
     from flows.bootstrap import HostRequirements, bootstrap
     from flows.health import health_check
-    from flows.restore_drill import DrillStack, restore_drill
+    from flows.restore_drill import restore_drill
 
     print(f"saved blocks: {', '.join(save_blocks(info, 'sandbox', 'guide'))}")
     print(f"saved blocks: {', '.join(save_blocks(info, 'sandbox-self-hosted', 'self-hosted'))}")
@@ -125,10 +125,17 @@ def main() -> int:
             f"  Sentry {manifest.sentry_version}, Postgres {manifest.postgres_version}, "
             f"{sum(manifest.row_counts.values())} rows in {len(manifest.row_counts)} tables"
         )
-        drill = DrillStack(env=sandbox.stack_settings(1))  # the scratch stack: slot 1's ports
+        # the drill computes the scratch stack's own ports (production's + 100)
+        step("restore drill", lambda: restore_drill("sandbox", "sandbox", taken["backup_id"]))
+        print("\n" + drill_report())
+    # self-hosted keeps its data in external volumes: its drill runs on another Docker host
+    other = step("backup (self-hosted)", lambda: backup("sandbox-self-hosted", "sandbox"))
+    if other:
         step(
-            "restore drill",
-            lambda: restore_drill("sandbox", "sandbox", taken["backup_id"], drill=drill),
+            "restore drill (self-hosted, on the drill host)",
+            lambda: restore_drill(
+                "sandbox-self-hosted", "sandbox", other["backup_id"], drill_host="drill-host"
+            ),
         )
         print("\n" + drill_report())
 
