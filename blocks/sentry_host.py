@@ -399,9 +399,7 @@ class SentryHost(Block):
     ) -> list[str]:
         """Run `command` in a throwaway container of `image` (in `netns`'s network namespace, else
         none); its stdout comes out of this SSH command through a FIFO, not Docker's relay."""
-        options = [*self.pull_argv(), *options]
-        return ["bash", "-c", CONTAINER_IO, "sentry-ops", "out", job, image, netns or "",
-                str(len(options)), *options, *command]  # fmt: skip
+        return self._container_io_argv("out", image, netns, command, job, options)
 
     def container_feed_argv(
         self,
@@ -414,8 +412,19 @@ class SentryHost(Block):
     ) -> list[str]:
         """Like `container_stream_argv`, the other way: this SSH command's stdin (after one
         secret line) becomes `command`'s stdin."""
+        return self._container_io_argv("in", image, netns, command, job, options)
+
+    def _container_io_argv(
+        self,
+        mode: str,
+        image: str,
+        netns: str | None,
+        command: Sequence[str],
+        job: str,
+        options: Sequence[str],
+    ) -> list[str]:
         options = [*self.pull_argv(), *options]
-        return ["bash", "-c", CONTAINER_IO, "sentry-ops", "in", job, image, netns or "",
+        return ["bash", "-c", CONTAINER_IO, "sentry-ops", mode, job, image, netns or "",
                 str(len(options)), *options, *command]  # fmt: skip
 
     def tool_argv(self, image: str, tool: str, *args: str) -> list[str]:

@@ -41,30 +41,30 @@ STACK_FIELDS = (
 )
 
 
+def ssh_fields(ssh: dict) -> dict:
+    return {
+        "ssh_host": ssh["host"],
+        "ssh_port": ssh["port"],
+        "ssh_user": ssh["user"],
+        "ssh_private_key": Path(ssh["private_key_path"]).read_text(),
+        "ssh_host_key": ssh["host_key"],
+    }
+
+
 def host_from_connection(info: dict, layout: str = "guide") -> SentryHost:
     """The host block of one of the connection file's stacks (`stacks.<layout>`)."""
-    ssh = info["ssh"]
     stack = info.get("stacks", {}).get(layout) or info["stack"]
     return SentryHost(
-        ssh_host=ssh["host"],
-        ssh_port=ssh["port"],
-        ssh_user=ssh["user"],
-        ssh_private_key=Path(ssh["private_key_path"]).read_text(),
-        ssh_host_key=ssh["host_key"],
-        **{k: stack[k] for k in STACK_FIELDS if k in stack},
+        **ssh_fields(info["ssh"]), **{k: stack[k] for k in STACK_FIELDS if k in stack}
     )
 
 
 def drill_host_from_connection(info: dict) -> SentryHost:
     """The sandbox's drill host: another Docker engine behind its own sshd; scratch stacks go
     under its `drill_dir`."""
-    ssh, stack = info["drill_ssh"], info["stack"]
+    stack = info["stack"]
     return SentryHost(
-        ssh_host=ssh["host"],
-        ssh_port=ssh["port"],
-        ssh_user=ssh["user"],
-        ssh_private_key=Path(ssh["private_key_path"]).read_text(),
-        ssh_host_key=ssh["host_key"],
+        **ssh_fields(info["drill_ssh"]),
         project_dir=info["drill_dir"],
         **{k: stack[k] for k in ("tool_image", "pull_images") if k in stack},
     )

@@ -142,7 +142,7 @@ def main() -> int:
     ui = api.removesuffix("/api")
     print("\n=== sentry-ops demo report ===")
     for name, result, seconds in report:
-        print(f"{name:<28} {seconds:6.1f}s  {result}")
+        print(f"{name:<46} {seconds:6.1f}s  {result}")
     print(f"\nPrefect UI: {ui}  (flow runs, logs and artifacts)")
     print(f"Sentry (stand-in) web: http://127.0.0.1:{info['stack']['web_port']}/_health/")
     return 0 if all("FAILED" not in r for _, r, _ in report) else 1
