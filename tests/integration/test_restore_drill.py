@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import re
+import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -245,21 +246,28 @@ def test_an_s3_error_mid_restore_fails_within_its_timeout_and_removes_the_scratc
     proxy.server.close()
 
 
-def test_a_killed_drill_is_cleaned_up_by_the_next_one(sentry_host, saved_host, store_name, sandbox):
+def test_a_killed_drill_is_cleaned_up_by_the_next_one(
+    sentry_host, saved_host, store_name, sandbox, seeded
+):
+    from prefect.settings import PREFECT_API_URL
+
     taken = backup(saved_host, store_name)
-    # what a drill killed after starting its scratch stack leaves: the dir, containers, volumes
-    scratch_dir = f"{sentry_host.project_dir}-drill"
-    subprocess.run(["cp", "-r", sentry_host.project_dir, scratch_dir], check=True)
-    env = Path(scratch_dir, ".env")
-    text = env.read_text()
-    for key, value in sb.stack_settings(1).items():
-        text = re.sub(rf"^{key}=.*$", f"{key}={value}", text, flags=re.M)
-    env.write_text(text)
     project = f"{sentry_host.project}-drill"
-    subprocess.run(["docker", "compose", "--project-directory", scratch_dir, "-p", project,
-                    "up", "-d", "sentry-postgres", "sentry-redis"], check=True,
-                   capture_output=True)  # fmt: skip
-    assert leftovers(project) != []
+    code = (
+        "from flows.restore_drill import restore_drill; "
+        f"restore_drill({saved_host!r}, {store_name!r}, backup_id={taken['backup_id']!r})"
+    )
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    drill = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=sb.REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not leftovers(project):  # its scratch stack exists: kill it mid-way
+        assert drill.poll() is None, "the drill ended before it could be killed"
+        assert time.monotonic() < deadline, "the drill never started its scratch stack"
+        time.sleep(0.1)
+    drill.kill()
+    drill.wait()
+    assert leftovers(project) != []  # a killed drill leaves its scratch stack behind
     result = restore_drill(saved_host, store_name, backup_id=taken["backup_id"], drill=DRILL)
     assert result["passed"]
-    assert leftovers(project) == [] and not Path(scratch_dir).exists()
+    assert leftovers(project) == [] and not Path(f"{sentry_host.project_dir}-drill").exists()
