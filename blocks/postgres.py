@@ -280,7 +280,7 @@ def dump(host: SentryHost, image: str, timeout: float = 300) -> Iterator[Dump]:
             "-d", where.db, "--no-password", "-Fc", f"--compress={COMPRESSION}",
             f"--snapshot={snapshot}",
         ]  # fmt: skip
-        argv = host.container_stream_argv(image, where.container, command, job="backup")
+        argv = host.container_io_argv("out", image, where.container, command, job="backup")
         with host.stream(argv, timeout=timeout, stdin=pgpass(where.password)) as stream:
             counts: Future = Future()
 
@@ -326,6 +326,6 @@ def restore(host: SentryHost, image: str, source: BinaryIO, where: Target | None
         major = int(version.split(".")[0])
     command = ["bash", "-c", RESTORE, "pg_restore", str(where.port), where.user, where.db,
                "1" if major < 17 else "0"]  # fmt: skip
-    argv = host.container_feed_argv(image, where.container, command, job="restore")
+    argv = host.container_io_argv("in", image, where.container, command, job="restore")
     host.run(argv, stdin=Prefixed(pgpass(where.password), source), timeout=None)
     return time.monotonic() - started

@@ -380,16 +380,17 @@ class SentryHost(Block):
         """zstd-compressed tar of a data volume, made on the host (read-only mount)."""
         mount = ["-v", f"{self.volume_name(volume)}:/volume:ro"]
         command = ["tar", "--use-compress-program=zstd -1 -T0", "-C", "/volume", "-cf", "-", "."]
-        return self.container_stream_argv(image, None, command, job="backup", options=mount)
+        return self.container_io_argv("out", image, None, command, job="backup", options=mount)
 
     def volume_untar_argv(self, volume: DataVolume, image: str) -> list[str]:
         """Unpack a zstd-compressed tar into a data volume, on the host."""
         mount = ["-v", f"{self.volume_name(volume)}:/volume"]
         command = ["tar", "--use-compress-program=zstd -d", "-C", "/volume", "-xf", "-"]
-        return self.container_feed_argv(image, None, command, job="restore", options=mount)
+        return self.container_io_argv("in", image, None, command, job="restore", options=mount)
 
-    def container_stream_argv(
+    def container_io_argv(
         self,
+        mode: Literal["out", "in"],
         image: str,
         netns: str | None,
         command: Sequence[str],
@@ -398,31 +399,8 @@ class SentryHost(Block):
         options: Sequence[str] = (),
     ) -> list[str]:
         """Run `command` in a throwaway container of `image` (in `netns`'s network namespace, else
-        none); its stdout comes out of this SSH command through a FIFO, not Docker's relay."""
-        return self._container_io_argv("out", image, netns, command, job, options)
-
-    def container_feed_argv(
-        self,
-        image: str,
-        netns: str | None,
-        command: Sequence[str],
-        *,
-        job: str,
-        options: Sequence[str] = (),
-    ) -> list[str]:
-        """Like `container_stream_argv`, the other way: this SSH command's stdin (after one
-        secret line) becomes `command`'s stdin."""
-        return self._container_io_argv("in", image, netns, command, job, options)
-
-    def _container_io_argv(
-        self,
-        mode: str,
-        image: str,
-        netns: str | None,
-        command: Sequence[str],
-        job: str,
-        options: Sequence[str],
-    ) -> list[str]:
+        none). "out": its stdout comes out of this SSH command; "in": this SSH command's stdin
+        (after one secret line) becomes its stdin. Through a FIFO, not Docker's relay."""
         options = [*self.pull_argv(), *options]
         return ["bash", "-c", CONTAINER_IO, "sentry-ops", mode, job, image, netns or "",
                 str(len(options)), *options, *command]  # fmt: skip
