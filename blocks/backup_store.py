@@ -1,105 +1,34 @@
-"""`BackupStore`: where backup sets live (S3 or S3-compatible), and what a backup set is.
+"""`BackupStore`: the S3 (or S3-compatible) bucket where backup sets live, and its secrets.
 
-A backup set is the prefix `<prefix>/<backup_id>/` holding its objects and, written last, its
-`manifest.json`: the commit marker. No manifest = incomplete = never restored, never counted.
-This module is the one way sentry-ops talks to S3 (boto3 managed transfers).
+This module is the one way sentry-ops talks to S3 (boto3 managed transfers); every S3 failure
+leaves it as a `StoreError` naming the store and what was being done. What a backup set *is*
+(keys, manifest, seal, encryption) belongs to `blocks.backup_set`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
 from typing import BinaryIO, Literal
 
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect.blocks.core import Block
 from prefect_aws import AwsCredentials
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 PART = 8 << 20  # multipart part size
 THREADS = 4  # parallel part uploads
 IN_MEMORY_PARTS = 4  # parts buffered from a non-seekable stream: memory ~ (4 + 4) x 8 MiB
-MANIFEST = "manifest.json"
-STAMP = "%Y%m%dT%H%M%SZ"
-BACKUP_ID = re.compile(r"^(?P<stamp>\d{8}T\d{6}Z)-(?P<host>[a-z0-9][a-z0-9-]*)$")
+MIN_KEY_CHARS = 32
+NEW_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 class StoreError(Exception):
     pass
-
-
-# -- what a backup set is -------------------------------------------------------------------------
-def new_backup_id(host: str, now: dt.datetime) -> str:
-    slug = re.sub(r"[^a-z0-9-]+", "-", host.lower()).strip("-") or "host"
-    return f"{now.astimezone(dt.UTC).strftime(STAMP)}-{slug}"
-
-
-def parse_backup_id(backup_id: str) -> tuple[dt.datetime, str] | None:
-    """(UTC time, host) of a backup id, or None when it is not one of ours."""
-    match = BACKUP_ID.match(backup_id)
-    if not match:
-        return None
-    try:
-        when = dt.datetime.strptime(match["stamp"], STAMP).replace(tzinfo=dt.UTC)
-    except ValueError:
-        return None
-    return when, match["host"]
-
-
-class StoredObject(BaseModel):
-    name: str = Field(description="What it is: postgres, volume:<name>, config")
-    key: str
-    size: int
-    sha256: str
-    compression: Literal["zstd", "pg_dump:zstd:1", "none"]
-    encryption: Literal["fernet", "none"] = "none"
-    raw_size: int | None = None
-    seconds: float = 0.0
-
-    @property
-    def mb_per_s(self) -> float:
-        return (self.raw_size or self.size) / 1e6 / self.seconds if self.seconds else 0.0
-
-
-class BackupManifest(BaseModel):
-    """The commit marker of a backup set: everything needed to verify and restore it."""
-
-    format: int = 1
-    backup_id: str
-    host: str
-    layout: str
-    project_name: str
-    started_at: dt.datetime
-    finished_at: dt.datetime
-    objects: list[StoredObject]
-    postgres_version: str
-    sentry_version: str
-    images: dict[str, str] = Field(description="compose service -> image")
-    row_counts: dict[str, int]
-    newest_event: str | None = Field(
-        default=None, description="'<event_id> <time>' of the newest event in the dump"
-    )
-    config_included: bool
-    sentry_ops_version: str
-
-    def object(self, name: str) -> StoredObject:
-        for obj in self.objects:
-            if obj.name == name:
-                return obj
-        raise KeyError(f"backup {self.backup_id} has no object {name!r}")
-
-
-@dataclass(frozen=True)
-class BackupListing:
-    backup_id: str
-    when: dt.datetime | None  # None: not a key we can parse (never deleted)
-    complete: bool
-    keys: tuple[str, ...]
 
 
 class HashingReader:
@@ -123,7 +52,10 @@ class BackupStore(Block):
     _block_type_name = "Sentry Backup Store"
     _block_type_slug = "sentry-backup-store"
     _logo_url = "https://cdn.sanity.io/images/3ugk85nk/production/d74b16fe84ce626345adf235a47008fea2869a60-225x225.png"  # type: ignore[assignment]
-    _description = "An S3 bucket/prefix for Sentry backup sets, with retention settings."
+    _description = (
+        "An S3 bucket/prefix for Sentry backup sets (one folder per host), with the key that "
+        "encrypts and seals them, and retention settings."
+    )
 
     bucket: str = Field(description="S3 bucket name.")
     prefix: str = Field(default="sentry", description="Key prefix for all backup sets.")
@@ -131,20 +63,25 @@ class BackupStore(Block):
         default_factory=AwsCredentials,
         description="AWS credentials; aws_client_parameters.endpoint_url for MinIO and others.",
     )
+    backup_key: SecretStr | None = Field(
+        default=None,
+        description=f"Secret (>= {MIN_KEY_CHARS} characters; `{NEW_KEY}`) from which each "
+        "object's AES-256-GCM key and the manifests' HMAC seal key are derived. Keep a copy "
+        "outside this server: without it no backup can be restored.",
+    )
+    allow_unencrypted: bool = Field(
+        default=False,
+        description="Allow a store without backup_key: objects stored in clear, manifests "
+        "unsealed, config left out. Every run warns.",
+    )
     retention_days: int = Field(default=30, description="Delete complete backups older than this.")
     min_keep: int = Field(
-        default=7, description="Never delete the newest this-many complete backups."
+        default=7, description="Never delete a host's newest this-many complete backups."
     )
     server_side_encryption: Literal["AES256", "aws:kms"] | None = Field(
-        default=None, description="S3 server-side encryption for every object."
+        default=None, description="S3 server-side encryption for every object, on top."
     )
     kms_key_id: str | None = Field(default=None, description="KMS key id for aws:kms.")
-    config_encryption_key: SecretStr | None = Field(
-        default=None,
-        description="Fernet key (`python -c 'from cryptography.fernet import Fernet; "
-        "print(Fernet.generate_key().decode())'`) to encrypt the stack's config (.env, "
-        "config.yml: they hold the secret key and passwords). Unset: config is not backed up.",
-    )
     bandwidth_limit: int | None = Field(
         default=None,
         description="Bytes per second a backup may move at most (so a nightly backup cannot "
@@ -171,14 +108,49 @@ class BackupStore(Block):
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        return value.strip("/")
+        value = value.strip("/")
+        if not value:
+            raise ValueError("prefix must not be empty (backup sets live under it)")
+        return value
+
+    @model_validator(mode="after")
+    def _key_or_consent(self) -> BackupStore:
+        key = self.backup_key.get_secret_value() if self.backup_key else ""
+        if self.backup_key is not None and len(key) < MIN_KEY_CHARS:
+            raise ValueError(
+                f"backup_key must have at least {MIN_KEY_CHARS} characters; make one with {NEW_KEY}"
+            )
+        if self.backup_key is None and not self.allow_unencrypted:
+            raise ValueError(
+                f"set backup_key (make one with {NEW_KEY}; keep a copy elsewhere) so backups are "
+                "encrypted and sealed, or set allow_unencrypted=True to store them in clear"
+            )
+        if self.kms_key_id and self.server_side_encryption != "aws:kms":
+            raise ValueError("kms_key_id needs server_side_encryption='aws:kms'")
+        return self
+
+    @property
+    def where(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
 
     # -- plumbing ----------------------------------------------------------------------------
     def client(self):
         return self.credentials.get_s3_client()
 
-    def key(self, backup_id: str, name: str) -> str:
-        return f"{self.prefix}/{backup_id}/{name}" if self.prefix else f"{backup_id}/{name}"
+    @contextmanager
+    def errors(self, doing: str) -> Iterator[None]:
+        """Any S3 failure inside leaves as a StoreError naming the store and `doing`."""
+        try:
+            yield
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            code, status = err.get("Code", ""), exc.response.get("ResponseMetadata", {})
+            raise StoreError(
+                f"{self.where}: {doing} failed: S3 answered {code or '?'} "
+                f"(HTTP {status.get('HTTPStatusCode', '?')}): {err.get('Message', exc)}"
+            ) from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"{self.where}: {doing} failed: {exc}") from exc
 
     def _extra_args(self) -> dict:
         extra: dict = {}
@@ -192,7 +164,7 @@ class BackupStore(Block):
 
     def check_access(self) -> None:
         """Fail early, before any dump starts, when the bucket is missing or not ours."""
-        where = f"s3://{self.bucket}/{self.prefix}"
+        where = self.where
         try:
             client = self.client()
             client.head_bucket(Bucket=self.bucket)
@@ -223,94 +195,90 @@ class BackupStore(Block):
         `source` raises, boto3 aborts this upload, so a failure never leaves a complete-looking
         object behind.
         """
-        client = self.client()
-        self.abort_uploads(key)
-        config = TransferConfig(
-            multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=THREADS
-        )
-        config.max_in_memory_upload_chunks = IN_MEMORY_PARTS  # s3transfer setting
-        reader = HashingReader(source)
-        client.upload_fileobj(
-            reader, self.bucket, key, ExtraArgs=self._extra_args() or None, Config=config
-        )
+        with self.errors(f"uploading {key}"):
+            client = self.client()
+            self.abort_uploads(key)
+            config = TransferConfig(
+                multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=THREADS
+            )
+            config.max_in_memory_upload_chunks = IN_MEMORY_PARTS  # s3transfer setting
+            reader = HashingReader(source)
+            client.upload_fileobj(
+                reader, self.bucket, key, ExtraArgs=self._extra_args() or None, Config=config
+            )
         return reader.size, reader.sha256.hexdigest()
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream"):
-        self.client().put_object(
-            Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **self._extra_args()
-        )
-
-    def write_manifest(self, manifest: BackupManifest) -> str:
-        key = self.key(manifest.backup_id, MANIFEST)
-        self.put_bytes(key, manifest.model_dump_json(indent=2).encode(), "application/json")
-        return key
+        with self.errors(f"writing {key}"):
+            self.client().put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                **self._extra_args(),
+            )
 
     # -- reading -----------------------------------------------------------------------------
     def open(self, key: str) -> BinaryIO:
-        return self.client().get_object(Bucket=self.bucket, Key=key)["Body"]
+        with self.errors(f"reading {key}"):
+            return self.client().get_object(Bucket=self.bucket, Key=key)["Body"]
 
-    def read_manifest(self, backup_id: str) -> BackupManifest:
+    def get_bytes(self, key: str) -> bytes | None:
+        """A small object's bytes; None when there is no such key."""
         try:
-            body = self.open(self.key(backup_id, MANIFEST)).read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise StoreError(
-                    f"backup {backup_id} has no manifest: it is incomplete and cannot be restored"
-                ) from None
+            with self.errors(f"reading {key}"):
+                return self.client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except StoreError as exc:
+            cause = exc.__cause__
+            code = (
+                cause.response.get("Error", {}).get("Code")
+                if isinstance(cause, ClientError)
+                else None
+            )
+            if code in ("NoSuchKey", "404"):
+                return None
             raise
-        return BackupManifest.model_validate(json.loads(body))
 
     def sha256_of(self, key: str) -> tuple[int, str]:
-        body = self.open(key)
         digest, size = hashlib.sha256(), 0
-        while chunk := body.read(PART):
-            digest.update(chunk)
-            size += len(chunk)
+        with self.errors(f"reading {key}"):
+            body = self.open(key)
+            while chunk := body.read(PART):
+                digest.update(chunk)
+                size += len(chunk)
         return size, digest.hexdigest()
 
-    def list_backups(self) -> list[BackupListing]:
-        """Every backup set under the prefix, oldest first; unparseable ones with when=None."""
-        sets: dict[str, list[str]] = {}
-        for obj in self._iter_objects(f"{self.prefix}/"):
-            rest = obj["Key"][len(self.prefix) + 1 :]
-            backup_id, _, _ = rest.partition("/")
-            sets.setdefault(backup_id, []).append(obj["Key"])
-        listing = []
-        for backup_id, keys in sets.items():
-            parsed = parse_backup_id(backup_id)
-            complete = self.key(backup_id, MANIFEST) in keys
-            when = parsed[0] if parsed else None
-            listing.append(BackupListing(backup_id, when, complete, tuple(sorted(keys))))
-        return sorted(
-            listing, key=lambda b: (b.when is None, b.when or dt.datetime.min, b.backup_id)
-        )
-
-    def _iter_objects(self, prefix: str) -> Iterator[dict]:
-        paginator = self.client().get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            yield from page.get("Contents", [])
+    def keys(self, prefix: str) -> Iterator[str]:
+        with self.errors(f"listing {prefix}"):
+            paginator = self.client().get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"]
 
     # -- deleting ----------------------------------------------------------------------------
     def delete_keys(self, keys: list[str]) -> None:
-        client = self.client()
-        for i in range(0, len(keys), 1000):
-            batch = [{"Key": k} for k in keys[i : i + 1000]]
-            result = client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
-            if result.get("Errors"):
-                raise StoreError(f"could not delete: {result['Errors'][:3]}")
+        with self.errors(f"deleting {len(keys)} objects"):
+            client = self.client()
+            for i in range(0, len(keys), 1000):
+                batch = [{"Key": k} for k in keys[i : i + 1000]]
+                result = client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
+                if result.get("Errors"):
+                    raise StoreError(f"{self.where}: could not delete: {result['Errors'][:3]}")
 
     def open_uploads(self, prefix: str | None = None) -> list[dict]:
-        result = self.client().list_multipart_uploads(
-            Bucket=self.bucket, Prefix=prefix or f"{self.prefix}/"
-        )
+        with self.errors("listing open multipart uploads"):
+            result = self.client().list_multipart_uploads(
+                Bucket=self.bucket, Prefix=prefix or f"{self.prefix}/"
+            )
         return result.get("Uploads", [])
 
     def abort_uploads(self, key_prefix: str, older_than: dt.datetime | None = None) -> int:
-        client, aborted = self.client(), 0
+        aborted = 0
         for upload in self.open_uploads(key_prefix):
             if older_than is None or upload["Initiated"] < older_than:
-                client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                )
+                with self.errors(f"aborting the upload of {upload['Key']}"):
+                    self.client().abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
                 aborted += 1
         return aborted

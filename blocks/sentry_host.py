@@ -284,6 +284,13 @@ class SentryHost(Block):
         """The compose project name in effect."""
         return self.project_name or self.context.project
 
+    @property
+    def identity(self) -> str:
+        """Which stack this is, whatever the block is called: SSH target and compose project.
+        Names the host's folder in a backup store and its lock."""
+        raw = f"{self.ssh_host}-{self.ssh_port}-{self.project}".lower()
+        return re.sub(r"[^a-z0-9]+", "-", raw).strip("-")[:150]
+
     def volume_name(self, volume: DataVolume) -> str:
         return self.stack.volumes[volume].docker_name(self.project)
 

@@ -14,14 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.exceptions import ObjectNotFound
 from prefect_aws import AwsClientParameters, AwsCredentials
 
 from blocks.backup_store import BackupStore
 from blocks.sentry_host import SentryHost
-from flows.backup import lock_name
 
 STACK_FIELDS = (
     "project_dir",
@@ -81,19 +77,8 @@ def store_from_connection(info: dict, prefix: str = "sentry") -> BackupStore:
             region_name=s3.get("region", "us-east-1"),
             aws_client_parameters=AwsClientParameters(endpoint_url=s3["endpoint_url"]),
         ),
-        config_encryption_key=s3.get("config_encryption_key"),
+        backup_key=s3["backup_key"],
     )
-
-
-def ensure_backup_lock(host_block_name: str) -> str:
-    """The strict global concurrency limit (1 slot) that serialises backups of one host."""
-    name = lock_name(host_block_name)
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    return name
 
 
 def save_blocks(info: dict, name: str, layout: str = "guide") -> list[str]:
@@ -101,8 +86,7 @@ def save_blocks(info: dict, name: str, layout: str = "guide") -> list[str]:
     if "drill_ssh" in info:
         drill_host_from_connection(info).save("drill-host", overwrite=True)
     store_from_connection(info).save(name, overwrite=True)
-    lock = ensure_backup_lock(name)
-    return [f"sentry-host/{name}", f"sentry-backup-store/{name}", f"concurrency-limit/{lock}"]
+    return [f"sentry-host/{name}", f"sentry-backup-store/{name}"]
 
 
 def main() -> int:

@@ -28,7 +28,7 @@ from blocks.dotenv import conflicts, parse_env, render_env
 from blocks.layouts import Role
 from blocks.sentry_host import SentryHost
 from flows.health import check_web
-from flows.shared import Result, Status, failed, results_artifact, summary
+from flows.shared import Result, Status, failed, host_lock, results_artifact, summary
 
 
 class HostRequirements(BaseModel):
@@ -242,20 +242,24 @@ def bootstrap(
         raise BootstrapError(
             f"{sentry_host.label}: preflight failed, nothing was changed: {summary(steps)}"
         )
-    try:
-        steps.append(put_stack(sentry_host, stack_files))
-        steps.append(write_env(sentry_host, settings or {}))
-        steps.append(
-            start_services(sentry_host, list(sentry_host.stack.dependencies), "dependencies")
-        )
-        steps.append(migrate(sentry_host))
-        steps.append(create_superuser(sentry_host, admin_email, admin_password_secret))
-        steps.append(start_services(sentry_host, [Role.WEB, Role.WORKER, Role.CRON], "services"))
-        steps += check_web(sentry_host)
-    except Exception as exc:
-        steps.append(Result("(stopped)", Status.FAILED, f"{exc.__class__.__name__}: {exc}"[:300]))
-        report(host, sentry_host, steps)
-        raise
+    with host_lock(sentry_host, "bootstrap"):
+        try:
+            steps.append(put_stack(sentry_host, stack_files))
+            steps.append(write_env(sentry_host, settings or {}))
+            steps.append(
+                start_services(sentry_host, list(sentry_host.stack.dependencies), "dependencies")
+            )
+            steps.append(migrate(sentry_host))
+            steps.append(create_superuser(sentry_host, admin_email, admin_password_secret))
+            steps.append(
+                start_services(sentry_host, [Role.WEB, Role.WORKER, Role.CRON], "services")
+            )
+            steps += check_web(sentry_host)
+        except Exception as exc:
+            detail = f"{exc.__class__.__name__}: {exc}"[:300]
+            steps.append(Result("(stopped)", Status.FAILED, detail))
+            report(host, sentry_host, steps)
+            raise
     report(host, sentry_host, steps)
     if failed(steps):
         raise BootstrapError(f"{sentry_host.label}: not healthy after bootstrap: {summary(steps)}")

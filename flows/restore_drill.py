@@ -1,23 +1,26 @@
 """Restore drill: restore a backup into a scratch stack, prove it works, report RTO and RPO.
 
 Runbook, in order:
-1. pick the backup (the given one, or the newest complete one: never one without a manifest);
-   its manifest must name that id and keep every object under that backup's prefix;
+1. pick the backup among this host's own sets (the given one, or its newest complete one: never
+   one without a manifest); the manifest's seal must be right, and it must name this host and
+   set and keep every object in the set's folder;
 2. verify every object's size and sha256 against the manifest, before anything is created;
-3. remove what a killed earlier drill left (same scratch name), then build the scratch stack on
-   the drill host (default: the same host, for layouts whose volumes are per project; another
-   Docker host for layouts with external volumes): its own directory, compose project and
+3. under the scratch stack's host lock: remove what a killed earlier drill left (same scratch
+   name), then build the scratch stack on the drill host (default: the same host, for layouts
+   whose volumes are per project; another Docker host for layouts with external volumes): its
+   own directory, compose project and
    ports (every port of its `.env` shifted by the drill, never inherited from production), the
    image tags the manifest recorded (limited to production's own images, or `allowed_images`),
    the config restored from the backup; then its resolved config is checked against
    production's (project, volume and container names, ports, bind-mount sources) before anything
    runs: a clash is refused, naming it;
-4. Postgres: S3 -> SSH -> FIFO -> pg_restore next to the scratch Postgres (an empty database
-   only); data volumes: S3 -> SSH -> zstd -d | tar on the host; each object hashed as it is
-   restored and compared with the manifest;
+4. Postgres: S3 -> decrypted on the worker -> SSH -> FIFO -> pg_restore next to the scratch
+   Postgres (an empty database only); data volumes: S3 -> decrypted -> SSH -> zstd -d | tar on
+   the host; the stored bytes of each object hashed as it is restored, compared with the manifest;
 5. checks: per-table row counts equal the manifest's; what an operator looks at: a superuser,
    projects and issues counted equal to the manifest, the newest event's payload readable from
    the restored nodestore; then Sentry web on the restored data: `/_health/` and `?full` ok;
+   the result is recorded beside the set (`verification.json`, sealed);
 6. tear the scratch stack down, always (kept only when keep_on_failure and it failed); teardown
    errors are reported in the drill report, never lose it.
 RTO is the wall time from start to a healthy, checked scratch stack; RPO is the backup's age.
@@ -31,26 +34,24 @@ import posixpath
 import re
 import time
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import yaml
-import zstandard
-from cryptography.fernet import Fernet
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
-from blocks import postgres
-from blocks.backup_store import BackupManifest, BackupStore, HashingReader, StoredObject
+from blocks import backup_set, postgres
+from blocks.backup_set import BackupManifest
+from blocks.backup_store import BackupStore
 from blocks.dotenv import parse_env, render_env
 from blocks.layouts import DataVolume, Role
 from blocks.sentry_host import SentryHost
 from blocks.ssh import Prefixed
-from flows.backup import verify_object
+from flows.backup import pick_set, verify_objects
 from flows.health import assess_full_health, probe_web
-from flows.shared import Result, Status
+from flows.shared import Result, Status, host_lock
 
 DRILL_COMPOSE = "docker-compose.drill.yml"
 DRILL_LABEL = "sentry-ops.drill"
@@ -111,29 +112,6 @@ class Outcome:
 
 
 # -- pure logic --------------------------------------------------------------------------------
-def pick_backup(listing, backup_id: str | None) -> str:
-    complete = [b for b in listing if b.complete and b.when]
-    if backup_id:
-        match = [b for b in listing if b.backup_id == backup_id]
-        if not match:
-            raise DrillError(f"backup {backup_id} is not in the store")
-        if not match[0].complete:
-            raise DrillError(f"backup {backup_id} has no manifest: incomplete, never restored")
-        return backup_id
-    if not complete:
-        raise DrillError("the store has no complete backup (none with a manifest)")
-    return max(complete, key=lambda b: b.when).backup_id
-
-
-def check_manifest(manifest: BackupManifest, backup_id: str, prefix: str) -> None:
-    """What the bucket says is data, checked before it chooses anything."""
-    if manifest.backup_id != backup_id:
-        raise DrillError(f"the manifest of {backup_id} names another backup: {manifest.backup_id}")
-    for obj in manifest.objects:
-        if not obj.key.startswith(prefix) or ".." in obj.key:
-            raise DrillError(f"object {obj.name} of {backup_id} lies outside its set: {obj.key}")
-
-
 def check_images(images: dict[str, str], production: dict[str, str], allowed: set[str]) -> None:
     """Each image the manifest pins must be a plain image reference, and the one production's
     compose file uses for that service (or explicitly allowed)."""
@@ -281,15 +259,6 @@ def moved_ports(config: dict, offset: int) -> dict[str, list[str]]:
     return moved
 
 
-def postgres_source(store: BackupStore, obj: StoredObject) -> BinaryIO:
-    """The dump as pg_restore reads it: compressed by pg_dump itself (sets since issue 9), or
-    zstd around an uncompressed dump (earlier sets), undone here."""
-    body = store.open(obj.key)
-    if obj.compression == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(body, read_size=1 << 20)
-    return body
-
-
 def assess_data(
     manifest: BackupManifest, counts: dict[str, int], app: dict[str, int], payload: str | None
 ) -> list[Result]:
@@ -338,15 +307,6 @@ def assess_data(
     return results
 
 
-def hashed(obj: StoredObject, reader: HashingReader) -> None:
-    digest = reader.sha256.hexdigest()
-    if (reader.size, digest) != (obj.size, obj.sha256):
-        raise DrillError(
-            f"{obj.name}: the bytes restored ({reader.size}, sha256 {digest[:16]}...) are not the "
-            f"manifest's ({obj.size}, {obj.sha256[:16]}...)"
-        )
-
-
 # -- tasks --------------------------------------------------------------------------------------
 @task(cache_policy=NO_CACHE, timeout_seconds=1800)
 def clear_leftovers(scratch: SentryHost, prod: SentryHost) -> str:
@@ -372,11 +332,7 @@ def prepare_scratch(
     d = scratch.project_dir
     scratch.makedirs(d)
     if manifest.config_included:
-        if store.config_encryption_key is None:
-            raise DrillError("the backup's config is encrypted but the store has no key")
-        sealed = store.open(manifest.object("config").key).read()
-        plain = Fernet(store.config_encryption_key.get_secret_value().encode()).decrypt(sealed)
-        scratch.extract_tar(d, plain)
+        scratch.extract_tar(d, backup_set.read_object(store, manifest, "config"))
         source = "the backup's (decrypted) config"
     else:
         for name in ("docker-compose.yml", ".env"):
@@ -440,14 +396,9 @@ def restore_postgres(scratch: SentryHost, store: BackupStore, manifest: BackupMa
     scratch.run(scratch.compose_argv("create"), timeout=600)
     service = scratch.stack.service(Role.POSTGRES)
     scratch.run(scratch.compose_argv("up", "-d", "--wait", service), timeout=600)
-    obj = manifest.object("postgres")
-    reader = HashingReader(store.open(obj.key))
-    if obj.compression == "zstd":  # sets before issue 9: zstd around an uncompressed dump
-        source = zstandard.ZstdDecompressor().stream_reader(reader, read_size=1 << 20)
-    else:
-        source = reader
-    seconds = postgres.restore(scratch, scratch.tool_image, source)
-    hashed(obj, reader)
+    reader = backup_set.open_object(store, manifest, "postgres")  # decrypted, hashed
+    seconds = postgres.restore(scratch, scratch.tool_image, reader)
+    reader.verify()
     return seconds
 
 
@@ -457,11 +408,10 @@ def restore_volume(
 ) -> None:
     """The volume's tar.zst from S3, unpacked (and decompressed) on the host; hashed."""
     volume = DataVolume(name.removeprefix("volume:"))
-    obj = manifest.object(name)
-    reader = HashingReader(store.open(obj.key))
+    reader = backup_set.open_object(store, manifest, name)  # decrypted, hashed
     argv = scratch.volume_untar_argv(volume, scratch.tool_image)
     scratch.run(argv, stdin=Prefixed(b"\n", reader), timeout=6 * 3600)
-    hashed(obj, reader)
+    reader.verify()
 
 
 @task(cache_policy=NO_CACHE, timeout_seconds=1800)
@@ -509,6 +459,68 @@ def teardown(scratch: SentryHost, prod: SentryHost) -> str:
     return f"leftovers: {left}" if left else "no containers or volumes left"
 
 
+def restore_and_check(
+    prod: SentryHost,
+    scratch: SentryHost,
+    backup_store: BackupStore,
+    manifest: BackupManifest,
+    drill: DrillStack,
+    keep_on_failure: bool,
+    out: Outcome,
+    t0: float,
+) -> float | None:
+    """Scratch stack up, restored, checked, torn down (under the scratch host's lock); returns
+    the RTO when it got healthy and checked."""
+    logger = get_run_logger()
+    rto = None
+    t = time.monotonic()
+    out.stage("clear leftovers", t, clear_leftovers(scratch, prod))
+    healthy = False
+    try:
+        t = time.monotonic()
+        source = prepare_scratch(prod, scratch, backup_store, manifest, drill)
+        out.stage("prepare scratch stack", t, source)
+        if scratch.stack.volumes[DataVolume.POSTGRES].external:
+            t = time.monotonic()
+            made = create_external_volumes(scratch)
+            out.stage("create external volumes", t, ", ".join(made))
+        t = time.monotonic()
+        restore_postgres(scratch, backup_store, manifest)
+        out.stage("restore postgres", t, "bytes hashed equal the manifest")
+        for obj in manifest.objects:
+            if obj.name.startswith("volume:"):
+                t = time.monotonic()
+                restore_volume(scratch, backup_store, manifest, obj.name)
+                out.stage(f"restore {obj.name}", t, "bytes hashed equal the manifest")
+            elif obj.name not in ("postgres", "config"):
+                raise DrillError(f"this sentry-ops cannot restore object {obj.name!r}")
+        t = time.monotonic()
+        out.checks += check_data(scratch, manifest)
+        out.stage("check data", t)
+        t = time.monotonic()
+        web = start_web(scratch, drill.web_timeout)
+        out.checks += web
+        healthy = all(r.ok for r in web)
+        out.stage("start web", t)
+        rto = round(time.monotonic() - t0, 1)
+    except Exception as exc:
+        out.check("restore", False, f"{exc.__class__.__name__}: {exc}"[:500])
+    finally:
+        if out.failed and keep_on_failure:
+            kept = f"kept for inspection: {scratch.project_dir}"
+            out.stages.append(Result("teardown", Status.WARNING, kept, 0.0))
+        else:
+            t = time.monotonic()
+            try:
+                left = teardown(scratch, prod)
+            except Exception as exc:  # reported; the drill report is never lost
+                left = f"teardown failed: {exc.__class__.__name__}: {exc}"[:400]
+            out.check("teardown", left.startswith("no "), left)
+            out.stage("teardown", t, left)
+    logger.info("scratch stack healthy: %s", healthy)
+    return rto
+
+
 # -- flow ---------------------------------------------------------------------------------------
 @flow(name="restore-drill", log_prints=True)
 def restore_drill(
@@ -530,7 +542,6 @@ def restore_drill(
         keep_on_failure: Leave a failed scratch stack for inspection.
         drill: Scratch stack settings (suffix, port offset, timeouts, allowed images).
     """
-    logger = get_run_logger()
     drill = drill or DrillStack()
     started_at, t0 = dt.datetime.now(dt.UTC), time.monotonic()
     prod, backup_store = SentryHost.load(host), BackupStore.load(store)
@@ -539,62 +550,31 @@ def restore_drill(
     out = Outcome([], [])
 
     t = time.monotonic()
-    chosen = pick_backup(backup_store.list_backups(), backup_id)
-    manifest = backup_store.read_manifest(chosen)
-    check_manifest(manifest, chosen, backup_store.key(chosen, ""))
-    out.stage("pick backup", t, chosen)
+    manifest = pick_set(backup_store, prod, backup_id)  # this host's, sealed, or refused
+    chosen = manifest.backup_id
+    out.stage("pick backup", t, f"{chosen} (seal checked)")
     t = time.monotonic()
-    results = [verify_object(backup_store, o) for o in manifest.objects]
-    bad = [f"{r['object']}: {r['detail']}" for r in results if not r["ok"]]
+    results = verify_objects(backup_store, manifest)
+    bad = [f"{r.name}: {r.detail}" for r in results if not r.ok]
     out.check("verification", not bad, "; ".join(bad) or f"{len(results)} objects match")
     out.stage("verify objects", t)
     rto = None
     if not bad:
-        t = time.monotonic()
-        out.stage("clear leftovers", t, clear_leftovers(scratch, prod))
-        healthy = False
-        try:
-            t = time.monotonic()
-            source = prepare_scratch(prod, scratch, backup_store, manifest, drill)
-            out.stage("prepare scratch stack", t, source)
-            if scratch.stack.volumes[DataVolume.POSTGRES].external:
-                t = time.monotonic()
-                made = create_external_volumes(scratch)
-                out.stage("create external volumes", t, ", ".join(made))
-            t = time.monotonic()
-            restore_postgres(scratch, backup_store, manifest)
-            out.stage("restore postgres", t, "bytes hashed equal the manifest")
-            for obj in manifest.objects:
-                if obj.name.startswith("volume:"):
-                    t = time.monotonic()
-                    restore_volume(scratch, backup_store, manifest, obj.name)
-                    out.stage(f"restore {obj.name}", t, "bytes hashed equal the manifest")
-                elif obj.name not in ("postgres", "config"):
-                    raise DrillError(f"this sentry-ops cannot restore object {obj.name!r}")
-            t = time.monotonic()
-            out.checks += check_data(scratch, manifest)
-            out.stage("check data", t)
-            t = time.monotonic()
-            web = start_web(scratch, drill.web_timeout)
-            out.checks += web
-            healthy = all(r.ok for r in web)
-            out.stage("start web", t)
-            rto = round(time.monotonic() - t0, 1)
-        except Exception as exc:
-            out.check("restore", False, f"{exc.__class__.__name__}: {exc}"[:500])
-        finally:
-            if out.failed and keep_on_failure:
-                kept = f"kept for inspection: {scratch.project_dir}"
-                out.stages.append(Result("teardown", Status.WARNING, kept, 0.0))
-            else:
-                t = time.monotonic()
-                try:
-                    left = teardown(scratch, prod)
-                except Exception as exc:  # reported; the drill report is never lost
-                    left = f"teardown failed: {exc.__class__.__name__}: {exc}"[:400]
-                out.check("teardown", left.startswith("no "), left)
-                out.stage("teardown", t, left)
-        logger.info("scratch stack healthy: %s", healthy)
+        with host_lock(scratch, "restore drill"):
+            rto = restore_and_check(
+                prod, scratch, backup_store, manifest, drill, keep_on_failure, out, t0
+            )
+    passed = not out.failed
+    try:  # beside the set: retention keeps the newest verified one
+        backup_set.record_verification(
+            backup_store,
+            manifest,
+            passed,
+            "restore-drill",
+            "restored and checked" if passed else "; ".join(out.failed)[:1000],
+        )
+    except Exception as exc:  # the report is never lost to it
+        out.stages.append(Result("record verification", Status.WARNING, str(exc)[:300]))
     rpo = round((started_at - manifest.finished_at).total_seconds(), 1)
     result = {
         "backup_id": chosen,

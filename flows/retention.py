@@ -1,10 +1,11 @@
-"""Retention of backup sets: which to delete, decided by a pure function, then applied.
+"""Retention of backup sets, per host: which to delete, decided by a pure function, then applied.
 
-Rules (DESIGN.md, principle 3):
-- complete backups older than `retention_days` are deleted, but never the newest `min_keep`
-  complete ones, whatever the clock says;
-- incomplete backups (no manifest) older than 24 h are deleted (newer ones may be in progress);
-- a backup id we cannot parse is never deleted;
+Rules (DESIGN.md, principle 3), applied to each host's folder on its own:
+- complete, sealed sets older than `retention_days` are deleted, but never the host's newest
+  `min_keep` of them, nor its newest verified one, whatever the clock says;
+- incomplete sets (no manifest) older than 24 h are deleted (newer ones may be in progress);
+- a set whose manifest is refused (seal missing or wrong) is left for inspection and not counted;
+- anything that is not a set sentry-ops writes is never deleted;
 - multipart uploads left open for more than 24 h are aborted.
 """
 
@@ -17,66 +18,84 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from blocks.backup_store import BackupListing, BackupStore
+from blocks import backup_set
+from blocks.backup_set import SetListing
+from blocks.backup_store import BackupStore
 
 INCOMPLETE_GRACE = dt.timedelta(hours=24)
 
 
 @dataclass(frozen=True)
 class RetentionPlan:
-    delete: tuple[str, ...]
-    keep: tuple[str, ...]
-    reasons: dict[str, str] = field(default_factory=dict)
+    delete: tuple[SetListing, ...]
+    keep: tuple[SetListing, ...]
+    reasons: dict[str, str] = field(default_factory=dict)  # backup id -> why
 
 
 def plan_retention(
-    backups: list[BackupListing], now: dt.datetime, retention_days: int, min_keep: int
+    sets: list[SetListing], now: dt.datetime, retention_days: int, min_keep: int
 ) -> RetentionPlan:
     cutoff = now - dt.timedelta(days=retention_days)
-    complete = sorted((b for b in backups if b.complete and b.when), key=lambda b: b.when)
-    protected = {b.backup_id for b in complete[-min_keep:]} if min_keep > 0 else set()
+    protected: set[str] = set()
+    for host in {s.host_id for s in sets if s.when}:
+        usable = sorted(
+            (s for s in sets if s.host_id == host and s.when and s.complete and s.trusted),
+            key=lambda s: s.when,  # type: ignore[arg-type, return-value]
+        )
+        protected |= {s.backup_id for s in usable[-min_keep:]}
+        verified = [s for s in usable if s.verified]
+        if verified:
+            protected.add(verified[-1].backup_id)
     delete, keep, reasons = [], [], {}
-    for b in backups:
-        if b.when is None:
-            keep.append(b.backup_id)
-            reasons[b.backup_id] = "not a backup id sentry-ops writes: left alone"
-        elif b.complete and b.backup_id in protected:
-            keep.append(b.backup_id)
-            reasons[b.backup_id] = f"one of the newest {min_keep} complete"
-        elif b.complete and b.when < cutoff:
-            delete.append(b.backup_id)
-            reasons[b.backup_id] = f"complete, older than {retention_days} days"
-        elif not b.complete and b.when < now - INCOMPLETE_GRACE:
-            delete.append(b.backup_id)
-            reasons[b.backup_id] = "incomplete (no manifest), older than 24 h"
+    for s in sets:
+        if s.when is None:
+            keep.append(s)
+            reasons[s.backup_id] = "not a set sentry-ops writes: left alone"
+        elif s.complete and not s.trusted:
+            keep.append(s)
+            reasons[s.backup_id] = f"manifest refused, left for inspection: {s.problem}"[:300]
+        elif s.backup_id in protected:
+            keep.append(s)
+            reasons[s.backup_id] = (
+                f"one of the host's newest {min_keep} complete, or its newest verified"
+            )
+        elif s.complete and s.when < cutoff:
+            delete.append(s)
+            reasons[s.backup_id] = f"complete, older than {retention_days} days"
+        elif not s.complete and s.when < now - INCOMPLETE_GRACE:
+            delete.append(s)
+            reasons[s.backup_id] = "incomplete (no manifest), older than 24 h"
         else:
-            keep.append(b.backup_id)
-            reasons[b.backup_id] = "within retention" if b.complete else "incomplete, < 24 h old"
+            keep.append(s)
+            reasons[s.backup_id] = "within retention" if s.complete else "incomplete, < 24 h old"
     return RetentionPlan(tuple(delete), tuple(keep), reasons)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])
-def apply_retention(store: BackupStore, now: dt.datetime | None = None) -> RetentionPlan:
+def apply_retention(
+    store: BackupStore, host_id: str | None = None, now: dt.datetime | None = None
+) -> RetentionPlan:
+    """Apply the store's retention to one host's sets, or to every host's."""
     logger = get_run_logger()
     now = now or dt.datetime.now(dt.UTC)
-    backups = store.list_backups()
-    plan = plan_retention(backups, now, store.retention_days, store.min_keep)
-    keys = {b.backup_id: b.keys for b in backups}
-    for backup_id in plan.delete:
-        # manifest first: a half-deleted set must never look complete
-        ordered = sorted(keys[backup_id], key=lambda k: not k.endswith("/manifest.json"))
-        store.delete_keys(ordered)
-        logger.info("deleted backup %s: %s", backup_id, plan.reasons[backup_id])
-    aborted = store.abort_uploads(f"{store.prefix}/", older_than=now - INCOMPLETE_GRACE)
+    sets = backup_set.list_sets(store, host_id)
+    plan = plan_retention(sets, now, store.retention_days, store.min_keep)
+    for s in plan.delete:
+        backup_set.delete_set(store, s)
+        logger.info("deleted backup %s: %s", s.backup_id, plan.reasons[s.backup_id])
+    where = backup_set.folder(store, host_id) if host_id else f"{store.prefix}/"
+    aborted = store.abort_uploads(where, older_than=now - INCOMPLETE_GRACE)
     create_table_artifact(
         key="backup-retention",
         table=[
             {
-                "backup": b,
-                "action": "delete" if b in plan.delete else "keep",
-                "why": plan.reasons[b],
+                "host": s.host_id,
+                "backup": s.backup_id,
+                "status": s.status,
+                "action": "delete" if s in plan.delete else "keep",
+                "why": plan.reasons[s.backup_id],
             }
-            for b in (*plan.delete, *plan.keep)
+            for s in (*plan.delete, *plan.keep)
         ],
         description=f"Retention: {len(plan.delete)} deleted, {len(plan.keep)} kept, "
         f"{aborted} stale multipart uploads aborted",
@@ -86,6 +105,13 @@ def apply_retention(store: BackupStore, now: dt.datetime | None = None) -> Reten
 
 @flow(name="backup-retention")
 def backup_retention(store: str) -> dict:
-    """Apply the store's retention policy to its backup sets."""
+    """Apply the store's retention policy to every host's backup sets in it.
+
+    Args:
+        store: Name of the BackupStore block.
+    """
     plan = apply_retention(BackupStore.load(store))
-    return {"deleted": list(plan.delete), "kept": list(plan.keep)}
+    return {
+        "deleted": [s.backup_id for s in plan.delete],
+        "kept": [s.backup_id for s in plan.keep],
+    }

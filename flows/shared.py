@@ -1,11 +1,25 @@
-"""What several flows share: the one result type for checks and steps, and how it is shown."""
+"""What several flows share: the one result type for checks and steps, how it is shown, and the
+host lock."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.runtime import flow_run
+from prefect.variables import Variable
+
+from blocks.sentry_host import SentryHost
 
 
 class Status(StrEnum):
@@ -55,3 +69,106 @@ def results_artifact(key: str, results: list[Result], description: str) -> None:
     create_table_artifact(
         key=artifact_slug(key), table=[r.row() for r in results], description=description
     )
+
+
+# -- the host lock --------------------------------------------------------------------------------
+LOCK_LEASE_SECONDS = 60  # a killed holder frees the lock within this; renewed every 45 s
+LOCK_POLL_SECONDS = 20  # a waiting run says who holds the lock this often
+LOCK_WAIT_SECONDS = 6 * 3600
+
+
+class LockTimeout(Exception):
+    pass
+
+
+def lock_name(host: SentryHost) -> str:
+    """One lock per stack (SSH target and compose project), whatever the block is called."""
+    return f"sentry-ops-host-{host.identity}"
+
+
+def ensure_lock(name: str) -> None:
+    """The lock is a strict Prefect global concurrency limit of 1 slot, created when missing."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another run made it meanwhile
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=1)
+                )
+
+
+def _holder() -> dict:
+    return {
+        "flow": flow_run.flow_name or "?",
+        "run": flow_run.name or "?",
+        "run_id": str(flow_run.id or "?"),
+        "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+@contextlib.contextmanager
+def host_lock(
+    host: SentryHost, purpose: str, wait_seconds: float = LOCK_WAIT_SECONDS
+) -> Iterator[None]:
+    """Hold the host's lock for `purpose` (every flow that changes a host takes it). While it
+    waits, a run logs who holds the lock and since when; a lease renewal failure (a short Prefect
+    API outage) is logged and does not stop the holder."""
+    logger = get_run_logger()
+    name = lock_name(host)
+    ensure_lock(name)
+    holder_var = f"{name}-holder"
+    held = contextlib.ExitStack()
+    started = time.monotonic()
+    while True:
+        try:
+            held.enter_context(
+                concurrency(
+                    name,
+                    occupy=1,
+                    strict=True,
+                    timeout_seconds=LOCK_POLL_SECONDS,
+                    lease_duration=LOCK_LEASE_SECONDS,
+                    raise_on_lease_renewal_failure=False,
+                )
+            )
+            break
+        except TimeoutError:
+            waited = time.monotonic() - started
+            holder = Variable.get(holder_var, default=None) or {}
+            who = (
+                f"{holder.get('flow')} run {holder.get('run')} ({holder.get('run_id')}) since "
+                f"{holder.get('since')}"
+                if holder
+                else "an unknown run"
+            )
+            if waited >= wait_seconds:
+                raise LockTimeout(
+                    f"{host.label}: gave up on {purpose} after waiting {waited:.0f} s for the "
+                    f"host lock {name}, held by {who}"
+                ) from None
+            logger.warning(
+                "%s of %s waits for the host lock %s (%.0f s so far): held by %s; a holder that "
+                "was killed frees it within %d s",
+                purpose,
+                host.label,
+                name,
+                waited,
+                who,
+                LOCK_LEASE_SECONDS,
+            )
+    Variable.set(holder_var, {**_holder(), "purpose": purpose}, overwrite=True)
+    logger.info("holding the host lock %s for %s", name, purpose)
+    try:
+        yield
+    finally:
+        try:
+            Variable.unset(holder_var)
+            held.close()
+        except Exception as exc:  # the lease then expires by itself
+            logger.warning(
+                "could not release the host lock %s (%s): it expires within %d s",
+                name,
+                exc,
+                LOCK_LEASE_SECONDS,
+            )

@@ -65,6 +65,7 @@ def main() -> int:
 
     from prefect.blocks.system import Secret
 
+    from blocks import backup_set
     from blocks.backup_store import BackupStore
     from deployments.setup import host_from_connection, save_blocks
     from flows.backup import backup
@@ -114,10 +115,11 @@ def main() -> int:
     taken = step("backup", lambda: backup("sandbox", "sandbox"))
     if taken:
         store = BackupStore.load("sandbox")
-        manifest = store.read_manifest(taken["backup_id"])
+        manifest = backup_set.load(store, taken["host_id"], taken["backup_id"])
         print(
-            f"\nbackup {manifest.backup_id} in s3://{store.bucket}/{store.prefix}/"
-            f"{manifest.backup_id}/ ({info['s3']['endpoint_url']})"
+            f"\nbackup {manifest.backup_id} in s3://{store.bucket}/"
+            f"{backup_set.folder(store, manifest.host_id, manifest.backup_id)} "
+            f"({info['s3']['endpoint_url']}; AES-256-GCM, sealed manifest)"
         )
         for obj in manifest.objects:
             print(f"  {obj.name:<14} {obj.size / 1e6:8.2f} MB  sha256 {obj.sha256[:16]}...")

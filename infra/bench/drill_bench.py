@@ -35,6 +35,7 @@ def main() -> int:
     name, stack = bench_stack("guide")
     db_bytes = load(name, "guide", args.scale)
 
+    from blocks import backup_set
     from deployments.setup import save_blocks, store_from_connection
     from flows.backup import backup
     from flows.restore_drill import DrillStack, restore_drill
@@ -43,7 +44,7 @@ def main() -> int:
     store = store_from_connection(info, prefix="bench")
     store.save("bench", overwrite=True)
     taken = backup("bench", "bench")
-    manifest = store.read_manifest(taken["backup_id"])
+    manifest = backup_set.load(store, taken["host_id"], taken["backup_id"])
     results: dict = {
         "scale": args.scale,
         "database_bytes": db_bytes,
@@ -66,7 +67,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             dump = Path(tmp, "postgres.dump")
             with dump.open("wb") as f:
-                body = store.open(manifest.object("postgres").key)
+                body = backup_set.open_object(store, manifest, "postgres")
                 while chunk := body.read(8 << 20):
                     f.write(chunk)
             started = time.monotonic()

@@ -16,7 +16,6 @@ Everything needed to connect is written to `<state>/connection.json` (0600).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -442,8 +441,9 @@ def ensure_s3() -> dict:
         creds = {
             "access_key": "sandbox" + secrets.token_hex(4),
             "secret_key": secrets.token_hex(16),
-            "config_encryption_key": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         }
+    if "backup_key" not in creds:  # the store's secret: encrypts and seals the backup sets
+        creds["backup_key"] = secrets.token_urlsafe(32)
         creds_file.write_text(json.dumps(creds))
         creds_file.chmod(0o600)
     pidfile = STATE / "moto.pid"

@@ -68,29 +68,6 @@ def test_drill_override_pins_each_service_image():
     assert "  sentry-postgres:\n    image: postgres:15" in text
 
 
-def test_pick_backup_takes_the_newest_complete_and_never_an_incomplete():
-    import datetime as dt
-
-    from blocks.backup_store import BackupListing
-    from flows.restore_drill import DrillError, pick_backup
-
-    t = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
-    listing = [
-        BackupListing("a", t, True, ()),
-        BackupListing("b", t + dt.timedelta(days=1), True, ()),
-        BackupListing("c", t + dt.timedelta(days=2), False, ()),
-        BackupListing("odd", None, True, ()),
-    ]
-    assert pick_backup(listing, None) == "b"
-    assert pick_backup(listing, "a") == "a"
-    with pytest.raises(DrillError, match="no manifest"):
-        pick_backup(listing, "c")
-    with pytest.raises(DrillError, match="not in the store"):
-        pick_backup(listing, "zzz")
-    with pytest.raises(DrillError, match="no complete backup"):
-        pick_backup(listing[2:3], None)
-
-
 def test_same_host_drill_of_a_layout_with_external_volumes_is_refused():
     from flows.restore_drill import DrillError, DrillStack, scratch_of
     from tests.unit.test_sentry_host_block import make_host

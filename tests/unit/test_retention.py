@@ -1,4 +1,4 @@
-"""plan_retention: properties that must hold for any set of backups and any clock."""
+"""plan_retention: properties that must hold per host, for any sets and any clock."""
 
 from __future__ import annotations
 
@@ -7,65 +7,85 @@ import datetime as dt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blocks.backup_store import BackupListing, new_backup_id, parse_backup_id
+from blocks.backup_set import SetListing, new_backup_id
 from flows.retention import INCOMPLETE_GRACE, plan_retention
 
 NOW = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)
+HOSTS = ["10-0-0-1-22-sentry", "10-0-0-2-22-sentry", "10-0-0-2-22-other"]
 
 ages = st.integers(min_value=-3600, max_value=120 * 86400)  # seconds before NOW (<0: future)
-backup = st.tuples(ages, st.booleans())
-backups_strategy = st.lists(backup, max_size=40, unique_by=lambda b: b[0])
+# (age, host, complete, trusted, verified)
+one_set = st.tuples(ages, st.sampled_from(HOSTS), st.booleans(), st.booleans(), st.booleans())
+sets_strategy = st.lists(one_set, max_size=40, unique_by=lambda b: (b[0], b[1]))
 
 
-def listing(spec: list[tuple[int, bool]], unparseable: int = 0) -> list[BackupListing]:
+def listing(spec, unparseable: int = 0) -> list[SetListing]:
     out = []
-    for age, complete in spec:
+    for age, host, complete, trusted, verified in spec:
         when = (NOW - dt.timedelta(seconds=age)).replace(microsecond=0)
-        bid = new_backup_id("sentry-1", when)
-        out.append(BackupListing(bid, parse_backup_id(bid)[0], complete, (f"p/{bid}/x",)))
-    out += [BackupListing(f"manual-copy-{i}", None, True, ()) for i in range(unparseable)]
+        bid = new_backup_id(host, when)
+        trusted = complete and trusted
+        out.append(
+            SetListing(
+                host, bid, when, complete, trusted, trusted and verified, (f"p/{host}/{bid}/x",)
+            )
+        )
+    out += [
+        SetListing("?", f"manual-copy-{i}", None, False, False, False, ())
+        for i in range(unparseable)
+    ]
     return out
 
 
-@settings(max_examples=300, deadline=None)
-@given(backups_strategy, st.integers(1, 60), st.integers(1, 10), st.integers(0, 3))
-def test_retention_properties(spec, retention_days, min_keep, unparseable):
-    backups = listing(spec, unparseable)
-    plan = plan_retention(backups, NOW, retention_days, min_keep)
-    by_id = {b.backup_id: b for b in backups}
-    deleted = [by_id[i] for i in plan.delete]
-    remaining = [b for b in backups if b.backup_id not in plan.delete]
+def usable(sets, host):
+    return sorted(
+        (s for s in sets if s.host_id == host and s.complete and s.trusted), key=lambda s: s.when
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(sets_strategy, st.integers(1, 60), st.integers(1, 10), st.integers(0, 3))
+def test_retention_properties_per_host(spec, retention_days, min_keep, unparseable):
+    sets = listing(spec, unparseable)
+    plan = plan_retention(sets, NOW, retention_days, min_keep)
+    deleted = {s.backup_id for s in plan.delete}
+    remaining = [s for s in sets if s.backup_id not in deleted]
     cutoff = NOW - dt.timedelta(days=retention_days)
 
-    # every backup is decided exactly once
-    assert sorted(plan.delete + plan.keep) == sorted(by_id)
-    # never below min_keep complete (or all of them, when there are fewer)
-    complete = [b for b in backups if b.complete and b.when]
-    kept_complete = [b for b in remaining if b.complete and b.when]
-    assert len(kept_complete) >= min(min_keep, len(complete))
-    # the newest min_keep complete are always kept
-    newest = sorted(complete, key=lambda b: b.when)[-min_keep:]
-    assert all(b.backup_id not in plan.delete for b in newest)
-    # nothing newer than its cutoff is deleted; unparseable ids never are
-    for b in deleted:
-        assert b.when is not None
-        assert b.when < (cutoff if b.complete else NOW - INCOMPLETE_GRACE)
-    # an incomplete backup never outlives 24 h
-    assert all(b.when >= NOW - INCOMPLETE_GRACE for b in remaining if not b.complete and b.when)
+    # every set is decided exactly once
+    assert sorted(s.backup_id for s in (*plan.delete, *plan.keep)) == sorted(
+        s.backup_id for s in sets
+    )
+    for host in HOSTS:
+        mine = usable(sets, host)
+        # never below min_keep usable sets per host, whatever other hosts have
+        assert len(usable(remaining, host)) >= min(min_keep, len(mine))
+        # the host's newest min_keep and its newest verified are always kept
+        assert not {s.backup_id for s in mine[-min_keep:]} & deleted
+        verified = [s for s in mine if s.verified]
+        if verified:
+            assert verified[-1].backup_id not in deleted
+    for s in plan.delete:
+        assert s.when is not None  # unparseable keys never go
+        assert not (s.complete and not s.trusted)  # refused manifests stay for inspection
+        assert s.when < (cutoff if s.complete else NOW - INCOMPLETE_GRACE)
+    # an incomplete set never outlives 24 h
+    assert all(s.when >= NOW - INCOMPLETE_GRACE for s in remaining if not s.complete and s.when)
     # idempotent: planning again over what remains deletes nothing more
     assert plan_retention(remaining, NOW, retention_days, min_keep).delete == ()
 
 
-def test_clock_far_in_the_future_still_keeps_min_keep():
-    backups = listing([(d * 86400, True) for d in range(10)])
-    plan = plan_retention(backups, NOW + dt.timedelta(days=3650), 30, 7)
-    assert len(plan.keep) == 7 and len(plan.delete) == 3
+def test_a_host_with_few_backups_keeps_them_while_another_has_many():
+    many = [(d * 86400, HOSTS[0], True, True, False) for d in range(40)]
+    few = [(d * 86400 + 45 * 86400, HOSTS[1], True, True, False) for d in range(2)]
+    plan = plan_retention(listing(many + few), NOW, 30, 7)
+    kept = {s.backup_id for s in plan.keep}
+    assert all(s.backup_id in kept for s in listing(few))  # both 45+ days old, still kept
+    assert sum(s.host_id == HOSTS[0] for s in plan.keep) == 31  # ages 0..30 days
 
 
-def test_backup_ids_round_trip():
-    when = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-    bid = new_backup_id("Sentry_Prod.1", when)
-    assert bid == "20260102T030405Z-sentry-prod-1"
-    assert parse_backup_id(bid) == (when, "sentry-prod-1")
-    assert parse_backup_id("20261399T000000Z-x") is None
-    assert parse_backup_id("random-folder") is None
+def test_clock_far_in_the_future_still_keeps_min_keep_and_the_newest_verified():
+    spec = [(d * 86400, HOSTS[0], True, True, d == 9) for d in range(10)]
+    plan = plan_retention(listing(spec), NOW + dt.timedelta(days=3650), 30, 7)
+    assert len(plan.keep) == 8 and len(plan.delete) == 2
+    assert any(s.verified for s in plan.keep)
