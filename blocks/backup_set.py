@@ -415,7 +415,7 @@ def begin(store: BackupStore, host_id: str) -> SetWriter:
     while True:
         now = dt.datetime.now(dt.UTC)
         backup_id = new_backup_id(host_id, now)
-        if next(store.keys(folder(store, host_id, backup_id)), None) is None:
+        if next(store.list_keys(folder(store, host_id, backup_id)), None) is None:
             return SetWriter(store, host_id, backup_id, now)
         time.sleep(1.0 - now.microsecond / 1e6)
 
@@ -532,7 +532,7 @@ def list_sets(store: BackupStore, host_id: str | None = None) -> list[SetListing
     checked. Keys that are not `<host>/<backup id>/<file>` are listed with when=None."""
     base = folder(store, host_id) if host_id else f"{store.prefix}/"
     groups: dict[tuple[str, str], list[str]] = {}
-    for key in store.keys(base):
+    for key in store.list_keys(base):
         parts = key[len(store.prefix) + 1 :].split("/")
         group = (parts[0], parts[1]) if len(parts) == 3 else ("?", "/".join(parts[:-1]))
         groups.setdefault(group, []).append(key)

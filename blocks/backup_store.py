@@ -248,7 +248,7 @@ class BackupStore(Block):
                 size += len(chunk)
         return size, digest.hexdigest()
 
-    def keys(self, prefix: str) -> Iterator[str]:
+    def list_keys(self, prefix: str) -> Iterator[str]:
         with self.errors(f"listing {prefix}"):
             paginator = self.client().get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):

@@ -13,12 +13,17 @@ import uuid
 
 import pytest
 
-from blocks import postgres
-from blocks.backup_store import MANIFEST, StoreError
+from blocks import backup_set, postgres
+from blocks.backup_set import MANIFEST
+from blocks.backup_store import StoreError
 from blocks.layouts import Role
 from deployments.setup import store_from_connection
 from flows.backup import BackupError, backup, list_backups, verify_backup
 from flows.retention import backup_retention
+
+
+def manifest_of(store, result: dict) -> backup_set.BackupManifest:
+    return backup_set.load(store, result["host_id"], result["backup_id"])
 
 
 @pytest.fixture()
@@ -86,7 +91,7 @@ def test_round_trip_restores_equal_content(
         layout_host.compose("start", *writers)
 
     store = store_from_connection(sandbox, prefix=store_name)
-    manifest = store.read_manifest(result["backup_id"])
+    manifest = manifest_of(store, result)
     assert manifest.row_counts == source["counts"]
     assert manifest.row_counts['Odd "Table" ✓'] == 2
     assert manifest.object("postgres").compression == "pg_dump:zstd:1"
@@ -94,42 +99,50 @@ def test_round_trip_restores_equal_content(
     assert {o.name for o in manifest.objects} == {"postgres", "config", *volumes}
     config = store.open(manifest.object("config").key).read()
     assert b"SENTRY_SECRET_KEY" not in config and b"secret-key" not in config  # encrypted
+    plain = backup_set.read_object(store, manifest, "config")
+    assert b"SENTRY_SECRET_KEY" in plain or b"secret-key" in plain
 
-    # the drill's own streaming restore: S3 -> SSH -> pg_restore next to an empty database
-    postgres.restore(
-        layout_host, layout_host.tool_image, store.open(manifest.object("postgres").key),
-        fresh_postgres,
-    )  # fmt: skip
+    # the drill's own streaming restore: S3 -> decrypt -> SSH -> pg_restore next to an empty db
+    reader = backup_set.open_object(store, manifest, "postgres")
+    postgres.restore(layout_host, layout_host.tool_image, reader, fresh_postgres)
+    reader.verify()
     restored = fingerprint(layout_host, fresh_postgres)
     assert restored == source
     assert restored["large objects"] and restored["sequences"]
     with pytest.raises(postgres.PostgresError, match="it already has tables"):
         postgres.restore(layout_host, layout_host.tool_image, io.BytesIO(b""), fresh_postgres)
 
-    assert verify_backup(store_name, result["backup_id"])["verified"] == len(manifest.objects)
+    verified = verify_backup(saved_layout_host, store_name, result["backup_id"])
+    assert verified["verified"] == len(manifest.objects)
     listed = list_backups(store_name)
-    assert [b["backup_id"] for b in listed] == [result["backup_id"]] and listed[0]["complete"]
+    assert [b["backup_id"] for b in listed] == [result["backup_id"]]
+    assert listed[0]["status"] == "verified"
 
 
 def test_backup_verify_list_and_retention_on_each_layout(
     request, layout, saved_layout_host, store_name, sandbox
 ):
     result = backup(saved_layout_host, store_name)
-    assert verify_backup(store_name, result["backup_id"])["verified"] == result["objects"]
-    listed = list_backups(store_name)
-    assert [b["backup_id"] for b in listed] == [result["backup_id"]] and listed[0]["complete"]
+    assert result["encrypted"]
+    listed = list_backups(store_name, saved_layout_host)
+    assert [(b["backup_id"], b["status"]) for b in listed] == [
+        (result["backup_id"], "complete, not verified")
+    ]
+    assert verify_backup(saved_layout_host, store_name)["verified"] == result["objects"]
+    assert list_backups(store_name)[0]["verified"]
     assert backup_retention(store_name)["kept"] == [result["backup_id"]]
 
 
 def test_a_flipped_byte_fails_verification(saved_host, store_name, sandbox):
     result = backup(saved_host, store_name)
     store = store_from_connection(sandbox, prefix=store_name)
-    key = store.read_manifest(result["backup_id"]).object("volume:files").key
+    key = manifest_of(store, result).object("volume:files").key
     data = bytearray(store.open(key).read())
     data[len(data) // 2] ^= 0x01
     store.put_bytes(key, bytes(data))
     with pytest.raises(BackupError, match=r"volume:files: size .* sha256 .* differs"):
-        verify_backup(store_name, result["backup_id"])
+        verify_backup(saved_host, store_name, result["backup_id"])
+    assert list_backups(store_name)[0]["status"] == "complete, not verified"  # failed: recorded
 
 
 def kill_ssh_sessions() -> int:
@@ -165,7 +178,7 @@ def test_ssh_cut_mid_stream_leaves_no_manifest_and_no_open_upload(
         backup(saved_host, store_name, retries=0)
     watcher.join()
     assert cut.is_set(), "the connection was never cut: the test did not test anything"
-    backups = store.list_backups()
+    backups = backup_set.list_sets(store)
     assert not any(b.complete for b in backups)  # nothing restorable, nothing looks complete
     assert all(not k.endswith(MANIFEST) for b in backups for k in b.keys)
     assert store.open_uploads() == []
@@ -175,7 +188,7 @@ def test_ssh_cut_mid_stream_leaves_no_manifest_and_no_open_upload(
     assert jobs == []  # the dump's tool container went with the connection
 
     result = backup(saved_host, store_name)  # the next run succeeds
-    assert verify_backup(store_name, result["backup_id"])["verified"] == 3
+    assert verify_backup(saved_host, store_name, result["backup_id"])["verified"] == 3
 
 
 def test_missing_bucket_fails_before_any_dump(sandbox, saved_host, prefect_api):
@@ -196,34 +209,30 @@ def test_unreachable_store_fails_before_any_dump(sandbox, saved_host, prefect_ap
         backup(saved_host, "test-unreachable")
 
 
-def test_two_backups_of_one_host_never_overlap(saved_host, store_name, sandbox):
+def test_two_backups_of_one_host_never_overlap_whatever_its_blocks_are_called(
+    sentry_host, saved_host, store_name, sandbox
+):
+    other_name = f"{saved_host}-alias"
+    sentry_host.save(other_name, overwrite=True)  # a second block for the same stack
     results: list[dict] = []
     errors: list[BaseException] = []
 
-    def run() -> None:
+    def run(name: str) -> None:
         try:
-            results.append(backup(saved_host, store_name))
+            results.append(backup(name, store_name))
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
+    threads = [threading.Thread(target=run, args=(n,)) for n in (saved_host, other_name)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors, errors
     store = store_from_connection(sandbox, prefix=store_name)
-    first, second = sorted(
-        (store.read_manifest(r["backup_id"]) for r in results), key=lambda m: m.started_at
-    )
+    first, second = sorted((manifest_of(store, r) for r in results), key=lambda m: m.started_at)
+    assert first.host_id == second.host_id  # one folder for the stack, whatever the block name
     assert first.finished_at <= second.started_at, "two backups of one host interleaved"
-
-
-def test_backup_refuses_to_run_without_its_host_lock(sentry_host, store_name, prefect_api):
-    name = f"unlocked-{uuid.uuid4().hex[:6]}"
-    sentry_host.save(name, overwrite=True)  # a host whose lock was never created
-    with pytest.raises(Exception, match=f"sentry-backup-{name}"):
-        backup(name, store_name)
 
 
 def upload_started(store, within: float = 60) -> bool:
@@ -258,10 +267,11 @@ def test_postgres_stopped_mid_dump_fails_clearly_and_the_next_run_succeeds(
         watcher.join()
         sentry_host.compose("up", "-d", "--wait", timeout=300)
     assert stopped.is_set(), "postgres was never stopped: the test did not test anything"
-    backups = store.list_backups()
+    backups = backup_set.list_sets(store)
     assert not any(b.complete for b in backups) and store.open_uploads() == []
     result = backup(saved_host, store_name)  # the next run succeeds
-    assert verify_backup(store_name, result["backup_id"])["verified"] == result["objects"]
+    verified = verify_backup(saved_host, store_name, result["backup_id"])
+    assert verified["verified"] == result["objects"]
 
 
 def test_a_missing_tool_image_fails_before_anything_is_written(
@@ -270,14 +280,11 @@ def test_a_missing_tool_image_fails_before_anything_is_written(
     name = f"notool-{uuid.uuid4().hex[:6]}"
     broken = sentry_host.model_copy(update={"tool_image": "sentry-ops-sandbox/no-such-tool:1"})
     broken.save(name, overwrite=True)
-    from deployments.setup import ensure_backup_lock
-
-    ensure_backup_lock(name)
     with pytest.raises(
         postgres.PostgresError, match=r"(?s)no-such-tool:1.*set the block's tool_image"
     ):
         backup(name, store_name)
-    assert store_from_connection(sandbox, prefix=store_name).list_backups() == []
+    assert backup_set.list_sets(store_from_connection(sandbox, prefix=store_name)) == []
 
 
 def test_nothing_listens_on_the_worker_for_postgres_during_a_backup(saved_host, store_name, seeded):

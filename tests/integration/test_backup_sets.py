@@ -1,0 +1,381 @@
+"""Backup sets you can trust (real sandbox): per host, sealed, encrypted at rest, one host lock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import http.client
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import zstandard
+from prefect import flow
+from prefect.blocks.system import Secret
+
+from blocks import backup_set
+from blocks.backup_set import SetError
+from blocks.backup_store import BackupStore
+from blocks.layouts import DataVolume
+from deployments.setup import host_from_connection, save_blocks, store_from_connection
+from flows.backup import BackupError, backup, list_backups, pick_set, verify_backup
+from flows.bootstrap import bootstrap
+from flows.restore_drill import DrillError, DrillStack, restore_drill
+from flows.retention import apply_retention
+from flows.shared import LOCK_POLL_SECONDS
+from infra.sandbox import sandbox as sb
+from tests.integration.test_bootstrap import SMALL, run, run_texts
+
+DRILL = DrillStack(port_offset=100, suffix="sets")
+
+
+def manifest_of(store, result: dict) -> backup_set.BackupManifest:
+    return backup_set.load(store, result["host_id"], result["backup_id"])
+
+
+@flow
+def retention_at(store_name: str, days_ahead: int) -> list[str]:
+    """The store's retention as the clock will see it `days_ahead` from now."""
+    store = BackupStore.load(store_name)
+    now = dt.datetime.now(dt.UTC) + dt.timedelta(days=days_ahead)
+    return [s.backup_id for s in apply_retention(store, now=now).delete]
+
+
+def test_two_hosts_in_one_store_keep_and_drill_their_own(sandbox, prefect_api, store_name):
+    save_blocks(sandbox, "sets-guide", "guide")
+    save_blocks(sandbox, "sets-self-hosted", "self-hosted")
+    store = store_from_connection(sandbox, prefix=store_name).model_copy(update={"min_keep": 1})
+    store.save(store_name, overwrite=True)
+    guide = [backup("sets-guide", store_name) for _ in range(2)]
+    other = backup("sets-self-hosted", store_name)  # the newest set in the store
+    assert guide[0]["host_id"] != other["host_id"]
+    guide_host = host_from_connection(sandbox, "guide")
+
+    # each host sees only its own sets; another host's set is refused by id
+    assert pick_set(store, guide_host, None).backup_id == guide[1]["backup_id"]
+    with pytest.raises(SetError, match="not among this host's backups"):
+        verify_backup("sets-guide", store_name, other["backup_id"])
+    with pytest.raises(SetError, match="not among this host's backups"):
+        restore_drill("sets-guide", store_name, backup_id=other["backup_id"], drill=DRILL)
+
+    # 40 days on, min_keep=1 per host: the guide's older set goes, the self-hosted's only one
+    # stays (with min_keep counted across the store, it would have gone)
+    assert retention_at(store_name, 40) == [guide[0]["backup_id"]]
+    left = {(s.host_id, s.backup_id) for s in backup_set.list_sets(store)}
+    assert left == {
+        (guide[1]["host_id"], guide[1]["backup_id"]),
+        (other["host_id"], other["backup_id"]),
+    }
+
+    # the guide's drill picks the guide's newest set, not the store's newest
+    result = restore_drill("sets-guide", store_name, drill=DRILL)
+    assert result["passed"] and result["backup_id"] == guide[1]["backup_id"]
+    listed = {b["backup_id"]: b["status"] for b in list_backups(store_name)}
+    assert listed[guide[1]["backup_id"]] == "verified"  # the drill recorded its result
+    assert listed[other["backup_id"]] == "complete, not verified"
+
+
+@pytest.mark.parametrize("edit", ["one byte", "another image", "seal removed"])
+def test_an_edited_manifest_is_refused_by_verify_list_and_drill(
+    edit, saved_host, store_name, sandbox
+):
+    result = backup(saved_host, store_name)
+    store = store_from_connection(sandbox, prefix=store_name)
+    key = result["manifest"]
+    body = store.get_bytes(key)
+    if edit == "one byte":
+        edited = body.replace(b'"format": 2', b'"format": 3', 1)  # still valid JSON
+    elif edit == "another image":
+        raw = json.loads(body)
+        service = next(iter(raw["images"]))
+        raw["images"][service] = "attacker/sentry:latest"
+        edited = json.dumps(raw, indent=2).encode()
+    else:
+        raw = json.loads(body)
+        del raw["seal"]
+        edited = json.dumps(raw, indent=2).encode()
+    assert edited != body
+    store.put_bytes(key, edited)
+    why = "has no seal" if edit == "seal removed" else "has a wrong seal"
+    with pytest.raises(SetError, match=why):
+        verify_backup(saved_host, store_name, result["backup_id"])
+    with pytest.raises(SetError, match=why):
+        restore_drill(saved_host, store_name, backup_id=result["backup_id"], drill=DRILL)
+    listed = list_backups(store_name)
+    assert listed[0]["status"].startswith("UNTRUSTED") and not listed[0]["trusted"]
+    with pytest.raises(SetError, match="no complete, sealed backup"):  # never picked by default
+        restore_drill(saved_host, store_name, drill=DRILL)
+
+
+def readable(blob: bytes) -> bytes:
+    """What someone reading the bucket could read in a blob: the bytes, and every zstd frame in
+    them decompressed (pg_dump's custom format holds one per table; tars are one frame)."""
+    out, start = [blob], 0
+    while (i := blob.find(b"\x28\xb5\x2f\xfd", start)) >= 0:
+        with contextlib.suppress(zstandard.ZstdError):
+            out.append(zstandard.ZstdDecompressor().decompressobj().decompress(blob[i:]))
+        start = i + 1
+    return b"".join(out)
+
+
+def test_no_stored_byte_reveals_a_row_or_a_file_and_a_wrong_key_is_refused(
+    sandbox, prefect_api, store_name
+):
+    """The self-hosted stack (small): a row value and a file's content are in the plaintext
+    (found by the same search, so the search works) and in none of the stored bytes."""
+    host = host_from_connection(sandbox, "self-hosted")
+    save_blocks(sandbox, "sets-self-hosted", "self-hosted")
+    row, content = f"row-canary-{secrets.token_hex(16)}", f"file-canary-{secrets.token_hex(16)}"
+    from blocks import postgres
+
+    with postgres.psql(host) as db:
+        db.rows("CREATE TABLE IF NOT EXISTS sentry_ops_canary (v text)")
+        db.rows(f"INSERT INTO sentry_ops_canary VALUES ('{row}')")
+    volume = host.volume_name(DataVolume.FILES)
+    subprocess.run(
+        ["docker", "run", "--rm", "-v", f"{volume}:/v", sb.TOOL_IMAGE, "sh", "-c",
+         f"echo {content} > /v/canary.txt"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    result = backup("sets-self-hosted", store_name)
+    store = store_from_connection(sandbox, prefix=store_name)
+    manifest = manifest_of(store, result)
+    assert manifest.encrypted and {o.encryption for o in manifest.objects} == {"aes-256-gcm"}
+    stored, plain = b"", b""
+    for obj in manifest.objects:
+        stored += readable(store.open(obj.key).read())
+        plain += readable(backup_set.read_object(store, manifest, obj.name))
+    assert row.encode() in plain and content.encode() in plain  # the search finds them
+    assert row.encode() not in stored and content.encode() not in stored
+    assert row.encode() not in store.get_bytes(result["manifest"])
+
+    # a store block with another key: the seal is refused first, and decryption fails too
+    wrong = store.model_copy(update={"backup_key": secrets.token_urlsafe(32)})
+    wrong.save(f"{store_name}-wrong", overwrite=True)
+    with pytest.raises(SetError, match=r"wrong seal.*another backup_key"):
+        verify_backup("sets-self-hosted", f"{store_name}-wrong", result["backup_id"])
+    with pytest.raises(SetError, match="backup_key is not the one it was written with"):
+        backup_set.read_object(wrong, manifest, "postgres")
+
+
+def test_a_store_without_key_must_say_so_and_then_warns(sandbox, prefect_api, saved_host):
+    with pytest.raises(ValueError, match=r"set backup_key .* or set allow_unencrypted=True"):
+        BackupStore(bucket=sb.BUCKET)
+    clear = store_from_connection(sandbox, prefix="clear").model_copy(
+        update={"backup_key": None, "allow_unencrypted": True}
+    )
+    clear.save("test-clear", overwrite=True)
+    state = backup(saved_host, "test-clear", return_state=True)
+    result = state.result()
+    assert not result["encrypted"]
+    manifest = manifest_of(clear, result)
+    assert not manifest.config_included  # secrets are never stored in clear
+    text = asyncio.run(run_texts(state.state_details.flow_run_id))
+    assert "objects are stored in clear, manifests are unsealed" in text
+
+
+def backup_jobs() -> list[str]:
+    out = subprocess.run(["docker", "ps", "-q", "--filter", "label=sentry-ops.job=backup"],
+                         capture_output=True, text=True).stdout  # fmt: skip
+    return out.split()
+
+
+def wait_for(what: str, check, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.1)
+
+
+def test_a_killed_backup_makes_the_next_one_wait_for_the_lock_then_succeed(
+    saved_host, store_name, sandbox, seeded
+):
+    from prefect.settings import PREFECT_API_URL
+
+    code = f"from flows.backup import backup; backup({saved_host!r}, {store_name!r})"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    first = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=sb.REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    wait_for("the first backup's dump", backup_jobs)
+    first.kill()  # SIGKILL: no cleanup, its lock lease stays until it expires
+    first.wait()
+    started = time.monotonic()
+    state = backup(saved_host, store_name, return_state=True)
+    assert state.is_completed()
+    text = asyncio.run(run_texts(state.state_details.flow_run_id))
+    assert "waits for the host lock" in text and "held by backup run" in text
+    assert time.monotonic() - started < 300
+    store = store_from_connection(sandbox, prefix=store_name)
+    sets = backup_set.list_sets(store)
+    assert [s.complete for s in sets] == [False, True]  # the killed one never looks complete
+
+
+def test_a_backup_holding_the_lock_blocks_a_bootstrap_of_its_host_not_of_another(
+    bare_host, saved_host, store_name, sandbox, seeded
+):
+    stack = sandbox["stacks"]["guide"]
+    admin = f"{saved_host}-admin"
+    Secret(value=Path(stack["admin_password_path"]).read_text()).save(admin, overwrite=True)
+    done: dict[str, object] = {}
+
+    def in_thread(name: str, fn) -> threading.Thread:
+        def go() -> None:
+            try:
+                done[name] = fn()
+            except BaseException as exc:
+                done[name] = exc
+            done[f"{name} at"] = time.monotonic()
+
+        thread = threading.Thread(target=go)
+        thread.start()
+        return thread
+
+    held = in_thread("backup", lambda: backup(saved_host, store_name))
+    wait_for("the backup's dump", backup_jobs)
+    jobs = backup_jobs()
+    subprocess.run(["docker", "pause", *jobs], check=True, capture_output=True)
+    try:  # the backup holds the host lock and makes no progress
+        asked = time.monotonic()
+        same = in_thread(
+            "same host",
+            lambda: bootstrap(
+                host=saved_host, admin_email=stack["admin_email"], admin_password_secret=admin,
+                settings=stack["settings"], requirements=SMALL, return_state=True,
+            ),
+        )  # fmt: skip
+        other = run(bare_host)  # another host: not held up by this host's backup
+        assert other.is_completed(), other
+        time.sleep(max(0.0, asked + LOCK_POLL_SECONDS + 5 - time.monotonic()))  # said it waits
+        assert same.is_alive(), "the bootstrap of the backed-up host did not wait for the lock"
+        assert held.is_alive()
+    finally:
+        subprocess.run(["docker", "unpause", *jobs], capture_output=True)
+    held.join()
+    same.join()
+    assert isinstance(done["backup"], dict), done["backup"]
+    state = done["same host"]
+    assert not isinstance(state, BaseException), state
+    assert state.is_completed(), state
+    assert done["same host at"] >= done["backup at"]
+    text = asyncio.run(run_texts(state.state_details.flow_run_id))
+    assert "waits for the host lock" in text and "held by backup run" in text
+    other_text = asyncio.run(run_texts(other.state_details.flow_run_id))
+    assert "waits for the host lock" not in other_text
+
+
+class OutageProxy(ThreadingHTTPServer):
+    """An HTTP proxy to the S3 endpoint that answers 503 SlowDown to every request once `writes`
+    write requests have passed, until `recover()`: an S3 outage in the middle of a backup."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: int, writes: int) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.upstream, self.writes, self.passed, self.down = upstream, writes, 0, False
+        self.failed = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def recover(self) -> None:
+        with self.lock:
+            self.down, self.writes = False, 10**9
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            parts = []
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b""):
+                pass
+            return b"".join(parts)
+        return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+    def _any(self) -> None:
+        body, server = self._body(), self.server
+        assert isinstance(server, OutageProxy)
+        with server.lock:
+            if self.command in ("PUT", "POST") and server.passed >= server.writes:
+                server.down = True
+            down = server.down
+            if not down and self.command in ("PUT", "POST"):
+                server.passed += 1
+            server.failed += down
+        if down:
+            error = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"  # noqa: E501
+            self.send_response(503)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(error)))
+            self.end_headers()
+            self.wfile.write(error)
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding",)}
+        headers["Content-Length"] = str(len(body))
+        conn = http.client.HTTPConnection("127.0.0.1", server.upstream, timeout=120)
+        conn.request(self.command, self.path, body, headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in ("transfer-encoding", "content-length", "connection"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        conn.close()
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+
+def test_an_s3_outage_mid_backup_fails_with_a_sentence_and_the_next_run_succeeds(
+    saved_host, store_name, sandbox, seeded
+):
+    upstream = int(sandbox["s3"]["endpoint_url"].rsplit(":", 1)[1])
+    proxy = OutageProxy(upstream, writes=4)
+    info = json.loads(json.dumps(sandbox))
+    info["s3"]["endpoint_url"] = f"http://127.0.0.1:{proxy.port}"
+    store = store_from_connection(info, prefix=store_name)
+    store.save(f"{store_name}-flaky", overwrite=True)
+    try:
+        with pytest.raises(BackupError) as failure:
+            backup(saved_host, f"{store_name}-flaky", retries=0)
+        message = str(failure.value)
+        assert proxy.failed > 0, "the outage never happened: the test tested nothing"
+        assert f"s3://{sb.BUCKET}/{store_name}" in message  # the store
+        assert "backup 2" in message and "failed" in message  # the backup id (its year)
+        assert "503" in message or "SlowDown" in message  # what S3 said
+        assert "Left behind: the incomplete set" in message and "retention removes" in message
+        proxy.recover()
+        result = backup(saved_host, f"{store_name}-flaky")  # the next run after the outage
+        assert verify_backup(saved_host, f"{store_name}-flaky")["verified"] == result["objects"]
+    finally:
+        proxy.shutdown()
+    sets = backup_set.list_sets(store_from_connection(sandbox, prefix=store_name))
+    assert [s.complete for s in sets] == [False, True]
+
+
+def test_a_drill_refuses_a_store_without_its_host(sandbox, prefect_api, store_name, saved_host):
+    with pytest.raises(SetError, match="no complete, sealed backup"):
+        restore_drill(saved_host, store_name, drill=DRILL)
+    with pytest.raises((SetError, DrillError)):
+        restore_drill(saved_host, store_name, backup_id="20260101T000000Z-x", drill=DRILL)
