@@ -20,6 +20,7 @@ import pytest
 import zstandard
 from prefect import flow
 from prefect.blocks.system import Secret
+from pydantic import SecretStr
 
 from blocks import backup_set
 from blocks.backup_set import SetError
@@ -141,7 +142,8 @@ def test_no_stored_byte_reveals_a_row_or_a_file_and_a_wrong_key_is_refused(
         db.rows(f"INSERT INTO sentry_ops_canary VALUES ('{row}')")
     volume = host.volume_name(DataVolume.FILES)
     subprocess.run(
-        ["docker", "run", "--rm", "-v", f"{volume}:/v", sb.TOOL_IMAGE, "sh", "-c",
+        ["docker", "run", "--rm", "--network", "none", "-v", f"{volume}:/v", "--entrypoint", "sh",
+         sb.TOOL_IMAGE, "-c",
          f"echo {content} > /v/canary.txt"],
         check=True, capture_output=True,
     )  # fmt: skip
@@ -158,7 +160,7 @@ def test_no_stored_byte_reveals_a_row_or_a_file_and_a_wrong_key_is_refused(
     assert row.encode() not in store.get_bytes(result["manifest"])
 
     # a store block with another key: the seal is refused first, and decryption fails too
-    wrong = store.model_copy(update={"backup_key": secrets.token_urlsafe(32)})
+    wrong = store.model_copy(update={"backup_key": SecretStr(secrets.token_urlsafe(32))})
     wrong.save(f"{store_name}-wrong", overwrite=True)
     with pytest.raises(SetError, match=r"wrong seal.*another backup_key"):
         verify_backup("sets-self-hosted", f"{store_name}-wrong", result["backup_id"])

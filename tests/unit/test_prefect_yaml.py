@@ -52,3 +52,6 @@ def test_restore_drill_can_follow_each_backup_by_event():
     assert "event.payload.backup_id" in trigger["parameters"]["backup_id"]
     parsed = DeploymentEventTrigger(**{k: v for k, v in trigger.items() if k != "type"})
     assert parsed.expect == {"sentry.backup.completed"}
+    # the drill that follows a backup drills that backup's host from that backup's store
+    assert "event.payload.host" in trigger["parameters"]["host"]
+    assert "event.payload.store" in trigger["parameters"]["store"]
