@@ -32,7 +32,7 @@ def prefect_api(tmp_path_factory):
     import urllib.request
     from pathlib import Path
 
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.context import refresh_global_settings_context
 
     home = tmp_path_factory.mktemp("prefect-home")
     with socket.socket() as sock:
@@ -58,10 +58,14 @@ def prefect_api(tmp_path_factory):
         assert server.poll() is None, f"the Prefect server exited: {home / 'server.log'}"
         assert time.monotonic() < deadline, f"the Prefect server did not start: {home}"
         time.sleep(0.5)
+    # for every thread and child process: the process's settings, not a context-local override
+    os.environ["PREFECT_API_URL"] = url
+    refresh_global_settings_context()
     try:
-        with temporary_settings({PREFECT_API_URL: url}):
-            yield url
+        yield url
     finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        refresh_global_settings_context()
         server.terminate()
         try:
             server.wait(timeout=15)
@@ -127,6 +131,26 @@ def store_name(sandbox, prefect_api) -> str:
     name = f"test-{uuid.uuid4().hex[:8]}"
     store_from_connection(sandbox, prefix=name).save(name, overwrite=True)
     return name
+
+
+@pytest.fixture()
+def bare_host(sandbox, prefect_api):
+    """A bare host: a project dir that does not exist yet, on ports of its own (slot 2)."""
+    import secrets
+
+    from prefect.blocks.system import Secret
+
+    from deployments.setup import host_from_connection
+    from infra.sandbox import sandbox as sb
+
+    name = f"boot{uuid.uuid4().hex[:6]}"
+    stack = sb.stack_info("guide", name, 2)
+    host = host_from_connection({**sandbox, "stacks": {"guide": stack}})
+    host.save(name, overwrite=True)
+    password = secrets.token_urlsafe(16)
+    Secret(value=password).save(f"{name}-admin", overwrite=True)
+    yield {"name": name, "host": host, "stack": stack, "password": password}
+    sb.remove_stack(name)
 
 
 EVENTS = 120_000

@@ -13,6 +13,11 @@ processes each time:
   B2 = the guide's way: `ssh HOST "docker compose exec -T <postgres> pg_dump | gzip" > /dev/null`
        (OpenSSH).
 Targets: median A/B1 <= 2.0 (moonshot 1.33); median B2/A >= 2; A's peak RSS <= 250 MiB.
+
+    .venv/bin/python -m infra.bench.backup_bench --scale 1.0 --layout guide --encryption
+
+pairs instead A = the backup flow to the encrypting store (AES-256-GCM, sealed) with B3 = the same
+flow to a store with allow_unencrypted: target median A/B3 <= 1.10 (throughput drops <= 10 %).
 """
 
 from __future__ import annotations
@@ -97,6 +102,9 @@ def main() -> int:
     parser.add_argument("--layout", choices=["guide", "self-hosted"], default="guide")
     parser.add_argument("-n", type=int, default=3, help="pairs after the warm-up")
     parser.add_argument("--keep", action="store_true", help="keep the bench data afterwards")
+    parser.add_argument(
+        "--encryption", action="store_true", help="only: encrypted vs unencrypted store"
+    )
     args = parser.parse_args()
 
     info = sb.up(with_prefect=True)
@@ -106,7 +114,9 @@ def main() -> int:
     setup = (
         "import json, sys; from deployments.setup import save_blocks, store_from_connection; "
         f"c = json.load(sys.stdin); save_blocks(c, 'bench', {args.layout!r}); "
-        "store_from_connection(c, prefix='bench').save('bench', overwrite=True)"
+        "store = store_from_connection(c, prefix='bench'); store.save('bench', overwrite=True); "
+        "store.model_copy(update={'backup_key': None, 'allow_unencrypted': True})"
+        ".save('bench-clear', overwrite=True)"
     )
     subprocess.run([sys.executable, "-c", setup], input=json.dumps(conn), text=True, check=True,
                    env=env, cwd=sb.REPO)  # fmt: skip
@@ -127,7 +137,18 @@ def main() -> int:
         f"{ssh['user']}@{ssh['host']} {shlex.quote(remote + ' | gzip')} > /dev/null"
     )
     os.chdir(sb.REPO)
-    results = {"layout": args.layout, "scale": args.scale, "database_bytes": db_bytes}
+    results: dict = {"layout": args.layout, "scale": args.scale, "database_bytes": db_bytes}
+    if args.encryption:
+        clear = flow.replace("backup('bench', 'bench')", "backup('bench', 'bench-clear')")
+        results["encrypted_vs_clear"] = enc = paired(flow, clear, args.n)
+        results["verdict"] = {"encrypted/clear <= 1.10": enc["a_over_b_median"] <= 1.10}
+        print(json.dumps(results, indent=2))
+        out_file = sb.STATE / f"bench-encryption-{args.layout}-{args.scale}.json"
+        out_file.write_text(json.dumps(results, indent=2))
+        print(f"written to {out_file}")
+        if not args.keep and args.layout == "guide":
+            sb.remove_stack("bench")
+        return 0
     results["flow_vs_limit"] = paired(flow, limit, args.n)
     results["flow_vs_guide"] = paired(flow, guide, args.n)
     fl, gd = results["flow_vs_limit"], results["flow_vs_guide"]

@@ -190,6 +190,16 @@ def backup_jobs() -> list[str]:
     return out.split()
 
 
+def dump_jobs() -> list[str]:
+    """The running pg_dump container of a backup (in the postgres container's netns)."""
+    jobs = backup_jobs()
+    if not jobs:
+        return []
+    out = subprocess.run(["docker", "inspect", "-f", "{{.Id}} {{.HostConfig.NetworkMode}}", *jobs],
+                         capture_output=True, text=True).stdout  # fmt: skip
+    return [line.split()[0] for line in out.splitlines() if " container:" in line]
+
+
 def wait_for(what: str, check, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -241,8 +251,9 @@ def test_a_backup_holding_the_lock_blocks_a_bootstrap_of_its_host_not_of_another
         return thread
 
     held = in_thread("backup", lambda: backup(saved_host, store_name))
-    wait_for("the backup's dump", backup_jobs)
-    jobs = backup_jobs()
+    wait_for(f"the backup's dump {done}", lambda: dump_jobs() or "backup" in done)
+    assert "backup" not in done, done
+    jobs = dump_jobs()
     subprocess.run(["docker", "pause", *jobs], check=True, capture_output=True)
     try:  # the backup holds the host lock and makes no progress
         asked = time.monotonic()

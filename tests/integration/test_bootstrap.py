@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
-import uuid
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,6 @@ from prefect.client.schemas.filters import (
 )
 
 from blocks import postgres
-from deployments.setup import host_from_connection
 from flows.bootstrap import BootstrapError, HostRequirements, bootstrap
 from flows.shared import Status
 from infra.sandbox import sandbox as sb
@@ -26,19 +23,6 @@ from infra.sandbox import sandbox as sb
 STACK = str(Path(sb.HERE, "stacks", "guide"))
 ALREADY = str(Status.ALREADY)
 SMALL = HostRequirements(min_cpus=1, min_memory_gb=1, min_disk_gb=1)
-
-
-@pytest.fixture()
-def bare_host(sandbox, prefect_api):
-    """A bare host: a project dir that does not exist yet, on ports of its own (slot 2)."""
-    name = f"boot{uuid.uuid4().hex[:6]}"
-    stack = sb.stack_info("guide", name, 2)
-    host = host_from_connection({**sandbox, "stacks": {"guide": stack}})
-    host.save(name, overwrite=True)
-    password = secrets.token_urlsafe(16)
-    Secret(value=password).save(f"{name}-admin", overwrite=True)
-    yield {"name": name, "host": host, "stack": stack, "password": password}
-    sb.remove_stack(name)
 
 
 def run(bare: dict, **overrides):

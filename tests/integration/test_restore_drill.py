@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from blocks import postgres
-from blocks.backup_store import new_backup_id
+from blocks import backup_set, postgres
+from blocks.backup_set import SetError
 from deployments.setup import store_from_connection
 from flows.backup import backup
 from flows.health import health_check
@@ -79,12 +79,21 @@ def test_drill_on_each_layout_as_the_deployment_schedules_it(
     assert drill_host_leftovers() == []
 
 
+def reseal(store, key: str, change) -> None:
+    """Change a manifest in the bucket and seal it again with the store's key."""
+    raw = json.loads(store.get_bytes(key))
+    raw.pop("seal")
+    change(raw)
+    manifest = backup_set.BackupManifest.model_validate(raw)
+    store.put_bytes(key, backup_set.sealed_json(store, manifest))
+
+
 def test_a_flipped_byte_fails_at_verification_before_any_restore(
     sentry_host, saved_host, store_name, sandbox
 ):
     taken = backup(saved_host, store_name)
     store = store_from_connection(sandbox, prefix=store_name)
-    key = store.read_manifest(taken["backup_id"]).object("postgres").key
+    key = backup_set.load(store, taken["host_id"], taken["backup_id"]).object("postgres").key
     data = bytearray(store.open(key).read())
     data[-100] ^= 0x40
     store.put_bytes(key, bytes(data))
@@ -97,11 +106,13 @@ def test_a_flipped_byte_fails_at_verification_before_any_restore(
 def test_a_backup_without_manifest_is_never_picked(saved_host, store_name, sandbox):
     taken = backup(saved_host, store_name)
     store = store_from_connection(sandbox, prefix=store_name)
-    newer = new_backup_id("test-sandbox", dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
-    store.put_bytes(store.key(newer, "postgres.dump.zst"), b"half a dump")  # no manifest
+    host_id = taken["host_id"]
+    newer = backup_set.new_backup_id(host_id, dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+    half = backup_set.folder(store, host_id, newer) + "postgres.dump.enc"
+    store.put_bytes(half, b"half a dump")  # no manifest
     result = restore_drill(saved_host, store_name, drill=DRILL)
     assert result["backup_id"] == taken["backup_id"]
-    with pytest.raises(DrillError, match="has no manifest: incomplete, never restored"):
+    with pytest.raises(SetError, match="has no manifest: incomplete, never restored"):
         restore_drill(saved_host, store_name, backup_id=newer, drill=DRILL)
 
 
@@ -110,10 +121,7 @@ def test_a_failing_drill_tears_down_unless_asked_to_keep(
 ):
     taken = backup(saved_host, store_name)
     store = store_from_connection(sandbox, prefix=store_name)
-    manifest_key = store.key(taken["backup_id"], "manifest.json")
-    manifest = json.loads(store.open(manifest_key).read())
-    manifest["images"]["sentry"] = BROKEN  # never healthy
-    store.put_bytes(manifest_key, json.dumps(manifest).encode())
+    reseal(store, taken["manifest"], lambda m: m["images"].update(sentry=BROKEN))  # never healthy
     scratch = f"{sentry_host.project}-drill"
     drill = DRILL.model_copy(update={"allowed_images": [BROKEN]})
 
@@ -159,10 +167,8 @@ def test_a_hostile_manifest_image_is_refused_before_anything_is_written(
 ):
     taken = backup(saved_host, store_name)
     store = store_from_connection(sandbox, prefix=store_name)
-    key = store.key(taken["backup_id"], "manifest.json")
-    manifest = json.loads(store.open(key).read())
-    manifest["images"]["sentry"] = image
-    store.put_bytes(key, json.dumps(manifest).encode())
+    # sealed with the store's own key: someone who has the key still cannot run any image
+    reseal(store, taken["manifest"], lambda m: m["images"].update(sentry=image))
     with pytest.raises(DrillError, match=message):
         restore_drill(saved_host, store_name, drill=DRILL)
     assert not Path(f"{sentry_host.project_dir}-drill").exists()
