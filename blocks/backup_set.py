@@ -255,70 +255,74 @@ def _nonce(counter: int, last: bool) -> bytes:
     return counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
 
 
-class _Encrypting:
-    """Reads `source`, returns its encryption (header, then sealed chunks)."""
+class _Chunked:
+    """A readable made one chunk at a time: `_step` appends a chunk to `_out` or sets `_done`."""
 
-    def __init__(self, source: BinaryIO, secret: bytes, aad: bytes) -> None:
-        salt = os.urandom(SALT)
-        self._aead = AESGCM(_hkdf(secret, salt, OBJECT_KEY_INFO))
-        self._source, self._aad = source, aad
-        self._out = bytearray(MAGIC + salt)
-        self._pending: bytes | None = None
-        self._counter, self._done = 0, False
-
-    def read(self, n: int = -1) -> bytes:
-        if self._pending is None:
-            self._pending = _read_full(self._source, CHUNK)
-        while not self._done and (n < 0 or len(self._out) < n):
-            nxt = _read_full(self._source, CHUNK) if len(self._pending) == CHUNK else b""
-            last = not nxt
-            self._out += self._aead.encrypt(_nonce(self._counter, last), self._pending, self._aad)
-            self._counter += 1
-            self._pending, self._done = nxt, last
-        n = len(self._out) if n < 0 else n
-        data = bytes(self._out[:n])
-        del self._out[:n]
-        return data
-
-
-class _Decrypting:
-    def __init__(self, source: BinaryIO, secret: bytes, aad: bytes, what: str) -> None:
-        self._source, self._secret, self._aad, self._what = source, secret, aad, what
-        self._aead: AESGCM | None = None
-        self._block = b""
+    def __init__(self) -> None:
         self._out = bytearray()
         self._counter, self._done = 0, False
 
-    def _start(self) -> None:
-        head = _read_full(self._source, len(MAGIC) + SALT)
-        if len(head) < len(MAGIC) + SALT or not head.startswith(MAGIC):
-            raise SetError(f"{self._what}: not an object encrypted by sentry-ops (bad header)")
-        self._aead = AESGCM(_hkdf(self._secret, head[len(MAGIC) :], OBJECT_KEY_INFO))
-        self._block = _read_full(self._source, CHUNK + TAG)
+    def _step(self) -> None:
+        raise NotImplementedError
 
     def read(self, n: int = -1) -> bytes:
-        if self._aead is None:
-            self._start()
-        assert self._aead is not None
         while not self._done and (n < 0 or len(self._out) < n):
-            full = len(self._block) == CHUNK + TAG
-            nxt = _read_full(self._source, CHUNK + TAG) if full else b""
-            last = not nxt
-            try:
-                plain = self._aead.decrypt(_nonce(self._counter, last), self._block, self._aad)
-            except InvalidTag:
-                raise SetError(
-                    f"{self._what}: cannot decrypt chunk {self._counter}: the store's backup_key "
-                    "is not the one it was written with, or the object was altered, truncated "
-                    "or moved from another set"
-                ) from None
-            self._out += plain
-            self._counter += 1
-            self._block, self._done = nxt, last
+            self._step()
         n = len(self._out) if n < 0 else n
         data = bytes(self._out[:n])
         del self._out[:n]
         return data
+
+
+class _Encrypting(_Chunked):
+    """Reads `source`, returns its encryption (header, then sealed chunks)."""
+
+    def __init__(self, source: BinaryIO, secret: bytes, aad: bytes) -> None:
+        super().__init__()
+        salt = os.urandom(SALT)
+        self._aead = AESGCM(_hkdf(secret, salt, OBJECT_KEY_INFO))
+        self._source, self._aad = source, aad
+        self._out += MAGIC + salt
+        self._pending: bytes | None = None
+
+    def _step(self) -> None:
+        if self._pending is None:
+            self._pending = _read_full(self._source, CHUNK)
+        nxt = _read_full(self._source, CHUNK) if len(self._pending) == CHUNK else b""
+        last = not nxt
+        self._out += self._aead.encrypt(_nonce(self._counter, last), self._pending, self._aad)
+        self._counter += 1
+        self._pending, self._done = nxt, last
+
+
+class _Decrypting(_Chunked):
+    def __init__(self, source: BinaryIO, secret: bytes, aad: bytes, what: str) -> None:
+        super().__init__()
+        self._source, self._secret, self._aad, self._what = source, secret, aad, what
+        self._aead: AESGCM | None = None
+        self._block = b""
+
+    def _step(self) -> None:
+        if self._aead is None:
+            head = _read_full(self._source, len(MAGIC) + SALT)
+            if len(head) < len(MAGIC) + SALT or not head.startswith(MAGIC):
+                raise SetError(f"{self._what}: not an object encrypted by sentry-ops (bad header)")
+            self._aead = AESGCM(_hkdf(self._secret, head[len(MAGIC) :], OBJECT_KEY_INFO))
+            self._block = _read_full(self._source, CHUNK + TAG)
+        full = len(self._block) == CHUNK + TAG
+        nxt = _read_full(self._source, CHUNK + TAG) if full else b""
+        last = not nxt
+        try:
+            plain = self._aead.decrypt(_nonce(self._counter, last), self._block, self._aad)
+        except InvalidTag:
+            raise SetError(
+                f"{self._what}: cannot decrypt chunk {self._counter}: the store's backup_key "
+                "is not the one it was written with, or the object was altered, truncated "
+                "or moved from another set"
+            ) from None
+        self._out += plain
+        self._counter += 1
+        self._block, self._done = nxt, last
 
 
 # -- writing a set --------------------------------------------------------------------------------
