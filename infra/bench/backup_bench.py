@@ -123,10 +123,13 @@ def main() -> int:
     db_bytes = load(name, args.layout, args.scale)
     service, user = pg(args.layout)
 
-    flow = shlex.join([
-        "env", f"PREFECT_API_URL={info['prefect_api_url']}", "PREFECT_LOGGING_LEVEL=WARNING",
-        sys.executable, "-c", "from flows.backup import backup; backup('bench', 'bench')",
-    ])  # fmt: skip
+    def backup_command(store: str) -> str:
+        return shlex.join([
+            "env", f"PREFECT_API_URL={info['prefect_api_url']}", "PREFECT_LOGGING_LEVEL=WARNING",
+            sys.executable, "-c", f"from flows.backup import backup; backup('bench', {store!r})",
+        ])  # fmt: skip
+
+    flow = backup_command("bench")
     in_container = f"pg_dump -Fc -Z0 -U {user} {user} > /dev/null"
     limit = shlex.join(sb.compose_argv(name, "exec", "-T", service, "sh", "-c", in_container))
     ssh = info["ssh"]
@@ -139,8 +142,7 @@ def main() -> int:
     os.chdir(sb.REPO)
     results: dict = {"layout": args.layout, "scale": args.scale, "database_bytes": db_bytes}
     if args.encryption:
-        clear = flow.replace("backup('bench', 'bench')", "backup('bench', 'bench-clear')")
-        results["encrypted_vs_clear"] = enc = paired(flow, clear, args.n)
+        results["encrypted_vs_clear"] = enc = paired(flow, backup_command("bench-clear"), args.n)
         results["verdict"] = {"encrypted/clear <= 1.10": enc["a_over_b_median"] <= 1.10}
         print(json.dumps(results, indent=2))
         out_file = sb.STATE / f"bench-encryption-{args.layout}-{args.scale}.json"
