@@ -83,6 +83,8 @@ class StackLayout(BaseModel):
     dependencies: tuple[Role, ...]
     # Files and folders (relative to the project dir) a restore of this install needs, if present.
     config_files: tuple[str, ...]
+    # Roles whose service runs as N identical replicas (`up --scale`): queue consumers.
+    scalable: tuple[Role, ...] = (Role.WORKER,)
 
     @field_validator("services")
     @classmethod

@@ -184,6 +184,13 @@ class SentryHost(Block):
         default="/var/lib/docker", description="Docker's data directory, for the free-disk check."
     )
     connect_timeout: float = Field(default=10.0, description="Seconds to wait for sshd.")
+    max_workers: int = Field(
+        default=24,
+        ge=0,
+        le=500,
+        description="Most replicas scale_workers may run of a scalable service (self-hosted's "
+        "docs: at most 24 taskworkers per taskbroker).",
+    )
 
     _compose_context: ComposeContext | None = PrivateAttr(default=None)
 
@@ -290,6 +297,11 @@ class SentryHost(Block):
         Names the host's folder in a backup store and its lock."""
         raw = f"{self.ssh_host}-{self.ssh_port}-{self.project}".lower()
         return re.sub(r"[^a-z0-9]+", "-", raw).strip("-")[:150]
+
+    def service_containers(self, service: str) -> list[dict]:
+        """`docker compose ps` rows (running or not) of one service."""
+        argv = self.compose_argv("ps", "--all", "--format", "json", service)
+        return parse_ps(self.run(argv, timeout=60).text)
 
     def volume_name(self, volume: DataVolume) -> str:
         return self.stack.volumes[volume].docker_name(self.project)
@@ -643,6 +655,16 @@ def resolve_context(
     env_files = (f"{project_dir}/.env", f"{project_dir}/.env.custom") if has_custom else ()
     name = project_name or parse_env(env_text).get("COMPOSE_PROJECT_NAME") or ""
     return ComposeContext(name or default_project_name(project_dir), env_files)
+
+
+def parse_ps(output: str) -> list[dict]:
+    """`docker compose ps --format json`: NDJSON (compose >= 2.21) or one JSON array (older)."""
+    text = output.strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        return json.loads(text)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def name_problems(stack: StackLayout, config: dict, volumes: tuple[DataVolume, ...]) -> list[str]:

@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.layouts import Role, StackLayout
-from blocks.sentry_host import SentryHost
+from blocks.sentry_host import SentryHost, parse_ps
 from blocks.ssh import RemoteCommandError
 from flows.shared import Result, Status, failed, results_artifact, summary
 
@@ -30,16 +30,6 @@ class UnhealthyError(Exception):
 
 
 # -- pure logic --------------------------------------------------------------------------------
-def parse_ps(output: str) -> list[dict]:
-    """`docker compose ps --format json`: NDJSON (compose >= 2.21) or one JSON array (older)."""
-    text = output.strip()
-    if not text:
-        return []
-    if text.startswith("["):
-        return json.loads(text)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
 def assess_containers(rows: list[dict], defined: set[str], layout: StackLayout) -> list[Result]:
     """One check per role the layout knows and the project defines (or requires)."""
     checks = []

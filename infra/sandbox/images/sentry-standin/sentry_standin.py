@@ -40,6 +40,7 @@ import re
 import secrets
 import signal
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -507,10 +508,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif args.service in ("worker", "taskworker"):
         queue = redis_client()
         print(f"sentry {VERSION} {args.service} processing {QUEUE}", flush=True)
-        while True:
+        # warm shutdown, like Celery's and the taskworker's: SIGTERM finishes the task in hand
+        stopping = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+        while not stopping.is_set():
             item = None
             try:
-                item = queue.blpop([QUEUE], timeout=5)
+                item = queue.blpop([QUEUE], timeout=1)
                 if item:
                     payload = json.loads(item[1])
                     with connect() as conn, conn.transaction():
@@ -520,6 +524,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if item:
                     queue.rpush(QUEUE, item[1])
                 time.sleep(2)
+        print(f"{args.service}: warm shutdown, the task in hand finished", flush=True)
+        return 0
     elif args.service in ("cron", "taskscheduler"):
         print(f"sentry {VERSION} {args.service}", flush=True)
         while True:

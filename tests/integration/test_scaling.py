@@ -1,0 +1,76 @@
+"""Worker scaling on the sandbox, both layouts: counted over SSH, no event lost meanwhile."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from blocks.layouts import Role
+from flows.scaling import ScalingError, running, scale_workers
+
+
+def workers(host) -> list[str]:
+    """The running replicas of the layout's worker service, as the host's Docker reports them."""
+    service = host.stack.service(Role.WORKER)
+    return sorted(r["ID"] for r in running(host.service_containers(service)))
+
+
+@pytest.fixture()
+def one_worker(layout_host):
+    service = layout_host.stack.service(Role.WORKER)
+    layout_host.compose("up", "-d", "--no-deps", "--scale", f"{service}=1", service, timeout=300)
+    yield layout_host
+    layout_host.compose("up", "-d", "--no-deps", "--scale", f"{service}=1", service, timeout=300)
+
+
+def test_one_to_three_to_one_loses_no_event(one_worker, saved_layout_host):
+    host = one_worker
+    assert len(workers(host)) == 1
+    sent: list[str] = []
+    stop = threading.Event()
+
+    def send() -> None:  # events keep arriving while replicas come and go
+        while not stop.is_set():
+            sent.append(host.send_event({"message": f"scaling {len(sent)}", "level": "error"}))
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        up = scale_workers(saved_layout_host, 3)
+        assert up == {"service": host.stack.service(Role.WORKER), "before": 1, "after": 3}
+        assert len(workers(host)) == 3
+        down = scale_workers(saved_layout_host, 1, stop_timeout=30)
+        assert down["before"] == 3 and len(workers(host)) == 1
+        again = scale_workers(saved_layout_host, 1)  # nothing to change
+        assert again["before"] == again["after"] == 1
+    finally:
+        stop.set()
+        sender.join()
+    assert len(sent) > 20, "too few events were sent to prove anything"
+    deadline = time.monotonic() + 120
+    missing = list(sent)
+    while missing and time.monotonic() < deadline:
+        missing = [e for e in missing if host.lookup_event(e) is None]
+        time.sleep(1)
+    assert missing == [], f"{len(missing)} of {len(sent)} events were never processed"
+
+
+@pytest.mark.parametrize(
+    ("replicas", "role", "message"),
+    [
+        (-1, "worker", r"replicas=-1 is outside 0\.\.24"),
+        (25, "worker", r"replicas=25 is outside 0\.\.24 \(the block's max_workers"),
+        (2, "web", r"role 'web' cannot be scaled; scalable roles of layout .*: worker"),
+        (2, "cron", r"role 'cron' cannot be scaled"),
+    ],
+)
+def test_bad_input_is_refused_and_nothing_changes(
+    one_worker, saved_layout_host, replicas, role, message
+):
+    before = workers(one_worker)
+    with pytest.raises(ScalingError, match=message):
+        scale_workers(saved_layout_host, replicas, role=role)
+    assert workers(one_worker) == before  # the same container, untouched
