@@ -255,6 +255,8 @@ def ensure_built(ref: str, context: Path, base: str, **build_args: str) -> None:
         "docker",
         "build",
         "-q",
+        "--network",  # RUN steps need no network; host: no bridge needed (all on 127.0.0.1)
+        "host",
         "--label",
         f"sentry-ops.inputs={inputs}",
         *args,
