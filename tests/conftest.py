@@ -22,42 +22,20 @@ def sandbox() -> dict:
 
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory):
-    """A real Prefect server for the session (`prefect server start`: its own database in a temp
-    dir, and all its services, e.g. the one that frees the lock of a killed run; the ephemeral
-    test harness runs none of them). Stopped by its PID at the end."""
+    """A real Prefect server for the session (`prefect server start`, its own database in a temp
+    dir, with its services: a killed run's lock lease expires), stopped by its PID at the end."""
     import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-    from pathlib import Path
 
     from prefect.context import refresh_global_settings_context
+
+    from infra.sandbox import sandbox as sb
 
     home = tmp_path_factory.mktemp("prefect-home")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/api"
-    prefect = Path(sys.executable).with_name("prefect")
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "0"}
-    env.pop("PREFECT_API_URL", None)
-    log = (home / "server.log").open("wb")
-    server = subprocess.Popen(
-        [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            pass
-        assert server.poll() is None, f"the Prefect server exited: {home / 'server.log'}"
-        assert time.monotonic() < deadline, f"the Prefect server did not start: {home}"
-        time.sleep(0.5)
+    pidfile = home / "server.pid"
+    url = sb.start_prefect_server(home, port, pidfile, home / "server.log")
     # for every thread and child process: the process's settings, not a context-local override
     os.environ["PREFECT_API_URL"] = url
     refresh_global_settings_context()
@@ -66,13 +44,7 @@ def prefect_api(tmp_path_factory):
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         refresh_global_settings_context()
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+        sb.stop_pid(pidfile, "the tests' Prefect server")
 
 
 LAYOUTS = ["guide", "self-hosted"]

@@ -200,13 +200,6 @@ def dump_jobs() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if " container:" in line]
 
 
-def wait_for(what: str, check, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.1)
-
-
 def test_a_killed_backup_makes_the_next_one_wait_for_the_lock_then_succeed(
     saved_host, store_name, sandbox, seeded
 ):
@@ -216,7 +209,7 @@ def test_a_killed_backup_makes_the_next_one_wait_for_the_lock_then_succeed(
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     first = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=sb.REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    wait_for("the first backup's dump", backup_jobs)
+    sb.wait_for("the first backup's dump", backup_jobs, 120, 0.1)
     first.kill()  # SIGKILL: no cleanup, its lock lease stays until it expires
     first.wait()
     started = time.monotonic()
@@ -251,7 +244,7 @@ def test_a_backup_holding_the_lock_blocks_a_bootstrap_of_its_host_not_of_another
         return thread
 
     held = in_thread("backup", lambda: backup(saved_host, store_name))
-    wait_for(f"the backup's dump {done}", lambda: dump_jobs() or "backup" in done)
+    sb.wait_for(f"the backup's dump {done}", lambda: dump_jobs() or "backup" in done, 120, 0.1)
     assert "backup" not in done, done
     jobs = dump_jobs()
     subprocess.run(["docker", "pause", *jobs], check=True, capture_output=True)
