@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -19,6 +20,7 @@ VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 
 
 class Role(StrEnum):
@@ -65,6 +67,26 @@ class VolumeRef(BaseModel):
         return self.name if self.external else f"{project_name}_{self.name}"
 
 
+class Backlog(BaseModel):
+    """Where the worker service's pending tasks can be counted (the autoscaler reads it)."""
+
+    # redis-lists: Celery's broker in Redis (the guide's era): one Redis list per queue, named
+    # as the queue. taskbroker-sqlite: 26.x's taskbroker keeps the activations it has taken from
+    # Kafka in SQLite, `inflight_taskactivations`, status 'Pending' until a taskworker takes one.
+    kind: Literal["redis-lists", "taskbroker-sqlite"]
+    queues: tuple[str, ...] = ()
+
+    @field_validator("queues")
+    @classmethod
+    def _queue_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not QUEUE_NAME.match(name):
+                raise ValueError(f"queue name {name!r} is not a Celery queue name")
+        return value
+
+    db_path: str = ""  # taskbroker-sqlite: the database inside the taskbroker's container
+
+
 class StackLayout(BaseModel):
     name: str
     services: dict[Role, str]
@@ -85,6 +107,10 @@ class StackLayout(BaseModel):
     config_files: tuple[str, ...]
     # Roles whose service runs as N identical replicas (`up --scale`): queue consumers.
     scalable: tuple[Role, ...] = (Role.WORKER,)
+    backlog: Backlog
+    # The .env file operators edit (compose reads COMPOSE_FILE there): where a persisted worker
+    # count is wired in (self-hosted: its git-ignored `.env.custom`, merged over `.env`).
+    operator_env_file: str = ".env"
 
     @field_validator("services")
     @classmethod
@@ -121,11 +147,14 @@ class StackLayout(BaseModel):
         self,
         services: dict[Role, str] | None = None,
         volumes: dict[DataVolume, str] | None = None,
+        queues: tuple[str, ...] = (),
         **names: str | None,
     ) -> StackLayout:
         """This layout with some names replaced (a host that renamed things); validated."""
         data = self.model_dump()
         data["services"].update(services or {})
+        if queues:
+            data["backlog"]["queues"] = tuple(queues)
         for volume, name in (volumes or {}).items():
             ref = data["volumes"].get(volume, {"external": False})
             data["volumes"][volume] = {**ref, "name": name}
@@ -165,6 +194,20 @@ GUIDE = StackLayout(
         "docker-compose.override.yml",
         "sentry/config.yml",
         "sentry/sentry.conf.py",
+        "sentry-ops.scale.yml",
+    ),
+    # Sentry's Celery queues that hold event work (sentry/conf/server.py), summed
+    backlog=Backlog(
+        kind="redis-lists",
+        queues=(
+            "default",
+            "events.preprocess_event",
+            "events.process_event",
+            "events.save_event",
+            "events.save_event_transaction",
+            "events.symbolicate_event",
+            "post_process_errors",
+        ),
     ),
 )
 
@@ -225,7 +268,11 @@ SELF_HOSTED = StackLayout(
         "relay/config.yml",
         "relay/credentials.json",
         "certificates",
+        "sentry-ops.scale.yml",
     ),
+    # TASKBROKER_DB_PATH in self-hosted's compose file (volume sentry-taskbroker at /opt/sqlite)
+    backlog=Backlog(kind="taskbroker-sqlite", db_path="/opt/sqlite/taskbroker-activations.sqlite"),
+    operator_env_file=".env.custom",
 )
 
 LAYOUTS: dict[str, StackLayout] = {layout.name: layout for layout in (GUIDE, SELF_HOSTED)}

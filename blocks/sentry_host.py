@@ -17,10 +17,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
+import yaml
 from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from blocks.dotenv import parse_env
+from blocks.dotenv import parse_env, render_env
 from blocks.layouts import (
     PROJECT_NAME,
     DataVolume,
@@ -70,6 +71,41 @@ if [ "$code" != 0 ]; then
     exit "$code"
 fi
 """
+
+
+# Sums the lengths of Redis lists (KEYS) in one round trip; a missing list counts 0.
+COUNT_LISTS = "local n = 0 for _, k in ipairs(KEYS) do n = n + redis.call('LLEN', k) end return n"
+# 26.x taskbroker's store (getsentry/taskbroker, inflight_activation_store): status as text
+PENDING_ACTIVATIONS = "SELECT count(*) FROM inflight_taskactivations WHERE status = 'Pending'"
+SCALE_FILE = "sentry-ops.scale.yml"
+SCALE_HEADER = (
+    "# Written by sentry-ops (scale-workers / autoscale): replica counts kept across a plain\n"
+    "# `docker compose up -d`. COMPOSE_FILE lists this file after the project's own. Change the\n"
+    "# counts with the scale-workers deployment; an edit here is overwritten by the next run.\n"
+)
+# compose's default file names, in its order of preference
+COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+
+
+def compose_files_with_scale(
+    current: str | None, names: Sequence[str], project_dir: str, separator: str | None = None
+) -> str | None:
+    """COMPOSE_FILE that adds SCALE_FILE to what compose reads today (None: it already does).
+    Unset COMPOSE_FILE means compose's default file and its override; paths are absolute,
+    because compose resolves them against its working directory, not the project's."""
+    sep = separator or ":"
+    if current:
+        files = [f for f in current.split(sep) if f]
+    else:
+        base = next((n for n in COMPOSE_FILES if n in names), None)
+        if base is None:
+            raise ValueError(f"no compose file ({', '.join(COMPOSE_FILES)}) in {project_dir}")
+        stem, ext = base.rsplit(".", 1)
+        files = [base] + [f"{stem}.override.{ext}"] * (f"{stem}.override.{ext}" in names)
+    if any(posixpath.basename(f) == SCALE_FILE for f in files):
+        return None
+    files.append(SCALE_FILE)
+    return sep.join(f if posixpath.isabs(f) else posixpath.join(project_dir, f) for f in files)
 
 
 @dataclass(frozen=True)
@@ -192,6 +228,12 @@ class SentryHost(Block):
         "docs: at most 24 taskworkers per taskbroker).",
     )
 
+    backlog_queues: list[str] = Field(
+        default_factory=list,
+        description="guide layout: the Celery queues (Redis lists) whose lengths make the "
+        "worker backlog the autoscaler reads. Empty: Sentry's event queues.",
+    )
+
     _compose_context: ComposeContext | None = PrivateAttr(default=None)
 
     @field_validator("ssh_host", "ssh_user")
@@ -242,6 +284,7 @@ class SentryHost(Block):
         return get_layout(self.layout).customized(
             services=self.service_names,
             volumes=self.volume_names,
+            queues=tuple(self.backlog_queues),
             postgres_user=self.postgres_user,
             postgres_db=self.postgres_db,
             clickhouse_database=self.clickhouse_database,
@@ -302,6 +345,66 @@ class SentryHost(Block):
         """`docker compose ps` rows (running or not) of one service."""
         argv = self.compose_argv("ps", "--all", "--format", "json", service)
         return parse_ps(self.run(argv, timeout=60).text)
+
+    def queue_backlog(self) -> int:
+        """Tasks waiting for a worker, counted where the layout keeps them (StackLayout.backlog):
+        Celery's Redis lists summed in one EVAL, or the taskbroker's pending activations read
+        from its SQLite store by sqlite3 of the tool image, beside the taskbroker's volume."""
+        backlog = self.stack.backlog
+        if backlog.kind == "redis-lists":
+            argv = self.exec_argv(
+                Role.REDIS, "redis-cli", "-p", str(self.redis_port), "EVAL", COUNT_LISTS,
+                str(len(backlog.queues)), *backlog.queues,
+            )  # fmt: skip
+            where = f"Redis lists {', '.join(backlog.queues)}"
+        else:
+            service = self.stack.service(Role.TASKBROKER)
+            rows = [r for r in self.service_containers(service) if r.get("State") == "running"]
+            if not rows:
+                why = f"failed: {service} is not running"
+                raise RemoteCommandError(self.label, "read the backlog", None, "", why=why)
+            argv = ["docker", "run", "--rm", "--network", "none", "--label",
+                    "sentry-ops.job=backlog", *self.pull_argv(), "--volumes-from", rows[0]["ID"],
+                    "--entrypoint", "sqlite3", self.tool_image, "-readonly", backlog.db_path,
+                    PENDING_ACTIVATIONS]  # fmt: skip
+            where = f"{service}'s {backlog.db_path}"
+        out = self.run(argv, timeout=60).text.strip()
+        if not out.isdigit():
+            raise RemoteCommandError(
+                self.label, f"read the backlog from {where}", None, "",
+                why=f"answered {out[:200]!r}, not a count",
+            )  # fmt: skip
+        return int(out)
+
+    def persist_scale(self, service: str, replicas: int) -> str:
+        """Keep `replicas` of `service` across a plain `docker compose up -d` of the stack: the
+        count goes into sentry-ops' own compose file (SCALE_FILE), which COMPOSE_FILE in the
+        operator's env file lists after the project's files. Returns what was changed."""
+        d = self.project_dir
+        path = f"{d}/{SCALE_FILE}"
+        current = yaml.safe_load(self.get(path)) if self.exists(path) else None
+        services = dict((current or {}).get("services") or {})
+        services[service] = {"scale": replicas}
+        body = yaml.safe_dump({"services": dict(sorted(services.items()))}, sort_keys=True)
+        self.put(path, (SCALE_HEADER + body).encode(), mode=0o644)
+        env_path = f"{d}/{self.stack.operator_env_file}"
+        env_text = self.get(env_path).decode() if self.exists(env_path) else ""
+        merged = {}
+        for name in dict.fromkeys((".env", self.stack.operator_env_file)):
+            if self.exists(f"{d}/{name}"):
+                merged.update(parse_env(self.get(f"{d}/{name}").decode()))
+        files = compose_files_with_scale(
+            merged.get("COMPOSE_FILE"), self.listdir(d), d, merged.get("COMPOSE_PATH_SEPARATOR")
+        )
+        if files is None:
+            return f"{SCALE_FILE}: {service} scale {replicas}"
+        created = not env_text
+        self.put(env_path, render_env(env_text, {"COMPOSE_FILE": files}).encode(), mode=0o600)
+        self._compose_context = None  # a new .env.custom changes the env files compose reads
+        return (
+            f"{SCALE_FILE}: {service} scale {replicas}; COMPOSE_FILE in "
+            f"{self.stack.operator_env_file}{' (created)' if created else ''} lists it"
+        )
 
     def volume_name(self, volume: DataVolume) -> str:
         return self.stack.volumes[volume].docker_name(self.project)
@@ -496,7 +599,7 @@ class SentryHost(Block):
         self.run(["tar", "-C", directory, "-xf", "-"], stdin=data, timeout=120)
 
     def remove_tree(self, path: str) -> None:
-        """rm -rf of a directory at least two levels deep (callers decide it is theirs)."""
+        """rm -rf of a file or directory at least two levels deep (callers decide it is theirs)."""
         path = posixpath.normpath(path)
         if not posixpath.isabs(path) or path.count("/") < 2:
             raise ValueError(f"refusing to remove {path!r}")

@@ -47,7 +47,7 @@ from blocks.backup_set import BackupManifest
 from blocks.backup_store import BackupStore
 from blocks.dotenv import parse_env, render_env
 from blocks.layouts import DataVolume, Role
-from blocks.sentry_host import SentryHost
+from blocks.sentry_host import ComposeContext, SentryHost
 from blocks.ssh import Prefixed
 from flows.backup import pick_set, verify_objects
 from flows.health import assess_full_health, probe_web
@@ -345,8 +345,16 @@ def prepare_scratch(
     override = drill_override(manifest.images, moved_ports(prod_config, drill.port_offset))
     scratch.put(f"{d}/{DRILL_COMPOSE}", override.encode(), mode=0o644)
     current = scratch.get(f"{d}/.env").decode()
+    custom: dict[str, str] = {}
+    if ".env.custom" in names:
+        # compose would read it after .env and let it win: fold it into .env (as self-hosted's
+        # install.sh merges them), so the scratch's own ports, project and files below win
+        custom = parse_env(scratch.get(f"{d}/.env.custom").decode())
+        scratch.remove_tree(f"{d}/.env.custom")
+    scratch.use_context(ComposeContext(scratch.project, ()))
     wanted = {
-        **scratch_env(parse_env(current), drill),
+        **custom,
+        **scratch_env({**parse_env(current), **custom}, drill),
         "COMPOSE_PROJECT_NAME": scratch.project,
         # absolute: compose resolves COMPOSE_FILE against its working dir, not the project dir
         "COMPOSE_FILE": ":".join(f"{d}/{f}" for f in [*files, DRILL_COMPOSE]),

@@ -42,7 +42,8 @@ BASE_PACKAGES = (
 )
 # Debian 13: Valkey (self-hosted's redis), PgBouncer, nginx, pg_dump 17, zstd
 TRIXIE_PACKAGES = (
-    "valkey-server,pgbouncer,nginx-light,postgresql-client-17,zstd,curl,procps,ca-certificates"
+    "valkey-server,pgbouncer,nginx-light,postgresql-client-17,zstd,sqlite3,curl,procps,"
+    "ca-certificates"
 )
 SEAWEEDFS = "4.48"
 # the hosts' tool image (pg_dump 17, zstd, tar), built offline: the services image on Debian 13

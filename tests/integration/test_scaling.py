@@ -1,4 +1,5 @@
-"""Worker scaling on the sandbox, both layouts: counted over SSH, no event lost meanwhile."""
+"""Worker scaling on the sandbox, both layouts: counted over SSH, no event lost meanwhile, the
+count kept across a plain `docker compose up -d`; the autoscaler following a real backlog."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import time
 import pytest
 
 from blocks.layouts import Role
-from flows.scaling import ScalingError, running, scale_workers
+from blocks.sentry_host import SCALE_FILE
+from flows.scaling import ScalingError, autoscale, running, scale_workers
 
 
 def workers(host) -> list[str]:
@@ -42,6 +44,10 @@ def test_one_to_three_to_one_loses_no_event(one_worker, saved_layout_host):
         up = scale_workers(saved_layout_host, 3)
         assert up == {"service": host.stack.service(Role.WORKER), "before": 1, "after": 3}
         assert len(workers(host)) == 3
+        # the count is kept: the operator's own `docker compose up -d` of the whole stack
+        assert SCALE_FILE in host.get(f"{host.project_dir}/{host.stack.operator_env_file}").decode()
+        host.compose("up", "-d", timeout=600)
+        assert len(workers(host)) == 3
         down = scale_workers(saved_layout_host, 1, stop_timeout=30)
         assert down["before"] == 3 and len(workers(host)) == 1
         again = scale_workers(saved_layout_host, 1)  # nothing to change
@@ -50,12 +56,7 @@ def test_one_to_three_to_one_loses_no_event(one_worker, saved_layout_host):
         stop.set()
         sender.join()
     assert len(sent) > 20, "too few events were sent to prove anything"
-    deadline = time.monotonic() + 120
-    missing = list(sent)
-    while missing and time.monotonic() < deadline:
-        missing = [e for e in missing if host.lookup_event(e) is None]
-        time.sleep(1)
-    assert missing == [], f"{len(missing)} of {len(sent)} events were never processed"
+    wait_processed(host, sent)
 
 
 @pytest.mark.parametrize(
@@ -74,3 +75,34 @@ def test_bad_input_is_refused_and_nothing_changes(
     with pytest.raises(ScalingError, match=message):
         scale_workers(saved_layout_host, replicas, role=role)
     assert workers(one_worker) == before  # the same container, untouched
+
+
+def wait_processed(host, events: list[str], seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    missing = list(events)
+    while missing and time.monotonic() < deadline:
+        missing = [e for e in missing if host.lookup_event(e) is None]
+        time.sleep(0.5)
+    assert missing == [], f"{len(missing)} of {len(events)} events were never processed"
+
+
+def test_autoscale_scales_up_on_backlog_and_down_after_cooldown(one_worker, saved_layout_host):
+    host = one_worker
+    policy = {"min_replicas": 1, "max_replicas": 3, "backlog_per_worker": 10}
+    with pytest.raises(ScalingError, match="min_replicas=4 and max_replicas=3"):
+        autoscale(saved_layout_host, min_replicas=4, max_replicas=3)
+    assert len(workers(host)) == 1
+    scale_workers(saved_layout_host, 0)  # nobody takes work: a backlog builds up
+    sent = [host.send_event({"message": f"backlog {i}", "level": "error"}) for i in range(30)]
+    assert host.queue_backlog() >= 30
+    up = autoscale(saved_layout_host, cooldown_seconds=8, **policy)
+    assert (up["before"], up["after"]) == (0, 3) and up["backlog"] >= 30, up
+    assert len(workers(host)) == 3
+    wait_processed(host, sent)
+    assert host.queue_backlog() == 0
+    held = autoscale(saved_layout_host, cooldown_seconds=8, **policy)
+    assert held["after"] == 3 and "cooldown" in held["why"], held
+    time.sleep(8)
+    down = autoscale(saved_layout_host, cooldown_seconds=8, **policy)
+    assert (down["before"], down["after"]) == (3, 1), down
+    assert len(workers(host)) == 1

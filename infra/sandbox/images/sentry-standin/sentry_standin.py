@@ -53,7 +53,11 @@ VERSION = os.environ.get("SENTRY_STANDIN_VERSION", "24.1.0")
 BROKEN = VERSION.endswith("-broken")
 # Versions an upgrade must not jump over (getsentry/self-hosted's hard stops).
 HARD_STOPS = ("9.1.2", "21.5.0", "21.6.3", "23.6.2", "23.11.0", "24.8.0", "25.5.1", "26.5.0")
-QUEUE = "sentry:ingest"
+# Where queued events wait for a worker, as in real Sentry: the guide era's Celery keeps one Redis
+# list per queue (events.save_event here); 26.x's taskbroker keeps pending activations in SQLite
+# (`inflight_taskactivations`, status 'Pending') on its volume: SENTRY_TASKBROKER_DB points there
+# (the stand-in's web and taskworkers share the file instead of speaking gRPC to a broker).
+QUEUE = "events.save_event"
 
 # Each migration: (version, statements). A version's schema is every migration up to it.
 MIGRATIONS: list[tuple[str, list[str]]] = [
@@ -353,6 +357,75 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 # -- ingestion ----------------------------------------------------------------------------------
+class TaskbrokerStore:
+    """The taskbroker's activation store, the part sentry-ops reads (its pending count)."""
+
+    def __init__(self, path: str) -> None:
+        import sqlite3
+
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS inflight_taskactivations (id TEXT PRIMARY KEY, "
+            "activation BLOB NOT NULL, status TEXT NOT NULL, added_at INTEGER NOT NULL, "
+            "processing_deadline INTEGER)"
+        )
+
+    def push(self, item: str) -> None:
+        self.db.execute(
+            "INSERT INTO inflight_taskactivations VALUES (?, ?, 'Pending', ?, NULL)",
+            (uuid.uuid4().hex, item, time.time_ns()),
+        )
+
+    def take(self) -> tuple[str, str] | None:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.db.execute(
+                "SELECT id, activation FROM inflight_taskactivations WHERE status = 'Pending' "
+                "ORDER BY added_at LIMIT 1"
+            ).fetchone()
+            if row:
+                self.db.execute(
+                    "UPDATE inflight_taskactivations SET status = 'Processing', "
+                    "processing_deadline = ? WHERE id = ?",
+                    (int(time.time()) + 60, row[0]),
+                )
+        finally:
+            self.db.execute("COMMIT")
+        return row
+
+    def done(self, task_id: str, ok: bool) -> None:
+        if ok:
+            self.db.execute("DELETE FROM inflight_taskactivations WHERE id = ?", (task_id,))
+        else:
+            self.db.execute(
+                "UPDATE inflight_taskactivations SET status = 'Pending' WHERE id = ?", (task_id,)
+            )
+
+
+class RedisQueue:
+    """A Celery queue in Redis: one list."""
+
+    def __init__(self) -> None:
+        self.redis = redis_client()
+
+    def push(self, item: str) -> None:
+        self.redis.rpush(QUEUE, item)
+
+    def take(self) -> tuple[str, str] | None:
+        item = self.redis.blpop([QUEUE], timeout=1)
+        return (item[1], item[1]) if item else None
+
+    def done(self, task_id: str, ok: bool) -> None:
+        if not ok:
+            self.redis.rpush(QUEUE, task_id)
+
+
+def task_queue() -> TaskbrokerStore | RedisQueue:
+    path = os.environ.get("SENTRY_TASKBROKER_DB")
+    return TaskbrokerStore(path) if path else RedisQueue()
+
+
 def redis_client():
     import redis
 
@@ -469,7 +542,7 @@ class Handler(BaseHTTPRequestHandler):
         event = json.loads(self.rfile.read(length) or b"{}")
         event["event_id"] = uuid.UUID(event.get("event_id") or uuid.uuid4().hex).hex
         event.setdefault("timestamp", dt.datetime.now(dt.UTC).isoformat())
-        redis_client().rpush(QUEUE, json.dumps({"project_id": project_id, "event": event}))
+        task_queue().push(json.dumps({"project_id": project_id, "event": event}))
         self._reply(200, json.dumps({"id": event["event_id"]}), "application/json")
 
 
@@ -506,23 +579,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"sentry {VERSION} web on 127.0.0.1:{port}", flush=True)
         ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
     elif args.service in ("worker", "taskworker"):
-        queue = redis_client()
-        print(f"sentry {VERSION} {args.service} processing {QUEUE}", flush=True)
+        queue = task_queue()
+        print(f"sentry {VERSION} {args.service} processing {type(queue).__name__}", flush=True)
         # warm shutdown, like Celery's and the taskworker's: SIGTERM finishes the task in hand
         stopping = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stopping.set())
         while not stopping.is_set():
             item = None
             try:
-                item = queue.blpop([QUEUE], timeout=1)
-                if item:
-                    payload = json.loads(item[1])
-                    with connect() as conn, conn.transaction():
-                        process_event(conn, int(payload["project_id"]), payload["event"])
+                item = queue.take()
+                if item is None:
+                    if isinstance(queue, TaskbrokerStore):
+                        time.sleep(0.2)
+                    continue
+                payload = json.loads(item[1])
+                with connect() as conn, conn.transaction():
+                    process_event(conn, int(payload["project_id"]), payload["event"])
+                queue.done(item[0], True)
             except Exception as exc:  # keep the worker alive, like Sentry's task retries
                 print(f"{args.service}: {exc.__class__.__name__}: {exc}, retrying", flush=True)
                 if item:
-                    queue.rpush(QUEUE, item[1])
+                    queue.done(item[0], False)
                 time.sleep(2)
         print(f"{args.service}: warm shutdown, the task in hand finished", flush=True)
         return 0
