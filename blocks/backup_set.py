@@ -77,6 +77,8 @@ def object_name(kind: Kind, part: str = "") -> str:
 
 def file_name(kind: Kind, part: str, compression: Compression, encrypted: bool) -> str:
     base = {Kind.POSTGRES: "postgres.dump", Kind.CONFIG: "config.tar"}.get(kind)
+    if kind is Kind.CLICKHOUSE and not part:
+        base = "clickhouse.tar"
     name = base or f"{kind}-{part}.tar"
     if compression == "zstd":
         name += ".zst"
@@ -123,6 +125,35 @@ class StoredObject(BaseModel):
         return (self.raw_size or self.size) / 1e6 / self.seconds if self.seconds else 0.0
 
 
+class ClickHouseTable(BaseModel):
+    """One table of the ClickHouse database at snapshot time."""
+
+    database: str
+    name: str
+    engine: str
+    create: str = Field(description="its CREATE statement, as system.tables shows it")
+    copied: bool = Field(description="its frozen parts are in the clickhouse object")
+    why: str = Field(description="how its copy was made consistent, or why it was not copied")
+    data_path: str | None = Field(
+        default=None, description="its data folder, relative to ClickHouse's data directory"
+    )
+    parts: list[str] = Field(default_factory=list, description="the frozen parts")
+    rows: int | None = None
+    checksum: str | None = Field(
+        default=None, description="sum(cityHash64(*)) over the frozen rows (UInt64, as text)"
+    )
+
+
+class ClickHouseSnapshot(BaseModel):
+    version: str
+    database: str
+    freeze_name: str = Field(description="ALTER TABLE ... FREEZE WITH NAME of this snapshot")
+    tables: list[ClickHouseTable]
+    newest_event: str | None = Field(
+        default=None, description="max(timestamp) of Snuba's errors table, if it has one"
+    )
+
+
 class BackupManifest(BaseModel):
     """The commit marker of a backup set: everything needed to verify and restore it."""
 
@@ -145,6 +176,9 @@ class BackupManifest(BaseModel):
     config_included: bool
     encrypted: bool
     sentry_ops_version: str
+    clickhouse: ClickHouseSnapshot | None = Field(
+        default=None, description="the ClickHouse snapshot's tables, when the set has one"
+    )
 
     def object(self, name: str) -> StoredObject:
         for obj in self.objects:

@@ -87,6 +87,14 @@ SCALE_HEADER = (
 COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 
 
+def _inside(path: str) -> str:
+    """A relative path that stays inside the volume."""
+    norm = posixpath.normpath(path)
+    if posixpath.isabs(norm) or norm.startswith(".."):
+        raise ValueError(f"{path!r} is not a path inside a volume")
+    return norm
+
+
 def compose_files_with_scale(
     current: str | None, names: Sequence[str], project_dir: str, separator: str | None = None
 ) -> str | None:
@@ -188,6 +196,11 @@ class SentryHost(Block):
     clickhouse_port: int = Field(
         default=9000, description="ClickHouse native port in its container."
     )
+    clickhouse_http_port: int = Field(
+        default=8123,
+        description="ClickHouse HTTP port in its container (never published: sentry-ops reaches "
+        "it through SSH at the container's own address).",
+    )
     postgres_password: SecretStr | None = Field(
         default=None,
         description="Password of the layout's Postgres user (empty where the stack uses trust).",
@@ -252,7 +265,10 @@ class SentryHost(Block):
             )
         return value or None
 
-    @field_validator("ssh_port", "web_port", "postgres_port", "redis_port", "clickhouse_port")
+    @field_validator(
+        "ssh_port", "web_port", "postgres_port", "redis_port", "clickhouse_port",
+        "clickhouse_http_port",
+    )  # fmt: skip
     @classmethod
     def _valid_port(cls, value: int | None, info) -> int | None:
         if value is not None and not 1 <= value <= 65535:
@@ -498,17 +514,41 @@ class SentryHost(Block):
             *(f"/volumes/{v}" for v in volumes),
         ]
 
-    def volume_tar_argv(self, volume: DataVolume, image: str) -> list[str]:
-        """zstd-compressed tar of a data volume, made on the host (read-only mount)."""
+    def volume_tar_argv(self, volume: DataVolume, image: str, path: str = ".") -> list[str]:
+        """zstd-compressed tar of a data volume (or `path` in it), made on the host (read-only
+        mount)."""
         mount = ["-v", f"{self.volume_name(volume)}:/volume:ro"]
-        command = ["tar", "--use-compress-program=zstd -1 -T0", "-C", "/volume", "-cf", "-", "."]
+        where = posixpath.join("/volume", _inside(path))
+        command = ["tar", "--use-compress-program=zstd -1 -T0", "-C", where, "-cf", "-", "."]
         return self.container_io_argv("out", image, None, command, job="backup", options=mount)
 
-    def volume_untar_argv(self, volume: DataVolume, image: str) -> list[str]:
-        """Unpack a zstd-compressed tar into a data volume, on the host."""
+    def volume_untar_argv(self, volume: DataVolume, image: str, path: str = ".") -> list[str]:
+        """Unpack a zstd-compressed tar into a data volume (or `path` in it, made if missing),
+        on the host."""
         mount = ["-v", f"{self.volume_name(volume)}:/volume"]
-        command = ["tar", "--use-compress-program=zstd -d", "-C", "/volume", "-xf", "-"]
+        where = posixpath.join("/volume", _inside(path))
+        untar = 'mkdir -p "$0" && exec tar --use-compress-program="zstd -d" -C "$0" -xf -'
+        command = ["sh", "-c", untar, where]
         return self.container_io_argv("in", image, None, command, job="restore", options=mount)
+
+    def volume_run_argv(self, volume: DataVolume, image: str, *argv: str) -> list[str]:
+        """A short command of the tool image with a data volume mounted at /volume."""
+        return ["docker", "run", "--rm", "--network", "none", "--label", "sentry-ops.job=volume",
+                *self.pull_argv(), "-v", f"{self.volume_name(volume)}:/volume", "--entrypoint",
+                argv[0], image, *argv[1:]]  # fmt: skip
+
+    def container_address(self, role: Role) -> str:
+        """The address of a service's running container as Docker reports it; 127.0.0.1 under
+        host networking (where the container has no address of its own)."""
+        rows = [r for r in self.service_containers(self.stack.service(role))
+                if r.get("State") == "running"]  # fmt: skip
+        if not rows:
+            raise RemoteCommandError(
+                self.label, f"find {self.stack.service(role)}", None, "", why="found none running"
+            )
+        fmt = "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
+        out = self.run(["docker", "inspect", "-f", fmt, rows[0]["ID"]], timeout=30).text.split()
+        return out[0] if out else "127.0.0.1"
 
     def container_io_argv(
         self,

@@ -27,6 +27,7 @@ STACK_FIELDS = (
     "postgres_port",
     "redis_port",
     "clickhouse_port",
+    "clickhouse_http_port",
     "postgres_password",
     "probe_dsn",
     "api_token",

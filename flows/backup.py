@@ -11,9 +11,13 @@ Runbook, in order:
    same snapshot;
 4. each data volume of the layout (guide: files; self-hosted: files + seaweedfs nodestore):
    tar | zstd in a throwaway container on the host -> FIFO -> SSH -> encrypted -> S3 multipart;
-5. the stack's config, encrypted like the rest (left out when the store has no key);
-6. manifest.json, sealed (HMAC-SHA256), last: the commit marker;
-7. retention; artifacts; the event `sentry.backup.completed`.
+5. ClickHouse (where the stack has it): merges stopped, FREEZE WITH NAME '<backup id>' per
+   MergeTree table, rows and checksums of the frozen parts recorded, the frozen folder tar | zstd
+   on the host -> SSH -> encrypted -> S3, the frozen copy removed (on failure too);
+   `clickhouse_snapshot` runs this step alone as a set of its own;
+6. the stack's config, encrypted like the rest (left out when the store has no key);
+7. manifest.json, sealed (HMAC-SHA256), last: the commit marker;
+8. retention; artifacts; the event `sentry.backup.completed`.
 Nothing is staged on disk, host or worker; memory is bounded by a few multipart parts.
 """
 
@@ -32,10 +36,10 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from blocks import backup_set, postgres
-from blocks.backup_set import BackupManifest, Kind, SetError, SetWriter
+from blocks import backup_set, clickhouse, postgres
+from blocks.backup_set import BackupManifest, ClickHouseSnapshot, Kind, SetError, SetWriter
 from blocks.backup_store import BackupStore, StoreError
-from blocks.layouts import DataVolume
+from blocks.layouts import DataVolume, Role
 from blocks.sentry_host import SentryHost
 from flows.retention import apply_retention
 from flows.shared import Result, host_lock, results_artifact
@@ -71,7 +75,49 @@ def preflight(host: SentryHost, store: BackupStore) -> dict[str, str]:
                 "exist; check the block's layout, project_name and volume_names"
             )
     postgres.check_tool_image(host, host.tool_image)
-    return host.service_images()
+    images = host.service_images()
+    if has_clickhouse(host, images):
+        with clickhouse.connect(host) as (client, _):
+            client.rows("SELECT 1")
+    return images
+
+
+def has_clickhouse(host: SentryHost, images: dict[str, str]) -> bool:
+    return host.stack.services.get(Role.CLICKHOUSE) in images
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60])
+def backup_clickhouse(
+    host: SentryHost, writer: SetWriter
+) -> tuple[backup_set.StoredObject | None, ClickHouseSnapshot]:
+    """FREEZE every MergeTree table, stream the frozen parts, always remove the frozen copy."""
+    logger = get_run_logger()
+    name = clickhouse.freeze_name(writer.backup_id)
+    with clickhouse.connect(host) as (client, version):
+        try:
+            snapshot = clickhouse.freeze(host, client, version, name)
+            obj = None
+            if any(t.parts for t in snapshot.tables):
+                argv = host.volume_tar_argv(
+                    DataVolume.CLICKHOUSE, host.tool_image, clickhouse.shadow_path(name)
+                )
+                with host.stream(argv, timeout=300, stdin=b"\n") as tar:
+                    obj = writer.put(Kind.CLICKHOUSE, tar, "zstd")
+        finally:
+            clickhouse.unfreeze(host, name, client)
+    for table in snapshot.tables:
+        if not table.copied:
+            (logger.warning if table.why.startswith("UNKNOWN") else logger.info)(
+                "clickhouse %s.%s (%s): %s", table.database, table.name, table.engine, table.why
+            )
+    logger.info(
+        "clickhouse %s: %d tables copied, %d rows, %.1f MB",
+        version,
+        sum(t.copied for t in snapshot.tables),
+        sum(t.rows or 0 for t in snapshot.tables),
+        (obj.size if obj else 0) / 1e6,
+    )
+    return obj, snapshot
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60], timeout_seconds=6 * 3600)
@@ -150,8 +196,16 @@ def take_set(host_name: str, host: SentryHost, writer: SetWriter, images: dict, 
     ]
     config_future = backup_config.with_options(retries=retries).submit(host, writer)
     version = sentry_version.submit(host)
+    ch_future = (
+        backup_clickhouse.with_options(retries=retries).submit(host, writer)
+        if has_clickhouse(host, images)
+        else None
+    )
     pg = backup_postgres.with_options(retries=retries)(host, writer)
     objects = [pg["object"], *(v.result() for v in volumes)]
+    ch_object, snapshot = ch_future.result() if ch_future else (None, None)
+    if ch_object:
+        objects.append(ch_object)
     config = config_future.result()
     if config:
         objects.append(config)
@@ -172,6 +226,7 @@ def take_set(host_name: str, host: SentryHost, writer: SetWriter, images: dict, 
         config_included=config is not None,
         encrypted=writer.encrypted,
         sentry_ops_version=package_version("sentry-ops"),
+        clickhouse=snapshot,
     )
     return manifest, writer.seal(manifest)  # the commit marker, last
 

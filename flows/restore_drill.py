@@ -42,7 +42,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
-from blocks import backup_set, postgres
+from blocks import backup_set, clickhouse, postgres
 from blocks.backup_set import BackupManifest
 from blocks.backup_store import BackupStore
 from blocks.dotenv import parse_env, render_env
@@ -170,6 +170,7 @@ def scratch_of(prod: SentryHost, target: SentryHost | None, drill: DrillStack) -
         "postgres_port": int(shifted(str(prod.postgres_port), o)) if prod.postgres_port else None,
         "redis_port": int(shifted(str(prod.redis_port), o)),
         "clickhouse_port": int(shifted(str(prod.clickhouse_port), o)),
+        "clickhouse_http_port": int(shifted(str(prod.clickhouse_http_port), o)),
     }
     return SentryHost.model_validate({**dict(prod), **update})
 
@@ -422,6 +423,44 @@ def restore_volume(
     reader.verify()
 
 
+@task(cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
+def restore_clickhouse(
+    scratch: SentryHost, store: BackupStore, manifest: BackupManifest
+) -> list[Result]:
+    """Tables from the recorded DDL, the frozen parts attached, rows and checksums compared."""
+    snapshot = manifest.clickhouse
+    assert snapshot is not None
+    service = scratch.stack.service(Role.CLICKHOUSE)
+    scratch.run(scratch.compose_argv("up", "-d", "--wait", service), timeout=600)
+    staging = clickhouse.freeze_name(f"restore_{manifest.backup_id}")
+    staged = clickhouse.shadow_path(staging)
+    with clickhouse.connect(scratch) as (client, version):
+        try:
+            if any(o.name == "clickhouse" for o in manifest.objects):
+                reader = backup_set.open_object(store, manifest, "clickhouse")  # decrypted, hashed
+                argv = scratch.volume_untar_argv(DataVolume.CLICKHOUSE, scratch.tool_image, staged)
+                scratch.run(argv, stdin=Prefixed(b"\n", reader), timeout=6 * 3600)
+                reader.verify()
+            clickhouse.restore(scratch, client, snapshot, staged)
+        finally:
+            clickhouse.unfreeze(scratch, staging)
+        compared = clickhouse.compare(client, snapshot)
+        newest = clickhouse.newest_event(client, snapshot.database)
+    results = [Result(f"clickhouse {name}", Status.OK if ok else Status.FAILED, detail)
+               for name, ok, detail in compared]  # fmt: skip
+    results += [
+        Result(f"clickhouse {t.name}", Status.WARNING if t.why.startswith("UNKNOWN") else Status.OK,
+               f"{t.engine}: {t.why}")
+        for t in snapshot.tables if not t.copied
+    ]  # fmt: skip
+    same = newest == snapshot.newest_event
+    results.append(Result(
+        "clickhouse newest event", Status.OK if same else Status.FAILED,
+        f"{newest} in the scratch ClickHouse {version} (backup: {snapshot.newest_event})",
+    ))  # fmt: skip
+    return results
+
+
 @task(cache_policy=NO_CACHE, timeout_seconds=1800)
 def check_data(scratch: SentryHost, manifest: BackupManifest) -> list[Result]:
     with postgres.psql(scratch) as db:
@@ -500,8 +539,12 @@ def restore_and_check(
                 t = time.monotonic()
                 restore_volume(scratch, backup_store, manifest, obj.name)
                 out.stage(f"restore {obj.name}", t, "bytes hashed equal the manifest")
-            elif obj.name not in ("postgres", "config"):
+            elif obj.name not in ("postgres", "config", "clickhouse"):
                 raise DrillError(f"this sentry-ops cannot restore object {obj.name!r}")
+        if manifest.clickhouse is not None:
+            t = time.monotonic()
+            out.checks += restore_clickhouse(scratch, backup_store, manifest)
+            out.stage("restore clickhouse", t, f"{len(manifest.clickhouse.tables)} tables")
         t = time.monotonic()
         out.checks += check_data(scratch, manifest)
         out.stage("check data", t)
@@ -590,6 +633,7 @@ def restore_drill(
         "rto_seconds": rto,
         "rpo_seconds": rpo,
         "failed": out.failed,
+        "checks": [r.row() for r in out.checks],
     }
     create_markdown_artifact(
         key="restore-drill",

@@ -558,7 +558,11 @@ def stack_dir(name: str) -> Path:
 
 def compose_argv(name: str, *args: str) -> list[str]:
     d = stack_dir(name)
-    return ["docker", "compose", "--project-directory", str(d), "-p", project_name(name), *args]
+    # like self-hosted's own scripts: .env.custom, when present, after .env
+    custom = ["--env-file", str(d / ".env"), "--env-file", str(d / ".env.custom")]
+    env_files = custom if (d / ".env.custom").exists() else []
+    return ["docker", "compose", "--project-directory", str(d), *env_files,
+            "-p", project_name(name), *args]  # fmt: skip
 
 
 def compose(name: str, *args: str, **kw) -> subprocess.CompletedProcess:
@@ -697,6 +701,9 @@ def install_files(layout: str, name: str, info: dict) -> None:
                     "owns it. Run `bash infra/run.sh down` in that checkout, or remove it"
                 )
             sh("docker", "volume", "create", "--label", f"{SANDBOX_LABEL}={STATE}", volume)
+        # an operator's override, the way self-hosted documents it: .env.custom wins over .env
+        custom = {"SENTRY_BIND": values.pop("SENTRY_BIND"), "SENTRY_EVENT_RETENTION_DAYS": "90"}
+        write_private(d / ".env.custom", "".join(f"{k}={v}\n" for k, v in custom.items()))
     write_private(env_file, "".join(f"{k}={v}\n" for k, v in values.items()))
 
 

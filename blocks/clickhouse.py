@@ -1,0 +1,341 @@
+"""The one module that owns ClickHouse in and out: snapshot (FREEZE), restore (ATTACH), checks.
+
+ClickHouse is reached with clickhouse-connect through an SSH tunnel to the container's own
+address (self-hosted publishes no port). A snapshot, per MergeTree-family table of the database:
+merges stopped, `ALTER TABLE ... FREEZE WITH NAME '<backup id>'` (hard links of the table's parts
+under `shadow/<name>/`), the frozen parts listed from the volume, their rows counted and
+checksummed (`sum(cityHash64(*))` over `_part IN (frozen parts)`: parts are immutable and merges
+are stopped, so these are exactly the frozen rows), merges started again. The frozen folder is
+then streamed as one zstd tar from the volume by the caller, and always removed afterwards
+(`SYSTEM UNFREEZE` where the server has it, and the folder itself), on failure too.
+Other tables (views, Kafka engines, dictionaries, ...) are recorded with their DDL and why they
+were not copied. A restore creates the database and tables from the recorded DDL, moves the parts
+into each table's `detached/` and `ALTER TABLE ... ATTACH PART`s them, then compares rows and
+checksums with the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import posixpath
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+from blocks.backup_set import ClickHouseSnapshot, ClickHouseTable
+from blocks.layouts import DataVolume, Role
+from blocks.sentry_host import SentryHost
+from blocks.ssh import RemoteCommandError
+
+# Engines whose data FREEZE copies (the MergeTree family, replicated or not)
+MERGETREE = re.compile(r"^(Replicated)?\w*MergeTree$")
+# Engines with no data of their own: recreated from their DDL, never copied
+FROM_DDL = {
+    "View": "a view: recreated from its DDL, it has no data of its own",
+    "MaterializedView": "a materialized view: recreated from its DDL; its rows are in its "
+    "target (or .inner) table, which is copied",
+    "Kafka": "a Kafka consumer table: recreated from its DDL; its data is in Kafka",
+    "Distributed": "a Distributed table: recreated from its DDL; its data is in local tables",
+    "Dictionary": "a dictionary: recreated from its DDL and reloaded from its source",
+    "Null": "a Null table: holds no data",
+    "Merge": "a Merge table: reads other tables, holds no data",
+    "Buffer": "a Buffer table: flushed to its target table, which is copied",
+}
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_.$-]+$")
+
+
+class ClickHouseError(Exception):
+    pass
+
+
+class Client(Protocol):
+    def rows(self, sql: str) -> list[tuple]: ...
+    def command(self, sql: str) -> None: ...
+
+
+class ModernClient:
+    """clickhouse-connect: the default, for the ClickHouse that Sentry ships (23.8 and later)."""
+
+    def __init__(self, port: int) -> None:
+        import clickhouse_connect
+
+        self.client = clickhouse_connect.get_client(host="127.0.0.1", port=port, username="default")
+
+    def rows(self, sql: str) -> list[tuple]:
+        return [tuple(r) for r in self.client.query(sql).result_rows]
+
+    def command(self, sql: str) -> None:
+        self.client.command(sql)
+
+
+class LegacyHTTPClient:
+    """COMPATIBILITY ONLY, for ClickHouse < 20 (the sandbox's 18.16): clickhouse-connect's
+    start-up query reads system.settings.readonly, a column 18.16 lacks, so it cannot connect.
+    Plain HTTP with JSONCompact results; 64-bit integers arrive as text."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/"
+
+    def _post(self, sql: str) -> bytes:
+        request = urllib.request.Request(self.url, data=sql.encode())
+        try:
+            with urllib.request.urlopen(request, timeout=600) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            raise ClickHouseError(exc.read().decode("utf-8", "replace")[:1000]) from None
+
+    def rows(self, sql: str) -> list[tuple]:
+        return [tuple(r) for r in json.loads(self._post(f"{sql} FORMAT JSONCompact"))["data"]]
+
+    def command(self, sql: str) -> None:
+        self._post(sql)
+
+
+def server_version(port: int) -> str:
+    """`SELECT version()` over plain HTTP: answers on every ClickHouse version."""
+    url = f"http://127.0.0.1:{port}/?" + urllib.parse.urlencode({"query": "SELECT version()"})
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read().decode().strip()
+
+
+@contextlib.contextmanager
+def connect(host: SentryHost) -> Iterator[tuple[Client, str]]:
+    """(client, server version) of the host's ClickHouse, through an SSH tunnel."""
+    try:
+        address = host.container_address(Role.CLICKHOUSE)
+    except RemoteCommandError as exc:
+        raise ClickHouseError(
+            f"{host.label}: ClickHouse ({host.stack.service(Role.CLICKHOUSE)}) is not running: "
+            f"{exc}; start it (`docker compose up -d` of the stack)"
+        ) from None
+    with host.tunnel(host.clickhouse_http_port, address) as port:
+        try:
+            version = server_version(port)
+        except OSError as exc:
+            raise ClickHouseError(
+                f"{host.label}: ClickHouse does not answer on {address}:"
+                f"{host.clickhouse_http_port} (clickhouse_http_port of the block): {exc}"
+            ) from None
+        major = int(version.split(".")[0])
+        yield (ModernClient(port) if major >= 20 else LegacyHTTPClient(port)), version
+
+
+def quoted(database: str, table: str) -> str:
+    for name in (database, table):
+        if not SAFE_NAME.match(name):
+            raise ClickHouseError(f"refusing a ClickHouse name with unusual characters: {name!r}")
+    return f"`{database}`.`{table}`"
+
+
+def relative_data_path(path: str) -> str:
+    """A table's data folder relative to ClickHouse's data directory (`data/db/t/`, or
+    `store/abc/<uuid>/` for Atomic databases), as FREEZE mirrors it under shadow/<name>/."""
+    match = re.search(r"(?:^|/)((?:data|store)/.+?)/?$", path)
+    if not match:
+        raise ClickHouseError(f"cannot place the data path {path!r} inside ClickHouse's data dir")
+    return match.group(1).rstrip("/") + "/"
+
+
+def path_column(client: Client) -> str:
+    """system.tables' data folder column: data_paths (19.x+, Atomic databases), else data_path."""
+    columns = {r[0] for r in client.rows(
+        "SELECT name FROM system.columns WHERE database = 'system' AND table = 'tables'"
+    )}  # fmt: skip
+    return "data_paths[1]" if "data_paths" in columns else "data_path"
+
+
+def list_tables(client: Client, database: str) -> list[ClickHouseTable]:
+    """Every table of `database`: MergeTree ones to copy, others with why they are not."""
+    if not SAFE_NAME.match(database):
+        raise ClickHouseError(f"refusing ClickHouse database name {database!r}")
+    rows = client.rows(
+        f"SELECT name, engine, create_table_query, {path_column(client)} FROM system.tables "
+        f"WHERE database = '{database}' AND NOT is_temporary ORDER BY name"
+    )
+    tables = []
+    for name, engine, create, data_path in rows:
+        if MERGETREE.match(engine):
+            tables.append(ClickHouseTable(
+                database=database, name=name, engine=engine, create=create, copied=True,
+                why="merges stopped, FREEZE, rows of the frozen parts counted",
+                data_path=relative_data_path(data_path),
+            ))  # fmt: skip
+        else:
+            why = FROM_DDL.get(engine, f"UNKNOWN ENGINE {engine}: not copied, only its DDL kept")
+            tables.append(ClickHouseTable(
+                database=database, name=name, engine=engine, create=create, copied=False, why=why
+            ))  # fmt: skip
+    return tables
+
+
+def newest_event(client: Client, database: str, parts: Sequence[str] | None = None) -> str | None:
+    """max(timestamp) of Snuba's errors table (of some of its parts), if the database has it."""
+    names = {r[0] for r in client.rows(f"SELECT name FROM system.tables WHERE database = "
+                                       f"'{database}'")}  # fmt: skip
+    if "errors_local" not in names:
+        return None
+    where = ""
+    if parts is not None:
+        if not parts:
+            return None
+        where = " WHERE _part IN (" + ", ".join(f"'{p}'" for p in parts) + ")"
+    value = client.rows(
+        f"SELECT toString(max(timestamp)) FROM {quoted(database, 'errors_local')}{where}"
+    )
+    return str(value[0][0]) if value else None
+
+
+def count_rows(client: Client, table: ClickHouseTable, parts: Sequence[str] | None) -> tuple:
+    """(rows, checksum as text) of a table, or of some of its parts."""
+    where = ""
+    if parts is not None:
+        if not parts:
+            return 0, "0"
+        where = " WHERE _part IN (" + ", ".join(f"'{p}'" for p in parts) + ")"
+    row = client.rows(
+        f"SELECT count(), toString(sum(cityHash64(*))) FROM "
+        f"{quoted(table.database, table.name)}{where}"
+    )[0]
+    return int(row[0]), str(row[1])
+
+
+def freeze_name(backup_id: str) -> str:
+    """FREEZE WITH NAME escapes anything but [A-Za-z0-9_] in the folder it makes (`-` becomes
+    `%2D`): a name that needs no escaping, so the folder is where we look for it."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", backup_id)
+
+
+def _shadow(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+        raise ClickHouseError(f"refusing a freeze name with unusual characters: {name!r}")
+    return f"shadow/{name}"
+
+
+def frozen_parts(host: SentryHost, image: str, name: str) -> dict[str, list[str]]:
+    """data path (relative) -> part names found under shadow/<name>/ of the volume."""
+    argv = host.volume_run_argv(
+        DataVolume.CLICKHOUSE, image, "find", f"/volume/{_shadow(name)}", "-mindepth", "1",
+        "-name", "checksums.txt",
+    )  # fmt: skip
+    parts: dict[str, list[str]] = {}
+    prefix = f"/volume/{_shadow(name)}/"
+    for line in host.run(argv, timeout=300).text.splitlines():
+        part_dir = posixpath.dirname(line.strip()).removeprefix(prefix)
+        table_dir, part = posixpath.split(part_dir)
+        parts.setdefault(table_dir + "/", []).append(part)
+    return {k: sorted(v) for k, v in parts.items()}
+
+
+def freeze(host: SentryHost, client: Client, version: str, name: str) -> ClickHouseSnapshot:
+    """Freeze every MergeTree table of the host's database under shadow/<name>/ and record
+    what was frozen. The caller streams shadow/<name> and then calls `unfreeze`."""
+    database = host.stack.clickhouse_database
+    tables = list_tables(client, database)
+    copied = [t for t in tables if t.copied]
+    unfreeze(host, name)  # a copy left by a killed earlier attempt would make FREEZE fail
+    stopped = []
+    try:
+        for table in copied:
+            client.command(f"SYSTEM STOP MERGES {quoted(table.database, table.name)}")
+            stopped.append(table)
+            client.command(
+                f"ALTER TABLE {quoted(table.database, table.name)} FREEZE WITH NAME '{name}'"
+            )
+        found = frozen_parts(host, host.tool_image, name) if copied else {}
+        for table in copied:
+            table.parts = found.get(table.data_path or "", [])
+            table.rows, table.checksum = count_rows(client, table, table.parts)
+        errors = next((t for t in copied if t.name == "errors_local"), None)
+        newest = newest_event(client, database, errors.parts) if errors else None
+    finally:
+        for table in stopped:
+            with contextlib.suppress(Exception):
+                client.command(f"SYSTEM START MERGES {quoted(table.database, table.name)}")
+    return ClickHouseSnapshot(
+        version=version, database=database, freeze_name=name, tables=tables,
+        newest_event=newest,
+    )  # fmt: skip
+
+
+def unfreeze(host: SentryHost, name: str, client: Client | None = None) -> None:
+    """Remove the frozen copy `name`: SYSTEM UNFREEZE where supported (22.x+), then the folder
+    itself (the only way on older servers; harmless after UNFREEZE)."""
+    if client is not None:
+        with contextlib.suppress(Exception):
+            client.command(f"SYSTEM UNFREEZE WITH NAME '{name}'")
+    host.run(
+        host.volume_run_argv(DataVolume.CLICKHOUSE, host.tool_image, "rm", "-rf", "--",
+                             f"/volume/{_shadow(name)}"),
+        timeout=300,
+    )  # fmt: skip
+
+
+def shadow_path(name: str) -> str:
+    """Where FREEZE WITH NAME puts the copy, relative to the ClickHouse volume."""
+    return _shadow(name)
+
+
+def leftover_freezes(host: SentryHost) -> list[str]:
+    """Names under shadow/ of the host's ClickHouse volume (frozen copies not removed)."""
+    argv = host.volume_run_argv(
+        DataVolume.CLICKHOUSE, host.tool_image, "find", "/volume/shadow", "-mindepth", "1",
+        "-maxdepth", "1",
+    )  # fmt: skip
+    result = host.run(argv, timeout=120, check=False)
+    return sorted(posixpath.basename(line) for line in result.text.split())
+
+
+# -- restore --------------------------------------------------------------------------------------
+def restore(host: SentryHost, client: Client, snapshot: ClickHouseSnapshot, staged: str) -> None:
+    """Create the snapshot's database and tables from their DDL in `host`'s (empty) ClickHouse,
+    then attach the parts unpacked under `staged` (relative to the volume): moved into each
+    table's detached/ and attached part by part. Views come after the tables they read."""
+    db = snapshot.database
+    client.command(f"CREATE DATABASE IF NOT EXISTS `{db}`")
+    ordered = [t for t in snapshot.tables if t.copied] + [
+        t for t in snapshot.tables if not t.copied and t.engine in ("View", "MaterializedView")
+    ]
+    for table in ordered:
+        create = re.sub(r"^CREATE (TABLE|VIEW|MATERIALIZED VIEW) ", r"CREATE \1 IF NOT EXISTS ",
+                        table.create, count=1)  # fmt: skip
+        client.command(create)
+    for table in (t for t in snapshot.tables if t.copied):
+        rows, _ = count_rows(client, table, None)
+        if rows:
+            raise ClickHouseError(
+                f"{host.label}: {table.database}.{table.name} already has {rows} rows; a restore "
+                "goes into an empty ClickHouse"
+            )
+        if not table.parts:
+            continue
+        target = client.rows(
+            f"SELECT {path_column(client)} FROM system.tables "
+            f"WHERE database = '{table.database}' AND name = '{table.name}'"
+        )[0][0]
+        source = posixpath.join("/volume", staged, table.data_path or "")
+        detached = posixpath.join("/volume", relative_data_path(target), "detached")
+        move = 'mkdir -p "$1" && for p in "$0"/*; do mv "$p" "$1"/; done'
+        argv = host.volume_run_argv(DataVolume.CLICKHOUSE, host.tool_image, "sh", "-c", move,
+                                    source, detached)  # fmt: skip
+        host.run(argv, timeout=600)
+        for part in table.parts:
+            client.command(f"ALTER TABLE {quoted(table.database, table.name)} ATTACH PART '{part}'")
+
+
+def compare(client: Client, snapshot: ClickHouseSnapshot) -> list[tuple[str, bool, str]]:
+    """(table, equal, detail) per copied table: rows and checksum against the manifest."""
+    out = []
+    for table in (t for t in snapshot.tables if t.copied):
+        try:
+            rows, checksum = count_rows(client, table, None)
+        except Exception as exc:  # reported per table
+            out.append((table.name, False, f"{exc.__class__.__name__}: {exc}"[:300]))
+            continue
+        same = "equal" if checksum == table.checksum else "DIFFERS"
+        ok = rows == table.rows and checksum == table.checksum
+        out.append((table.name, ok, f"{rows} rows (backup {table.rows}), checksum {same}"))
+    return out

@@ -1,0 +1,117 @@
+"""ClickHouse in the backup set, both layouts: FREEZE, stream, unfreeze; the drill restores it and
+compares rows and checksums per table. Real ClickHouse 18.16 in the sandbox, real SSH, S3."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import pytest
+
+from blocks import backup_set, clickhouse
+from blocks.layouts import Role
+from deployments.setup import store_from_connection
+from flows.backup import BackupError, backup
+from flows.restore_drill import restore_drill
+from tests.integration.test_backup import kill_ssh_sessions
+
+
+def ch(host, sql: str) -> str:
+    """A query by the operator's own clickhouse-client, inside the ClickHouse container."""
+    argv = host.exec_argv(Role.CLICKHOUSE, "clickhouse-client", "--port",
+                          str(host.clickhouse_port), "--query", sql)  # fmt: skip
+    return host.run(argv, timeout=60).text.strip()
+
+
+@pytest.fixture()
+def extra_tables(layout_host):
+    """A table a newer Snuba migration added after the stack started, and an engine sentry-ops
+    has no rule for."""
+    db = layout_host.stack.clickhouse_database
+    ch(layout_host, f"CREATE TABLE IF NOT EXISTS {db}.new_migration (id UInt64, note String) "
+                    "ENGINE = MergeTree ORDER BY id")  # fmt: skip
+    ch(layout_host, f"INSERT INTO {db}.new_migration VALUES (1, 'a'), (2, 'ü\\ttab')")
+    ch(layout_host, f"CREATE TABLE IF NOT EXISTS {db}.odd_engine (x UInt8) ENGINE = TinyLog")
+    yield layout_host
+    for table in ("new_migration", "odd_engine"):
+        ch(layout_host, f"DROP TABLE IF EXISTS {db}.{table}")
+
+
+def test_snapshot_restores_with_equal_rows_and_checksums(
+    layout, extra_tables, saved_layout_host, store_name, sandbox
+):
+    host = extra_tables
+    sent = [host.send_event({"message": f"clickhouse {i}", "level": "error"}) for i in range(5)]
+    deadline = time.monotonic() + 60
+    while any(host.lookup_event(e) is None for e in sent) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    taken = backup(saved_layout_host, store_name)
+    assert clickhouse.leftover_freezes(host) == []  # the frozen copy is gone
+    store = store_from_connection(sandbox, prefix=store_name)
+    manifest = backup_set.load(store, taken["host_id"], taken["backup_id"])
+    snapshot = manifest.clickhouse
+    assert snapshot is not None
+    assert snapshot.freeze_name == clickhouse.freeze_name(taken["backup_id"])
+    tables = {t.name: t for t in snapshot.tables}
+    assert tables["new_migration"].copied and tables["new_migration"].rows == 2
+    assert tables["errors_local"].rows >= 5 and snapshot.newest_event
+    odd = tables["odd_engine"]
+    assert not odd.copied and odd.why.startswith("UNKNOWN ENGINE TinyLog"), odd
+    assert "ENGINE = TinyLog" in odd.create
+    assert any(o.name == "clickhouse" for o in manifest.objects)
+
+    drill_host = "drill-host" if layout == "self-hosted" else None
+    result = restore_drill(saved_layout_host, store_name, drill_host=drill_host)
+    checks = {c["name"]: c for c in result["checks"]}
+    assert result["passed"], result["checks"]
+    for name in ("errors_local", "new_migration"):
+        assert checks[f"clickhouse {name}"]["status"] == "ok", checks[f"clickhouse {name}"]
+    assert checks["clickhouse odd_engine"]["status"] == "warning"
+    assert checks["clickhouse newest event"]["status"] == "ok"
+
+
+def test_an_ssh_cut_while_frozen_leaves_no_frozen_copy_and_no_manifest(
+    saved_host, sentry_host, store_name, sandbox
+):
+    container = sentry_host.service_containers(sentry_host.stack.service(Role.CLICKHOUSE))[0]
+    cut = threading.Event()
+
+    def cut_when_frozen() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            argv = ["docker", "exec", container["ID"], "ls", "/var/lib/clickhouse/shadow"]
+            ls = subprocess.run(argv, capture_output=True, text=True)
+            if ls.stdout.strip():
+                if kill_ssh_sessions():
+                    cut.set()
+                return
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=cut_when_frozen)
+    watcher.start()
+    with pytest.raises(BackupError):
+        backup(saved_host, store_name, retries=0)
+    watcher.join()
+    assert cut.is_set(), "the connection was never cut while frozen: the test tested nothing"
+    deadline = time.monotonic() + 30  # the clickhouse task's own clean-up may finish last
+    while clickhouse.leftover_freezes(sentry_host) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert clickhouse.leftover_freezes(sentry_host) == []
+    store = store_from_connection(sandbox, prefix=store_name)
+    assert not any(s.complete for s in backup_set.list_sets(store))
+
+
+def test_clickhouse_down_fails_before_anything_is_uploaded(
+    saved_host, sentry_host, store_name, sandbox
+):
+    service = sentry_host.stack.service(Role.CLICKHOUSE)
+    sentry_host.compose("stop", service, timeout=120)
+    try:
+        down = r"ClickHouse \(sentry-clickhouse\) is not running"
+        with pytest.raises(clickhouse.ClickHouseError, match=down):
+            backup(saved_host, store_name)
+    finally:
+        sentry_host.compose("up", "-d", "--wait", service, timeout=300)
+    store = store_from_connection(sandbox, prefix=store_name)
+    assert backup_set.list_sets(store) == []  # no set, not even an incomplete one
