@@ -158,6 +158,11 @@ class BackupManifest(BaseModel):
     """The commit marker of a backup set: everything needed to verify and restore it."""
 
     format: int = FORMAT
+    scope: Literal["full", "clickhouse"] = Field(
+        default="full",
+        description="full: a whole install (what drills restore); clickhouse: a ClickHouse "
+        "snapshot taken alone (clickhouse_snapshot)",
+    )
     backup_id: str
     host_id: str = Field(description="SSH target and compose project: the set's folder")
     host: str = Field(description="name of the SentryHost block the backup ran with")
@@ -166,10 +171,10 @@ class BackupManifest(BaseModel):
     started_at: dt.datetime
     finished_at: dt.datetime
     objects: list[StoredObject]
-    postgres_version: str
+    postgres_version: str = ""
     sentry_version: str
     images: dict[str, str] = Field(description="compose service -> image")
-    row_counts: dict[str, int]
+    row_counts: dict[str, int] = Field(default_factory=dict)
     newest_event: str | None = Field(
         default=None, description="'<event_id> <time>' of the newest event in the dump"
     )
@@ -207,6 +212,7 @@ class SetListing:
     verified: bool  # last verification passed (sealed record)
     keys: tuple[str, ...]
     problem: str = ""
+    scope: str = "full"  # the manifest's: full, or clickhouse (a snapshot taken alone)
 
     @property
     def status(self) -> str:
@@ -579,10 +585,10 @@ def list_sets(store: BackupStore, host_id: str | None = None) -> list[SetListing
         parsed = parse_backup_id(backup_id)
         when = parsed[0] if parsed and parsed[1] == host and HOST_ID.match(host) else None
         complete = when is not None and any(k.endswith("/" + MANIFEST) for k in keys)
-        trusted, verified, problem = False, False, ""
+        trusted, verified, problem, scope = False, False, "", "full"
         if complete:
             try:
-                load(store, host, backup_id)
+                scope = load(store, host, backup_id).scope
                 trusted = True
                 record = read_verification(store, host, backup_id)
                 verified = bool(record and record.ok)
@@ -590,15 +596,23 @@ def list_sets(store: BackupStore, host_id: str | None = None) -> list[SetListing
                 problem = str(exc)
         listing.append(
             SetListing(
-                host, backup_id, when, complete, trusted, verified, tuple(sorted(keys)), problem
+                host,
+                backup_id,
+                when,
+                complete,
+                trusted,
+                verified,
+                tuple(sorted(keys)),
+                problem,
+                scope,
             )
         )
     return sorted(listing, key=lambda b: (b.when is None, b.when or dt.datetime.min, b.backup_id))
 
 
 def choose(sets: list[SetListing], backup_id: str | None) -> str:
-    """The asked set, or the newest complete and trusted one; never an incomplete or a refused
-    one (pure: `sets` is one host's listing)."""
+    """The asked set, or the newest complete, trusted and full one; never an incomplete or a
+    refused one (pure: `sets` is one host's listing)."""
     if backup_id:
         match = [s for s in sets if s.backup_id == backup_id]
         if not match:
@@ -608,7 +622,7 @@ def choose(sets: list[SetListing], backup_id: str | None) -> str:
         if not match[0].trusted:
             raise SetError(f"backup {backup_id} is refused: {match[0].problem}")
         return backup_id
-    usable = [s for s in sets if s.complete and s.trusted]
+    usable = [s for s in sets if s.complete and s.trusted and s.scope == "full"]
     if not usable:
         refused = "; ".join(f"{s.backup_id}: {s.problem}" for s in sets if s.complete)
         raise SetError(

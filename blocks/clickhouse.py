@@ -158,18 +158,19 @@ def list_tables(client: Client, database: str) -> list[ClickHouseTable]:
     )
     tables = []
     for name, engine, create, data_path in rows:
-        if MERGETREE.match(engine):
-            tables.append(ClickHouseTable(
-                database=database, name=name, engine=engine, create=create, copied=True,
-                why="merges stopped, FREEZE, rows of the frozen parts counted",
-                data_path=relative_data_path(data_path),
-            ))  # fmt: skip
-        else:
-            why = FROM_DDL.get(engine, f"UNKNOWN ENGINE {engine}: not copied, only its DDL kept")
-            tables.append(ClickHouseTable(
-                database=database, name=name, engine=engine, create=create, copied=False, why=why
-            ))  # fmt: skip
+        copied, why = classify(engine)
+        tables.append(ClickHouseTable(
+            database=database, name=name, engine=engine, create=create, copied=copied, why=why,
+            data_path=relative_data_path(data_path) if copied else None,
+        ))  # fmt: skip
     return tables
+
+
+def classify(engine: str) -> tuple[bool, str]:
+    """(copied, how or why not) for a table engine."""
+    if MERGETREE.match(engine):
+        return True, "merges stopped, FREEZE, rows of the frozen parts counted"
+    return False, FROM_DDL.get(engine, f"UNKNOWN ENGINE {engine}: not copied, only its DDL kept")
 
 
 def newest_event(client: Client, database: str, parts: Sequence[str] | None = None) -> str | None:
@@ -217,10 +218,11 @@ def _shadow(name: str) -> str:
 
 def frozen_parts(host: SentryHost, image: str, name: str) -> dict[str, list[str]]:
     """data path (relative) -> part names found under shadow/<name>/ of the volume."""
+    # no folder: every table was empty (FREEZE of a table without parts makes none)
+    listing = '[ -d "$0" ] || exit 0; exec find "$0" -mindepth 1 -name checksums.txt'
     argv = host.volume_run_argv(
-        DataVolume.CLICKHOUSE, image, "find", f"/volume/{_shadow(name)}", "-mindepth", "1",
-        "-name", "checksums.txt",
-    )  # fmt: skip
+        DataVolume.CLICKHOUSE, image, "sh", "-c", listing, f"/volume/{_shadow(name)}"
+    )
     parts: dict[str, list[str]] = {}
     prefix = f"/volume/{_shadow(name)}/"
     for line in host.run(argv, timeout=300).text.splitlines():

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from importlib.metadata import version as package_version
 
 from prefect import flow, get_run_logger, task
@@ -231,7 +232,88 @@ def take_set(host_name: str, host: SentryHost, writer: SetWriter, images: dict, 
     return manifest, writer.seal(manifest)  # the commit marker, last
 
 
+def write_set(
+    host: SentryHost,
+    store: BackupStore,
+    purpose: str,
+    take: Callable[[SetWriter], tuple[BackupManifest, str]],
+) -> tuple[BackupManifest, str]:
+    """A new set of `host` in `store`, filled by `take` under the host lock; a failure says
+    which set it left incomplete."""
+    with host_lock(host, purpose):
+        writer = backup_set.begin(store, host.identity)
+        get_run_logger().info(
+            "%s %s of %s to %s", purpose, writer.backup_id, host.label, writer.folder
+        )
+        try:
+            return take(writer)
+        except Exception as exc:
+            raise BackupError(
+                f"{purpose} {writer.backup_id} of {host.label} to {store.where} failed: {exc}. "
+                f"Left behind: the incomplete set s3://{store.bucket}/{writer.folder} (no "
+                "manifest: never restored or counted; retention removes it after 24 h)"
+            ) from exc
+
+
+def take_clickhouse_set(host_name: str, host: SentryHost, writer: SetWriter, retries: int):
+    """A set of the ClickHouse snapshot alone (scope "clickhouse"), then its sealed manifest."""
+    obj, snapshot = backup_clickhouse.with_options(retries=retries)(host, writer)
+    manifest = BackupManifest(
+        scope="clickhouse",
+        backup_id=writer.backup_id,
+        host_id=writer.host_id,
+        host=host_name,
+        layout=host.layout,
+        project_name=host.project,
+        started_at=writer.started_at,
+        finished_at=dt.datetime.now(dt.UTC),
+        objects=[obj] if obj else [],
+        sentry_version=sentry_version(host),
+        images=host.service_images(),
+        config_included=False,
+        encrypted=writer.encrypted,
+        sentry_ops_version=package_version("sentry-ops"),
+        clickhouse=snapshot,
+    )
+    return manifest, writer.seal(manifest)
+
+
 # -- flows --------------------------------------------------------------------------------------
+@flow(name="clickhouse-snapshot", log_prints=True)
+def clickhouse_snapshot(host: str, store: str, retries: int = 2) -> dict:
+    """A ClickHouse snapshot of `host` alone, as its own sealed set (scope "clickhouse"): the
+    same FREEZE, stream and clean-up as the nightly backup's ClickHouse step, under the host
+    lock. Drills and min_keep count only full backups.
+
+    Args:
+        host: Name of the SentryHost block.
+        store: Name of the BackupStore block.
+        retries: Retries of transient SSH/S3 failures (each starts the snapshot anew).
+    """
+    sentry_host, backup_store = SentryHost.load(host), BackupStore.load(store)
+    images = preflight(sentry_host, backup_store)
+    if not has_clickhouse(sentry_host, images):
+        raise BackupError(
+            f"{sentry_host.label}: the compose project has no ClickHouse service "
+            f"{sentry_host.stack.service(Role.CLICKHOUSE)!r}; set service_names.clickhouse"
+        )
+    warn_unencrypted(backup_store)
+    manifest, manifest_key = write_set(
+        sentry_host, backup_store, "clickhouse snapshot",
+        lambda writer: take_clickhouse_set(host, sentry_host, writer, retries),
+    )  # fmt: skip
+    report(manifest, backup_store)
+    assert manifest.clickhouse is not None
+    return {
+        "backup_id": manifest.backup_id,
+        "host_id": manifest.host_id,
+        "manifest": manifest_key,
+        "tables": len(manifest.clickhouse.tables),
+        "rows": sum(t.rows or 0 for t in manifest.clickhouse.tables),
+        "bytes": sum(o.size for o in manifest.objects),
+    }
+
+
 @flow(name="backup", log_prints=True)
 def backup(host: str, store: str, retries: int = 2) -> dict:
     """Back up Postgres, the data volumes and the config of `host` to `store`, encrypted and
@@ -243,22 +325,13 @@ def backup(host: str, store: str, retries: int = 2) -> dict:
         retries: Per-object retries of transient SSH/S3 failures (each retry starts the object
             anew).
     """
-    logger = get_run_logger()
     sentry_host, backup_store = SentryHost.load(host), BackupStore.load(store)
     images = preflight(sentry_host, backup_store)
     warn_unencrypted(backup_store)
-    with host_lock(sentry_host, "backup"):
-        writer = backup_set.begin(backup_store, sentry_host.identity)
-        logger.info("backup %s of %s to %s", writer.backup_id, sentry_host.label, writer.folder)
-        try:
-            manifest, manifest_key = take_set(host, sentry_host, writer, images, retries)
-        except Exception as exc:
-            raise BackupError(
-                f"backup {writer.backup_id} of {sentry_host.label} to {backup_store.where} "
-                f"failed: {exc}. Left behind: the incomplete set s3://{backup_store.bucket}/"
-                f"{writer.folder} (no manifest: never restored or counted; retention removes "
-                "it after 24 h)"
-            ) from exc
+    manifest, manifest_key = write_set(
+        sentry_host, backup_store, "backup",
+        lambda writer: take_set(host, sentry_host, writer, images, retries),
+    )  # fmt: skip
     report(manifest, backup_store)
     emit_event(
         event="sentry.backup.completed",
@@ -302,7 +375,7 @@ def report(manifest: BackupManifest, store: BackupStore) -> None:
             }
             for o in manifest.objects
         ],
-        description=f"Backup {manifest.backup_id} of {manifest.host} (Sentry "
+        description=f"Backup {manifest.backup_id} ({manifest.scope}) of {manifest.host} (Sentry "
         f"{manifest.sentry_version}, Postgres {manifest.postgres_version}, "
         f"{sum(manifest.row_counts.values())} rows in {len(manifest.row_counts)} tables, config "
         f"{'included' if manifest.config_included else 'not included'}, "
@@ -375,6 +448,7 @@ def list_backups(store: str, host: str | None = None) -> list[dict]:
             "backup_id": s.backup_id,
             "time": s.when.isoformat() if s.when else "?",
             "status": s.status,
+            "scope": s.scope,
             "complete": s.complete,
             "trusted": s.trusted,
             "verified": s.verified,

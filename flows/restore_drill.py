@@ -602,6 +602,11 @@ def restore_drill(
 
     t = time.monotonic()
     manifest = pick_set(backup_store, prod, backup_id)  # this host's, sealed, or refused
+    if manifest.scope != "full":
+        raise DrillError(
+            f"backup {manifest.backup_id} is a {manifest.scope} snapshot taken alone, not a whole "
+            "install; a drill restores a full backup (leave backup_id empty for the newest)"
+        )
     chosen = manifest.backup_id
     out.stage("pick backup", t, f"{chosen} (seal checked)")
     t = time.monotonic()

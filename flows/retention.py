@@ -39,7 +39,11 @@ def plan_retention(
     protected: set[str] = set()
     for host in {s.host_id for s in sets if s.when}:
         usable = sorted(
-            (s for s in sets if s.host_id == host and s.when and s.complete and s.trusted),
+            (
+                s
+                for s in sets
+                if s.host_id == host and s.when and s.complete and s.trusted and s.scope == "full"
+            ),  # a ClickHouse snapshot alone restores no install
             key=lambda s: s.when,  # type: ignore[arg-type, return-value]
         )
         protected |= {s.backup_id for s in usable[-min_keep:]}

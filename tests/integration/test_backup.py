@@ -188,7 +188,8 @@ def test_ssh_cut_mid_stream_leaves_no_manifest_and_no_open_upload(
     assert jobs == []  # the dump's tool container went with the connection
 
     result = backup(saved_host, store_name)  # the next run succeeds
-    assert verify_backup(saved_host, store_name, result["backup_id"])["verified"] == 3
+    verified = verify_backup(saved_host, store_name, result["backup_id"])["verified"]
+    assert verified == result["objects"] == 4  # postgres, files, clickhouse, config
 
 
 def test_missing_bucket_fails_before_any_dump(sandbox, saved_host, prefect_api):

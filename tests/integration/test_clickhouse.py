@@ -12,8 +12,8 @@ import pytest
 from blocks import backup_set, clickhouse
 from blocks.layouts import Role
 from deployments.setup import store_from_connection
-from flows.backup import BackupError, backup
-from flows.restore_drill import restore_drill
+from flows.backup import BackupError, backup, clickhouse_snapshot, list_backups, verify_backup
+from flows.restore_drill import DrillError, restore_drill
 from tests.integration.test_backup import kill_ssh_sessions
 
 
@@ -115,3 +115,17 @@ def test_clickhouse_down_fails_before_anything_is_uploaded(
         sentry_host.compose("up", "-d", "--wait", service, timeout=300)
     store = store_from_connection(sandbox, prefix=store_name)
     assert backup_set.list_sets(store) == []  # no set, not even an incomplete one
+
+
+def test_a_snapshot_alone_is_its_own_set_that_drills_pass_over(saved_host, sentry_host, store_name):
+    full = backup(saved_host, store_name)
+    alone = clickhouse_snapshot(saved_host, store_name)
+    assert alone["tables"] >= 1 and alone["backup_id"] > full["backup_id"]
+    assert clickhouse.leftover_freezes(sentry_host) == []
+    verified = verify_backup(saved_host, store_name, alone["backup_id"])
+    assert verified["verified"] == (1 if alone["bytes"] else 0)
+    listed = {b["backup_id"]: b for b in list_backups(store_name, saved_host)}
+    assert set(listed) == {full["backup_id"], alone["backup_id"]}
+    assert listed[alone["backup_id"]]["scope"] == "clickhouse"
+    with pytest.raises(DrillError, match="snapshot taken alone"):
+        restore_drill(saved_host, store_name, backup_id=alone["backup_id"])
