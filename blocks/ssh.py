@@ -11,6 +11,7 @@ import base64
 import contextlib
 import hashlib
 import io
+import os
 import select
 import shlex
 import socket
@@ -441,7 +442,8 @@ class SSHTransport:
     def tunnel(self, remote_port: int, remote_host: str = "127.0.0.1") -> Iterator[int]:
         """Forward a local 127.0.0.1 port to remote_host:remote_port as seen from the host.
 
-        Yields the local port, for clients that need a socket (psycopg, clickhouse-connect, HTTP).
+        Yields the local port, for clients that need a socket (clickhouse-connect, HTTP); only
+        connections from this process are forwarded (`own_client`).
         """
         transport = self.client().get_transport()
         assert transport is not None
@@ -457,6 +459,9 @@ class SSHTransport:
                     conn, peer = server.accept()
                 except OSError:
                     return
+                if not own_client(conn):  # another local user or process: never forwarded
+                    conn.close()
+                    continue
                 try:
                     chan = transport.open_channel(
                         "direct-tcpip", (remote_host, remote_port), peer, timeout=10
@@ -480,6 +485,27 @@ class SSHTransport:
                 conn.close()
                 with contextlib.suppress(Exception):
                     chan.close()
+
+
+def own_client(conn: socket.socket) -> bool:
+    """Whether the peer of an accepted loopback connection is a socket of this very process
+    (Linux: the peer's socket inode, from /proc/net/tcp, is among /proc/self/fd). A tunnel's
+    local port is then of use to the flow's own client only, not to other users of the worker."""
+    peer_port = conn.getpeername()[1]
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == peer_port:
+                    inodes.add(fields[9])
+    mine = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            if link.startswith("socket:["):
+                mine.add(link[8:-1])
+    return bool(inodes & mine)
 
 
 class Prefixed:

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -96,7 +97,9 @@ def test_round_trip_restores_equal_content(
     assert manifest.row_counts['Odd "Table" ✓'] == 2
     assert manifest.object("postgres").compression == "pg_dump:zstd:1"
     volumes = {f"volume:{v}" for v in layout_host.stack.backup_volumes}
-    assert {o.name for o in manifest.objects} == {"postgres", "config", *volumes}
+    assert manifest.clickhouse is not None  # both layouts have ClickHouse
+    frozen = {"clickhouse"} if any(t.parts for t in manifest.clickhouse.tables) else set()
+    assert {o.name for o in manifest.objects} == {"postgres", "config", *volumes, *frozen}
     config = store.open(manifest.object("config").key).read()
     assert b"SENTRY_SECRET_KEY" not in config and b"secret-key" not in config  # encrypted
     plain = backup_set.read_object(store, manifest, "config")
@@ -288,15 +291,32 @@ def test_a_missing_tool_image_fails_before_anything_is_written(
     assert backup_set.list_sets(store_from_connection(sandbox, prefix=store_name)) == []
 
 
-def test_nothing_listens_on_the_worker_for_postgres_during_a_backup(saved_host, store_name, seeded):
-    """No tunnel, no local port: the dump runs next to the database."""
-    me, seen = str(os.getpid()), []
+def test_nothing_on_the_worker_serves_another_process_during_a_backup(
+    saved_host, store_name, seeded
+):
+    """Postgres: no tunnel, no local port (the dump runs next to the database). ClickHouse's
+    tunnel listens on 127.0.0.1 but forwards only this process's own connections: another
+    process that connects during the backup gets no answer from ClickHouse."""
+    me, seen, answers = str(os.getpid()), set(), []
     done = threading.Event()
+    probe = (
+        "import socket, sys\n"
+        "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5)\n"
+        "s.sendall(b'GET /?query=SELECT%201 HTTP/1.0\\r\\n\\r\\n')\n"
+        "print(s.recv(100))\n"
+    )
 
     def watch() -> None:
         while not done.is_set():
             out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
-            seen.extend(line for line in out.splitlines() if f"pid={me}," in line)
+            for line in out.splitlines():
+                if f"pid={me}," in line:
+                    port = line.split()[3].rsplit(":", 1)[1]
+                    if port not in seen:
+                        seen.add(port)
+                        argv = [sys.executable, "-c", probe, port]
+                        other = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+                        answers.append(other.stdout + other.stderr)
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch)
@@ -306,4 +326,5 @@ def test_nothing_listens_on_the_worker_for_postgres_during_a_backup(saved_host, 
     finally:
         done.set()
         watcher.join()
-    assert seen == [], seen
+    assert answers, "no tunnel was seen: the ClickHouse step did not run"
+    assert not any("200 OK" in a or "HTTP/1" in a for a in answers), answers
