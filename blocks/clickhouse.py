@@ -46,6 +46,7 @@ FROM_DDL = {
     "Buffer": "a Buffer table: flushed to its target table, which is copied",
 }
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_.$-]+$")
+MERGES_DEADLINE = 900  # s: the host restarts merges by itself after this, whatever happened
 
 
 class ClickHouseError(Exception):
@@ -185,9 +186,9 @@ def newest_event(client: Client, database: str, parts: Sequence[str] | None = No
             return None
         where = " WHERE _part IN (" + ", ".join(f"'{p}'" for p in parts) + ")"
     value = client.rows(
-        f"SELECT toString(max(timestamp)) FROM {quoted(database, 'errors_local')}{where}"
+        f"SELECT count(), toString(max(timestamp)) FROM {quoted(database, 'errors_local')}{where}"
     )
-    return str(value[0][0]) if value else None
+    return str(value[0][1]) if value and int(value[0][0]) else None  # empty: no newest
 
 
 def count_rows(client: Client, table: ClickHouseTable, parts: Sequence[str] | None) -> tuple:
@@ -238,7 +239,19 @@ def freeze(host: SentryHost, client: Client, version: str, name: str) -> ClickHo
     database = host.stack.clickhouse_database
     tables = list_tables(client, database)
     copied = [t for t in tables if t.copied]
-    unfreeze(host, name)  # a copy left by a killed earlier attempt would make FREEZE fail
+    # copies left by killed earlier runs of this host's backups (the caller holds the host
+    # lock, so none of them is still in use); one of this very name would make FREEZE fail
+    ours = re.compile(rf"\d{{8}}T\d{{6}}Z_{freeze_name(host.identity)}")
+    for stale in {*(n for n in leftover_freezes(host) if ours.fullmatch(n)), name}:
+        unfreeze(host, stale, client)
+    if copied:
+        # merges are stopped only from FREEZE to the counts (seconds); should this process die in
+        # between, the host itself starts them again (ClickHouse keeps them stopped otherwise)
+        port = str(host.clickhouse_port)
+        start = host.exec_argv(
+            Role.CLICKHOUSE, "clickhouse-client", "--port", port, "--query", "SYSTEM START MERGES"
+        )
+        host.run(host.later_argv(MERGES_DEADLINE, start), timeout=30)
     stopped = []
     try:
         for table in copied:

@@ -537,6 +537,12 @@ class SentryHost(Block):
                 *self.pull_argv(), "-v", f"{self.volume_name(volume)}:/volume", "--entrypoint",
                 argv[0], image, *argv[1:]]  # fmt: skip
 
+    def later_argv(self, seconds: int, argv: Sequence[str]) -> list[str]:
+        """Run `argv` on the host after `seconds`, detached from this SSH session: it still runs
+        if the session, or the worker, dies (a dead man's switch)."""
+        script = 'setsid nohup sh -c \'sleep "$0"; exec "$@"\' "$@" >/dev/null 2>&1 </dev/null &'
+        return ["sh", "-c", script, "sentry-ops", str(seconds), *argv]
+
     def container_address(self, role: Role) -> str:
         """The address of a service's running container as Docker reports it; 127.0.0.1 under
         host networking (where the container has no address of its own)."""

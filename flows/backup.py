@@ -210,14 +210,10 @@ def take_set(host_name: str, host: SentryHost, writer: SetWriter, images: dict, 
     config = config_future.result()
     if config:
         objects.append(config)
-    manifest = BackupManifest(
-        backup_id=writer.backup_id,
-        host_id=writer.host_id,
-        host=host_name,
-        layout=host.layout,
-        project_name=host.project,
-        started_at=writer.started_at,
-        finished_at=dt.datetime.now(dt.UTC),
+    manifest = new_manifest(
+        host_name,
+        host,
+        writer,
         objects=objects,
         postgres_version=pg["postgres_version"],
         sentry_version=version.result(),
@@ -225,11 +221,25 @@ def take_set(host_name: str, host: SentryHost, writer: SetWriter, images: dict, 
         row_counts=pg["row_counts"],
         newest_event=pg["newest"],
         config_included=config is not None,
-        encrypted=writer.encrypted,
-        sentry_ops_version=package_version("sentry-ops"),
         clickhouse=snapshot,
     )
     return manifest, writer.seal(manifest)  # the commit marker, last
+
+
+def new_manifest(host_name: str, host: SentryHost, writer: SetWriter, **fields) -> BackupManifest:
+    """The manifest of the set `writer` wrote: what every set records, plus `fields`."""
+    return BackupManifest(
+        backup_id=writer.backup_id,
+        host_id=writer.host_id,
+        host=host_name,
+        layout=host.layout,
+        project_name=host.project,
+        started_at=writer.started_at,
+        finished_at=dt.datetime.now(dt.UTC),
+        encrypted=writer.encrypted,
+        sentry_ops_version=package_version("sentry-ops"),
+        **fields,
+    )
 
 
 def write_set(
@@ -258,21 +268,15 @@ def write_set(
 def take_clickhouse_set(host_name: str, host: SentryHost, writer: SetWriter, retries: int):
     """A set of the ClickHouse snapshot alone (scope "clickhouse"), then its sealed manifest."""
     obj, snapshot = backup_clickhouse.with_options(retries=retries)(host, writer)
-    manifest = BackupManifest(
+    manifest = new_manifest(
+        host_name,
+        host,
+        writer,
         scope="clickhouse",
-        backup_id=writer.backup_id,
-        host_id=writer.host_id,
-        host=host_name,
-        layout=host.layout,
-        project_name=host.project,
-        started_at=writer.started_at,
-        finished_at=dt.datetime.now(dt.UTC),
         objects=[obj] if obj else [],
         sentry_version=sentry_version(host),
         images=host.service_images(),
         config_included=False,
-        encrypted=writer.encrypted,
-        sentry_ops_version=package_version("sentry-ops"),
         clickhouse=snapshot,
     )
     return manifest, writer.seal(manifest)

@@ -209,7 +209,9 @@ def test_a_killed_backup_makes_the_next_one_wait_for_the_lock_then_succeed(
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     first = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=sb.REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    sb.wait_for("the first backup's dump", backup_jobs, 120, 0.1)
+    store = store_from_connection(sandbox, prefix=store_name)
+    sb.wait_for("the first backup's dump, with an object stored",
+                lambda: dump_jobs() and store.list_keys(f"{store.prefix}/"), 120, 0.1)  # fmt: skip
     first.kill()  # SIGKILL: no cleanup, its lock lease stays until it expires
     first.wait()
     started = time.monotonic()
@@ -218,7 +220,6 @@ def test_a_killed_backup_makes_the_next_one_wait_for_the_lock_then_succeed(
     text = asyncio.run(run_texts(state.state_details.flow_run_id))
     assert "waits for the host lock" in text and "held by backup run" in text
     assert time.monotonic() - started < 300
-    store = store_from_connection(sandbox, prefix=store_name)
     sets = backup_set.list_sets(store)
     assert [s.complete for s in sets] == [False, True]  # the killed one never looks complete
 

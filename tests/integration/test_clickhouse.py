@@ -4,8 +4,9 @@ compares rows and checksums per table. Real ClickHouse 18.16 in the sandbox, rea
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ from blocks.layouts import Role
 from deployments.setup import store_from_connection
 from flows.backup import BackupError, backup, clickhouse_snapshot, list_backups, verify_backup
 from flows.restore_drill import DrillError, restore_drill
-from tests.integration.test_backup import kill_ssh_sessions
+from tests.integration.test_backup import cut_ssh_when, kill_ssh_sessions
 
 
 def ch(host, sql: str) -> str:
@@ -75,21 +76,10 @@ def test_an_ssh_cut_while_frozen_leaves_no_frozen_copy_and_no_manifest(
     saved_host, sentry_host, store_name, sandbox
 ):
     container = sentry_host.service_containers(sentry_host.stack.service(Role.CLICKHOUSE))[0]
-    cut = threading.Event()
-
-    def cut_when_frozen() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            argv = ["docker", "exec", container["ID"], "ls", "/var/lib/clickhouse/shadow"]
-            ls = subprocess.run(argv, capture_output=True, text=True)
-            if ls.stdout.strip():
-                if kill_ssh_sessions():
-                    cut.set()
-                return
-            time.sleep(0.01)
-
-    watcher = threading.Thread(target=cut_when_frozen)
-    watcher.start()
+    shadow = ["docker", "exec", container["ID"], "ls", "/var/lib/clickhouse/shadow"]
+    watcher, cut = cut_ssh_when(
+        lambda: bool(subprocess.run(shadow, capture_output=True, text=True).stdout.strip())
+    )
     with pytest.raises(BackupError):
         backup(saved_host, store_name, retries=0)
     watcher.join()
@@ -129,3 +119,17 @@ def test_a_snapshot_alone_is_its_own_set_that_drills_pass_over(saved_host, sentr
     assert listed[alone["backup_id"]]["scope"] == "clickhouse"
     with pytest.raises(DrillError, match="snapshot taken alone"):
         restore_drill(saved_host, store_name, backup_id=alone["backup_id"])
+
+
+def test_the_merges_dead_man_switch_runs_after_its_session_is_gone(sentry_host):
+    """What restarts ClickHouse merges if a backup dies between STOP MERGES and START MERGES:
+    a command the host runs later, detached from the SSH session that asked for it."""
+    marker = Path(f"/tmp/sentry-ops-later-{uuid.uuid4().hex}")
+    sentry_host.run(sentry_host.later_argv(2, ["touch", str(marker)]), timeout=10)
+    kill_ssh_sessions()  # the session (and the worker's connection) is gone
+    assert not marker.exists()
+    deadline = time.monotonic() + 20
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.exists()
+    marker.unlink()
