@@ -180,27 +180,27 @@ def newest_event(client: Client, database: str, parts: Sequence[str] | None = No
                                        f"'{database}'")}  # fmt: skip
     if "errors_local" not in names:
         return None
-    where = ""
-    if parts is not None:
-        if not parts:
-            return None
-        where = " WHERE _part IN (" + ", ".join(f"'{p}'" for p in parts) + ")"
+    if parts is not None and not parts:
+        return None
     value = client.rows(
-        f"SELECT count(), toString(max(timestamp)) FROM {quoted(database, 'errors_local')}{where}"
+        f"SELECT count(), toString(max(timestamp)) FROM {quoted(database, 'errors_local')}"
+        + in_parts(parts)
     )
     return str(value[0][1]) if value and int(value[0][0]) else None  # empty: no newest
 
 
+def in_parts(parts: Sequence[str] | None) -> str:
+    """A WHERE clause keeping the rows of some parts (part names are ClickHouse's own)."""
+    return "" if parts is None else " WHERE _part IN (" + ", ".join(f"'{p}'" for p in parts) + ")"
+
+
 def count_rows(client: Client, table: ClickHouseTable, parts: Sequence[str] | None) -> tuple:
     """(rows, checksum as text) of a table, or of some of its parts."""
-    where = ""
-    if parts is not None:
-        if not parts:
-            return 0, "0"
-        where = " WHERE _part IN (" + ", ".join(f"'{p}'" for p in parts) + ")"
+    if parts is not None and not parts:
+        return 0, "0"
     row = client.rows(
         f"SELECT count(), toString(sum(cityHash64(*))) FROM "
-        f"{quoted(table.database, table.name)}{where}"
+        f"{quoted(table.database, table.name)}{in_parts(parts)}"
     )[0]
     return int(row[0]), str(row[1])
 
@@ -211,7 +211,8 @@ def freeze_name(backup_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", backup_id)
 
 
-def _shadow(name: str) -> str:
+def shadow_path(name: str) -> str:
+    """Where FREEZE WITH NAME puts the copy, relative to the ClickHouse volume."""
     if not re.fullmatch(r"[A-Za-z0-9_]+", name):
         raise ClickHouseError(f"refusing a freeze name with unusual characters: {name!r}")
     return f"shadow/{name}"
@@ -222,10 +223,10 @@ def frozen_parts(host: SentryHost, image: str, name: str) -> dict[str, list[str]
     # no folder: every table was empty (FREEZE of a table without parts makes none)
     listing = '[ -d "$0" ] || exit 0; exec find "$0" -mindepth 1 -name checksums.txt'
     argv = host.volume_run_argv(
-        DataVolume.CLICKHOUSE, image, "sh", "-c", listing, f"/volume/{_shadow(name)}"
+        DataVolume.CLICKHOUSE, image, "sh", "-c", listing, f"/volume/{shadow_path(name)}"
     )
     parts: dict[str, list[str]] = {}
-    prefix = f"/volume/{_shadow(name)}/"
+    prefix = f"/volume/{shadow_path(name)}/"
     for line in host.run(argv, timeout=300).text.splitlines():
         part_dir = posixpath.dirname(line.strip()).removeprefix(prefix)
         table_dir, part = posixpath.split(part_dir)
@@ -284,14 +285,9 @@ def unfreeze(host: SentryHost, name: str, client: Client | None = None) -> None:
             client.command(f"SYSTEM UNFREEZE WITH NAME '{name}'")
     host.run(
         host.volume_run_argv(DataVolume.CLICKHOUSE, host.tool_image, "rm", "-rf", "--",
-                             f"/volume/{_shadow(name)}"),
+                             f"/volume/{shadow_path(name)}"),
         timeout=300,
     )  # fmt: skip
-
-
-def shadow_path(name: str) -> str:
-    """Where FREEZE WITH NAME puts the copy, relative to the ClickHouse volume."""
-    return _shadow(name)
 
 
 def leftover_freezes(host: SentryHost) -> list[str]:

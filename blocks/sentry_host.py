@@ -405,10 +405,10 @@ class SentryHost(Block):
         self.put(path, (SCALE_HEADER + body).encode(), mode=0o644)
         env_path = f"{d}/{self.stack.operator_env_file}"
         env_text = self.get(env_path).decode() if self.exists(env_path) else ""
-        merged = {}
-        for name in dict.fromkeys((".env", self.stack.operator_env_file)):
-            if self.exists(f"{d}/{name}"):
-                merged.update(parse_env(self.get(f"{d}/{name}").decode()))
+        merged = {}  # what compose reads: .env, then the operator's file over it
+        if self.stack.operator_env_file != ".env" and self.exists(f"{d}/.env"):
+            merged.update(parse_env(self.get(f"{d}/.env").decode()))
+        merged.update(parse_env(env_text))
         files = compose_files_with_scale(
             merged.get("COMPOSE_FILE"), self.listdir(d), d, merged.get("COMPOSE_PATH_SEPARATOR")
         )
