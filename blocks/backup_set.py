@@ -213,6 +213,7 @@ class SetListing:
     keys: tuple[str, ...]
     problem: str = ""
     scope: str = "full"  # the manifest's: full, or clickhouse (a snapshot taken alone)
+    size: int = 0  # bytes stored, every object of the set
 
     @property
     def status(self) -> str:
@@ -576,10 +577,12 @@ def list_sets(store: BackupStore, host_id: str | None = None) -> list[SetListing
     checked. Keys that are not `<host>/<backup id>/<file>` are listed with when=None."""
     base = folder(store, host_id) if host_id else f"{store.prefix}/"
     groups: dict[tuple[str, str], list[str]] = {}
-    for key in store.list_keys(base):
+    sizes: dict[tuple[str, str], int] = {}
+    for key, size in store.list_objects(base):
         parts = key[len(store.prefix) + 1 :].split("/")
         group = (parts[0], parts[1]) if len(parts) == 3 else ("?", "/".join(parts[:-1]))
         groups.setdefault(group, []).append(key)
+        sizes[group] = sizes.get(group, 0) + size
     listing = []
     for (host, backup_id), keys in groups.items():
         parsed = parse_backup_id(backup_id)
@@ -605,6 +608,7 @@ def list_sets(store: BackupStore, host_id: str | None = None) -> list[SetListing
                 tuple(sorted(keys)),
                 problem,
                 scope,
+                sizes[(host, backup_id)],
             )
         )
     return sorted(listing, key=lambda b: (b.when is None, b.when or dt.datetime.min, b.backup_id))

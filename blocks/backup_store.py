@@ -249,11 +249,15 @@ class BackupStore(Block):
         return size, digest.hexdigest()
 
     def list_keys(self, prefix: str) -> Iterator[str]:
+        return (key for key, _ in self.list_objects(prefix))
+
+    def list_objects(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """(key, size) of every object under `prefix`."""
         with self.errors(f"listing {prefix}"):
             paginator = self.client().get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
-                    yield obj["Key"]
+                    yield obj["Key"], int(obj.get("Size", 0))
 
     # -- deleting ----------------------------------------------------------------------------
     def delete_keys(self, keys: list[str]) -> None:
@@ -272,10 +276,17 @@ class BackupStore(Block):
             )
         return result.get("Uploads", [])
 
-    def abort_uploads(self, key_prefix: str, older_than: dt.datetime | None = None) -> int:
+    def abort_uploads(
+        self, key_prefix: str, older_than: dt.datetime | None = None, dry_run: bool = False
+    ) -> int:
+        """Abort open multipart uploads under `key_prefix` (started before `older_than`); with
+        `dry_run`, only count them."""
         aborted = 0
         for upload in self.open_uploads(key_prefix):
             if older_than is None or upload["Initiated"] < older_than:
+                if dry_run:
+                    aborted += 1
+                    continue
                 with self.errors(f"aborting the upload of {upload['Key']}"):
                     self.client().abort_multipart_upload(
                         Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]

@@ -24,6 +24,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from blocks.backup_set import ClickHouseSnapshot, ClickHouseTable
@@ -292,12 +293,34 @@ def unfreeze(host: SentryHost, name: str, client: Client | None = None) -> None:
 
 def leftover_freezes(host: SentryHost) -> list[str]:
     """Names under shadow/ of the host's ClickHouse volume (frozen copies not removed)."""
-    argv = host.volume_run_argv(
-        DataVolume.CLICKHOUSE, host.tool_image, "find", "/volume/shadow", "-mindepth", "1",
-        "-maxdepth", "1",
-    )  # fmt: skip
-    result = host.run(argv, timeout=120, check=False)
-    return sorted(posixpath.basename(line) for line in result.text.split())
+    return sorted(f.name for f in frozen_copies(host))
+
+
+@dataclass(frozen=True)
+class Frozen:
+    name: str
+    mtime: float  # epoch seconds of the folder
+    bytes: int
+
+
+def frozen_copies(host: SentryHost) -> list[Frozen]:
+    """Each folder under shadow/ of the host's ClickHouse volume, with its age and size."""
+    script = (
+        '[ -d /volume/shadow ] || exit 0; cd /volume/shadow && for d in *; do [ -e "$d" ] || '
+        'continue; echo "$d $(stat -c %Y "$d") $(du -sb "$d" | cut -f1)"; done'
+    )
+    argv = host.volume_run_argv(DataVolume.CLICKHOUSE, host.tool_image, "sh", "-c", script)
+    rows = [line.split() for line in host.run(argv, timeout=300).text.splitlines()]
+    return [Frozen(n, float(m), int(b)) for n, m, b in rows]
+
+
+def table_bytes(client: Client, database: str) -> dict[str, int]:
+    """Bytes on disk of each table's active parts."""
+    rows = client.rows(
+        "SELECT table, sum(bytes_on_disk) FROM system.parts WHERE active AND database = "
+        f"'{database}' GROUP BY table ORDER BY 2 DESC"
+    )
+    return {str(t): int(b) for t, b in rows}
 
 
 # -- restore --------------------------------------------------------------------------------------

@@ -111,6 +111,10 @@ class StackLayout(BaseModel):
     # The .env file operators edit (compose reads COMPOSE_FILE there): where a persisted worker
     # count is wired in (self-hosted: its git-ignored `.env.custom`, merged over `.env`).
     operator_env_file: str = ".env"
+    # The Sentry image's entrypoint as the layout's compose file sets it for Sentry services
+    # (self-hosted: /etc/sentry/entrypoint.sh), used to run `sentry` verbs in the cleanup service,
+    # whose own entrypoint is cron's. None: the service's own entrypoint takes `sentry` verbs.
+    sentry_entrypoint: str | None = None
 
     @field_validator("services")
     @classmethod
@@ -268,11 +272,13 @@ SELF_HOSTED = StackLayout(
         "relay/config.yml",
         "relay/credentials.json",
         "certificates",
+        "sentry/entrypoint.sh",
         "sentry-ops.scale.yml",
     ),
     # TASKBROKER_DB_PATH in self-hosted's compose file (volume sentry-taskbroker at /opt/sqlite)
     backlog=Backlog(kind="taskbroker-sqlite", db_path="/opt/sqlite/taskbroker-activations.sqlite"),
     operator_env_file=".env.custom",
+    sentry_entrypoint="/etc/sentry/entrypoint.sh",
 )
 
 LAYOUTS: dict[str, StackLayout] = {layout.name: layout for layout in (GUIDE, SELF_HOSTED)}

@@ -19,7 +19,7 @@ import contextlib
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -329,3 +329,94 @@ def restore(host: SentryHost, image: str, source: BinaryIO, where: Target | None
     argv = host.container_io_argv("in", image, where.container, command, job="restore")
     host.run(argv, stdin=Prefixed(pgpass(where.password), source), timeout=None)
     return time.monotonic() - started
+
+
+# -- space: what tables hold, what VACUUM gives back ---------------------------------------------
+@dataclass(frozen=True)
+class TableUsage:
+    name: str
+    bytes: int  # on disk, with indexes and TOAST
+    live: int
+    dead: int  # rows deleted (by `sentry cleanup`) whose space only VACUUM makes reusable
+
+
+def database_bytes(db: Psql) -> int:
+    return int(db.value("SELECT pg_database_size(current_database())") or 0)
+
+
+def table_usage(db: Psql, limit: int = 10) -> list[TableUsage]:
+    """The largest tables, Sentry's nodestore first (the bloat operators report most)."""
+    rows = db.rows(
+        "SELECT CASE WHEN schemaname = 'public' THEN relname ELSE schemaname || '.' || relname "
+        "END, pg_total_relation_size(relid), n_live_tup, n_dead_tup FROM pg_stat_user_tables "
+        "ORDER BY relname = 'nodestore_node' DESC, pg_total_relation_size(relid) DESC "
+        f"LIMIT {int(limit)}"
+    )
+    return [TableUsage(n, int(b), int(live), int(dead)) for n, b, live, dead in rows]
+
+
+# Sentry's tables whose rows `sentry cleanup` deletes by age, and the column it goes by
+AGED = {
+    "issues": ("sentry_groupedmessage", "last_seen"),
+    "nodestore payloads": ("nodestore_node", "timestamp"),
+}
+
+
+def older_than(db: Psql, days: int, nodestore: bool = True) -> dict[str, int]:
+    """How many issues and (with `nodestore`: the layout keeps payloads in Postgres) event
+    payloads are older than `days`."""
+    counts = {}
+    for what, (table, column) in AGED.items():
+        if table == "nodestore_node" and not nodestore:
+            continue
+        if db.value(f"SELECT to_regclass({_literal(table)}) IS NOT NULL") == "t":
+            counts[what] = int(db.value(
+                f"SELECT count(*) FROM {_ident(table)} WHERE {_ident(column)} < now() - "
+                f"interval '{int(days)} days'"
+            ) or 0)  # fmt: skip
+    return counts
+
+
+def relation_bytes(db: Psql, tables: list[str]) -> dict[str, int | None]:
+    """Bytes on disk of each named table (None: no such table)."""
+    return {
+        t: int(size) if size else None
+        for t in tables
+        for size in [db.value(f"SELECT pg_total_relation_size(to_regclass({_literal(t)}))")]
+    }
+
+
+def vacuum_statements(full_tables: list[str]) -> list[str]:
+    """Plain `VACUUM (ANALYZE)` of the database (online: dead rows become reusable space,
+    statistics fresh), then `VACUUM (FULL, ANALYZE)` of each named table: a rewritten copy,
+    giving the space back to the file system, under an exclusive lock for its duration."""
+    return ["VACUUM (ANALYZE)"] + [
+        f"VACUUM (FULL, ANALYZE) {'.'.join(_ident(p) for p in t.split('.'))}" for t in full_tables
+    ]
+
+
+def vacuum_job_argv(
+    host: SentryHost, where: Target, statements: list[str]
+) -> Callable[[str, dict[str, str]], list[str]]:
+    """How to start the statements as a detached job (blocks/jobs.py) next to the database:
+    psql of the tool image in the postgres container's network namespace; a password reaches it
+    through the docker CLI's stdin (`--env-file /dev/stdin`), never argv."""
+    command = ["psql", "-X", "-e", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p",
+               str(where.port), "-U", where.user, "-d", where.db, "--no-password"]  # fmt: skip
+    command += [a for sql in statements for a in ("-c", sql)]
+
+    def start(name: str, labels: dict[str, str]) -> list[str]:
+        return host.tool_job_argv(
+            name, labels, where.container, *command, env_stdin=where.password is not None
+        )
+
+    return start
+
+
+def password_env(where: Target) -> bytes | None:
+    """The stdin of a detached job's `docker run --env-file /dev/stdin` (None: no password)."""
+    if where.password is None:
+        return None
+    if "\n" in where.password:
+        raise PostgresError("the Postgres password contains a newline: it cannot be passed on")
+    return f"PGPASSWORD={where.password}\n".encode()

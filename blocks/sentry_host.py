@@ -494,6 +494,45 @@ class SentryHost(Block):
         """A one-off `sentry <args>` in a new container of the web service (its image, config)."""
         return self.compose_argv("run", "--rm", "-T", self.stack.service(Role.WEB), *args)
 
+    def sentry_job_argv(
+        self, name: str, labels: dict[str, str], role: Role, *args: str
+    ) -> list[str]:
+        """`sentry <args>` detached in a new container of `role`'s service, named `name` (see
+        blocks/jobs.py). A service whose entrypoint is not Sentry's (self-hosted's cron-driven
+        cleanup service) gets the layout's Sentry entrypoint back."""
+        entry = (
+            ["--entrypoint", self.stack.sentry_entrypoint] if self.stack.sentry_entrypoint else []
+        )
+        tags = [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
+        return self.compose_argv(
+            "run", "-d", "--name", name, *tags, *entry, self.stack.service(role), *args
+        )
+
+    def tool_job_argv(
+        self, name: str, labels: dict[str, str], netns: str, *command: str, env_stdin: bool = False
+    ) -> list[str]:
+        """`command` of the tool image, detached, named `name`, in the network namespace of the
+        container `netns`; with `env_stdin`, its environment (a secret) is read from this SSH
+        command's stdin by the docker CLI, never argv."""
+        env = ["--env-file", "/dev/stdin"] if env_stdin else []
+        tags = [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
+        return ["docker", "run", "-d", "--name", name, *tags, *env, "--network",
+                f"container:{netns}", *self.pull_argv(), "--entrypoint", command[0],
+                self.tool_image, *command[1:]]  # fmt: skip
+
+    def volume_usage_argv(self, volumes: dict[str, str], image: str) -> list[str]:
+        """For each docker volume (label -> name), mounted read-only: `<label> <bytes> <oldest
+        file's mtime or ->`, one line each."""
+        mounts = [a for label, v in volumes.items() for a in ("-v", f"{v}:/volumes/{label}:ro")]
+        script = (
+            'for v in "$@"; do b=$(du -sb "/volumes/$v" | cut -f1); '
+            "o=$(find \"/volumes/$v\" -type f -printf '%T@\\n' 2>/dev/null | sort -n | head -1); "
+            'echo "$v $b ${o:--}"; done'
+        )
+        return ["docker", "run", "--rm", "--network", "none", "--label", "sentry-ops.job=usage",
+                *self.pull_argv(), *mounts, "--entrypoint", "sh", image, "-c", script,
+                "sentry-ops", *volumes]  # fmt: skip
+
     def volume_df_argv(self, volumes: Sequence[DataVolume], image: str) -> list[str]:
         """`df` of each data volume, mounted read-only in a throwaway container."""
         mounts = [a for v in volumes for a in ("-v", f"{self.volume_name(v)}:/volumes/{v}:ro")]
@@ -651,6 +690,48 @@ class SentryHost(Block):
             raise ValueError(f"refusing to remove {path!r}")
         self.run(["rm", "-rf", "--", path], timeout=120)
 
+    def sentry_images(self) -> set[str]:
+        """Image references the stack's Sentry services run or are built from (a `build:` arg
+        such as self-hosted's SENTRY_IMAGE), as the project resolves them."""
+        services = self.compose_config().get("services", {})
+        roles = (Role.WEB, Role.WORKER, Role.CRON, Role.CLEANUP)
+        refs = set()
+        for name in (self.stack.services[r] for r in roles if r in self.stack.services):
+            svc = services.get(name) or {}
+            refs |= {svc.get("image") or ""} | {
+                str(v) for v in ((svc.get("build") or {}).get("args") or {}).values()
+            }
+        return {r for r in refs if r and re.fullmatch(r"[\w./:@-]+", r)}
+
+    def images(self) -> list[dict]:
+        """`docker image ls` rows: Repository, Tag, ID, CreatedAt, Size."""
+        argv = ["docker", "image", "ls", "--format", "{{json .}}"]
+        return [json.loads(line) for line in self.run(argv, timeout=60).text.splitlines()]
+
+    def service_log_tail(self, role: Role, lines: int = 20) -> list[str]:
+        """The last lines of the service's container log, each with Docker's timestamp."""
+        argv = self.compose_argv("logs", "--no-color", "--timestamps", "--tail", str(lines),
+                                 self.stack.service(role))  # fmt: skip
+        return self.run(argv, timeout=60).text.splitlines()
+
+    def disk_free(self) -> tuple[int, int]:
+        """(total, available) bytes of the file system holding Docker's data."""
+        return parse_df(self.run(self.disk_argv(), timeout=30).text)[0]
+
+    def volume_free(self, volume: DataVolume) -> tuple[int, int]:
+        """(total, available) bytes of the file system holding a data volume."""
+        return parse_df(self.run(self.volume_df_argv([volume], self.tool_image), timeout=60).text)[
+            0
+        ]
+
+    def volume_usage(self, volumes: dict[str, str]) -> dict[str, tuple[int, float | None]]:
+        """label -> (bytes, oldest file's mtime or None) of docker volumes (label -> name)."""
+        if not volumes:
+            return {}
+        out = self.run(self.volume_usage_argv(volumes, self.tool_image), timeout=1800).text
+        rows = (line.split() for line in out.splitlines())
+        return {r[0]: (int(r[1]), None if r[2] == "-" else float(r[2])) for r in rows}
+
     def compose_config(self, interpolate: bool = True) -> dict:
         """The project as compose resolves it (`config --format json`): services, volumes.
         Without interpolation it reads before .env has every variable (names only)."""
@@ -752,6 +833,24 @@ class SentryHost(Block):
     def leftovers(self) -> list[str]:
         return [item for argv in self.leftovers_argv() for item in self.run(argv).text.split()]
 
+    def leftovers_created(self) -> list[str]:
+        """Creation times (RFC 3339, as Docker reports them) of the project's containers and
+        volumes."""
+        containers, volumes = (self.run(a).text.split() for a in self.leftovers_argv())
+        times = []
+        if containers:
+            times += self.run(["docker", "inspect", "-f", "{{.Created}}", *containers]).text.split()
+        if volumes:
+            fmt = "{{.CreatedAt}}"
+            times += self.run(["docker", "volume", "inspect", "-f", fmt, *volumes]).text.split()
+        return times
+
+    def dangling_volumes(self) -> list[str]:
+        """Volumes labelled with this compose project that no container uses."""
+        argv = ["docker", "volume", "ls", "-q", "--filter", "dangling=true", "--filter",
+                f"label=com.docker.compose.project={self.project}"]  # fmt: skip
+        return self.run(argv, timeout=60).text.split()
+
     def facts(self) -> HostFacts:
         """What bootstrap's preflight judges: versions, CPU, memory, free disk, open ports."""
         text = {name: self.run(argv, timeout=30).text for name, argv in FACT_ARGV.items()}
@@ -804,6 +903,11 @@ def resolve_context(
     env_files = (f"{project_dir}/.env", f"{project_dir}/.env.custom") if has_custom else ()
     name = project_name or parse_env(env_text).get("COMPOSE_PROJECT_NAME") or ""
     return ComposeContext(name or default_project_name(project_dir), env_files)
+
+
+def parse_df(output: str) -> list[tuple[int, int]]:
+    """`df -P -B1 A B ...` -> (total, available) bytes per path, in order."""
+    return [(int(f[1]), int(f[3])) for f in (r.split() for r in output.strip().splitlines()[1:])]
 
 
 def parse_ps(output: str) -> list[dict]:

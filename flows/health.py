@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.layouts import Role, StackLayout
-from blocks.sentry_host import SentryHost, parse_ps
+from blocks.sentry_host import SentryHost, parse_df, parse_ps
 from blocks.ssh import RemoteCommandError
 from flows.shared import Result, Status, failed, results_artifact, summary
 
@@ -56,11 +56,8 @@ def assess_containers(rows: list[dict], defined: set[str], layout: StackLayout) 
 
 def assess_disk(df_output: str, min_free_gb: float, names: list[str]) -> list[Result]:
     """`df -P -B1 A B ...` -> one check per path (named by `names`): at least `min_free_gb`."""
-    rows = df_output.strip().splitlines()[1:]
     results = []
-    for name, row in zip(names, rows, strict=True):
-        fields = row.split()
-        total, available = int(fields[1]), int(fields[3])
+    for name, (total, available) in zip(names, parse_df(df_output), strict=True):
         free_gb = available / 1e9
         detail = f"{free_gb:.1f} GB free of {total / 1e9:.1f} GB ({100 * available / total:.0f}%)"
         results.append(Result.check(f"disk: {name}", free_gb >= min_free_gb, detail))

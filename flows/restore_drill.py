@@ -474,7 +474,7 @@ def check_data(scratch: SentryHost, manifest: BackupManifest) -> list[Result]:
 @task(cache_policy=NO_CACHE, timeout_seconds=1800)
 def start_web(scratch: SentryHost, timeout: float) -> list[Result]:
     """Start web (and nginx, where the layout fronts it) on the restored data, poll /_health/
-    until ok or `timeout`, then ?full."""
+    until ok, `timeout`, or its container exits (a crash), then ?full."""
     services = [scratch.stack.service(Role.WEB)]
     if Role.NGINX in scratch.stack.services:
         services.append(scratch.stack.service(Role.NGINX))
@@ -483,6 +483,14 @@ def start_web(scratch: SentryHost, timeout: float) -> list[Result]:
     while True:
         web = probe_web(scratch)
         if web.ok or time.monotonic() > deadline:
+            break
+        # a web that crashed will not answer: say so now, with its last words
+        dead = [r for r in scratch.service_containers(services[0])
+                if r.get("State") in ("exited", "dead")]  # fmt: skip
+        if dead:
+            last = " | ".join(scratch.service_log_tail(Role.WEB, 5))[-300:]
+            detail = f"{web.detail}; its container exited ({dead[0].get('ExitCode')}): {last}"
+            web = Result.check(web.name, False, detail)
             break
         time.sleep(1)
     return [web, assess_full_health(*scratch.web_request("/_health/?full"))] if web.ok else [web]

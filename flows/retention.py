@@ -77,18 +77,24 @@ def plan_retention(
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])
 def apply_retention(
-    store: BackupStore, host_id: str | None = None, now: dt.datetime | None = None
-) -> RetentionPlan:
-    """Apply the store's retention to one host's sets, or to every host's."""
+    store: BackupStore,
+    host_id: str | None = None,
+    now: dt.datetime | None = None,
+    dry_run: bool = False,
+) -> tuple[RetentionPlan, int]:
+    """Apply the store's retention to one host's sets, or to every host's; with `dry_run`, only
+    plan it. -> (the plan, stale multipart uploads aborted or found)."""
     logger = get_run_logger()
     now = now or dt.datetime.now(dt.UTC)
     sets = backup_set.list_sets(store, host_id)
     plan = plan_retention(sets, now, store.retention_days, store.min_keep)
     for s in plan.delete:
-        backup_set.delete_set(store, s)
-        logger.info("deleted backup %s: %s", s.backup_id, plan.reasons[s.backup_id])
+        if not dry_run:
+            backup_set.delete_set(store, s)
+        verb = "would delete" if dry_run else "deleted"
+        logger.info("%s backup %s: %s", verb, s.backup_id, plan.reasons[s.backup_id])
     where = backup_set.folder(store, host_id) if host_id else f"{store.prefix}/"
-    aborted = store.abort_uploads(where, older_than=now - INCOMPLETE_GRACE)
+    aborted = store.abort_uploads(where, older_than=now - INCOMPLETE_GRACE, dry_run=dry_run)
     create_table_artifact(
         key="backup-retention",
         table=[
@@ -96,15 +102,15 @@ def apply_retention(
                 "host": s.host_id,
                 "backup": s.backup_id,
                 "status": s.status,
-                "action": "delete" if s in plan.delete else "keep",
+                "action": ("would delete" if dry_run else "delete") if s in plan.delete else "keep",
                 "why": plan.reasons[s.backup_id],
             }
             for s in (*plan.delete, *plan.keep)
         ],
-        description=f"Retention: {len(plan.delete)} deleted, {len(plan.keep)} kept, "
-        f"{aborted} stale multipart uploads aborted",
+        description=f"Retention{' (dry run: nothing deleted)' if dry_run else ''}: "
+        f"{len(plan.delete)} to delete, {len(plan.keep)} kept, {aborted} stale multipart uploads",
     )
-    return plan
+    return plan, aborted
 
 
 @flow(name="backup-retention")
@@ -114,7 +120,7 @@ def backup_retention(store: str) -> dict:
     Args:
         store: Name of the BackupStore block.
     """
-    plan = apply_retention(BackupStore.load(store))
+    plan, _ = apply_retention(BackupStore.load(store))
     return {
         "deleted": [s.backup_id for s in plan.delete],
         "kept": [s.backup_id for s in plan.keep],

@@ -38,6 +38,7 @@ class Result:
     status: Status
     detail: str = ""
     seconds: float | None = None
+    reclaimed: int | None = None  # bytes a step gave back, where it measures them
 
     @property
     def ok(self) -> bool:
@@ -48,7 +49,11 @@ class Result:
         return cls(name, Status.OK if ok else Status.FAILED, detail, seconds)
 
     def row(self) -> dict:
-        row = {k: v for k, v in asdict(self).items() if k != "seconds" or v is not None}
+        row = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("seconds", "reclaimed") or v is not None
+        }
         row["status"] = str(self.status)
         return row
 
@@ -98,6 +103,11 @@ def ensure_lock(name: str) -> None:
                 )
 
 
+def lock_holder(host: SentryHost) -> dict:
+    """Who holds the host's lock (flow, run, run_id, since, purpose); {} when nobody does."""
+    return Variable.get(f"{lock_name(host)}-holder", default=None) or {}
+
+
 def _holder() -> dict:
     return {
         "flow": flow_run.flow_name or "?",
@@ -135,7 +145,7 @@ def host_lock(
             break
         except TimeoutError:
             waited = time.monotonic() - started
-            holder = Variable.get(holder_var, default=None) or {}
+            holder = lock_holder(host)
             who = (
                 f"{holder.get('flow')} run {holder.get('run')} ({holder.get('run_id')}) since "
                 f"{holder.get('since')}"

@@ -490,7 +490,9 @@ def start_prefect_server(home: Path, port: int, pidfile: Path, logfile: Path) ->
     url = f"http://127.0.0.1:{port}/api"
     if not (pid_alive(pidfile) and prefect_healthy(url)):
         prefect = Path(sys.executable).with_name("prefect")
-        env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "0"}
+        # the UI asks /ui-settings where the API is: this server's own port, not Prefect's default
+        env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "0",
+               "PREFECT_UI_API_URL": url}  # fmt: skip
         spawn([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
               logfile, pidfile, env=env)  # fmt: skip
         wait_for("the Prefect server", lambda: prefect_healthy(url), 180, 0.5)

@@ -29,6 +29,7 @@ from blocks.layouts import DataVolume
 from deployments.setup import host_from_connection, save_blocks, store_from_connection
 from flows.backup import BackupError, backup, list_backups, pick_set, verify_backup
 from flows.bootstrap import bootstrap
+from flows.cleanup import CleanupError, retention_cleanup
 from flows.restore_drill import DrillError, DrillStack, restore_drill
 from flows.retention import apply_retention
 from flows.shared import LOCK_POLL_SECONDS
@@ -47,7 +48,7 @@ def retention_at(store_name: str, days_ahead: int) -> list[str]:
     """The store's retention as the clock will see it `days_ahead` from now."""
     store = BackupStore.load(store_name)
     now = dt.datetime.now(dt.UTC) + dt.timedelta(days=days_ahead)
-    return [s.backup_id for s in apply_retention(store, now=now).delete]
+    return [s.backup_id for s in apply_retention(store, now=now)[0].delete]
 
 
 def test_two_hosts_in_one_store_keep_and_drill_their_own(sandbox, prefect_api, store_name):
@@ -263,6 +264,9 @@ def test_a_backup_holding_the_lock_blocks_a_bootstrap_of_its_host_not_of_another
         time.sleep(max(0.0, asked + LOCK_POLL_SECONDS + 5 - time.monotonic()))  # said it waits
         assert same.is_alive(), "the bootstrap of the backed-up host did not wait for the lock"
         assert held.is_alive()
+        # a retention cleanup does not queue behind a backup: it is refused, nothing run
+        with pytest.raises(CleanupError, match=r"refused while backup run .* holds the host lock"):
+            retention_cleanup(saved_host, store_name)
     finally:
         subprocess.run(["docker", "unpause", *jobs], capture_output=True)
     held.join()

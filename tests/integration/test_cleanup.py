@@ -1,0 +1,141 @@
+"""Retention cleanup on the sandbox, both layouts: old events gone from Postgres and the nodestore,
+newer ones kept; a dry run changes nothing; leftovers (a stale frozen ClickHouse copy, an orphan
+volume, old Sentry images) go, the running image and the one before it stay; long steps run
+detached and survive a cut SSH connection."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+
+from blocks import backup_set, clickhouse, jobs, postgres
+from blocks.layouts import DataVolume
+from deployments.setup import store_from_connection
+from flows.cleanup import CleanupError, retention_cleanup
+from tests.integration.test_backup import cut_ssh_when
+from tests.integration.test_scaling import wait_processed
+
+OLD_VERSIONS = ("23.1.0", "23.2.0")  # older than the sandbox's running 24.1.0
+
+
+def old_image(host, repo: str, tag: str) -> str:
+    """An older Sentry version on the host: the running image plus a layer of its own."""
+    dockerfile = f"FROM {repo}:24.1.0\nRUN head -c 3000000 /dev/urandom > /old-{tag}\n"
+    argv = ["docker", "build", "-q", "--network", "none", "-t", f"{repo}:{tag}", "-"]
+    host.run(argv, stdin=dockerfile.encode(), timeout=300)
+    return f"{repo}:{tag}"
+
+
+def state(host, store) -> dict:
+    """What a dry run must leave exactly as it was."""
+    with postgres.psql(host) as db:
+        counts = postgres.row_counts(db)
+    counts.pop("sentry_option", None)  # the cron's heartbeat
+    return {
+        "rows": counts,
+        "images": sorted(f"{r['Repository']}:{r['Tag']}" for r in host.images()),
+        "freezes": clickhouse.leftover_freezes(host),
+        "volumes": sorted(host.dangling_volumes()),
+        "backups": [s.backup_id for s in backup_set.list_sets(store)],
+    }
+
+
+def issues_titled(host, prefix: str) -> int:
+    with postgres.psql(host) as db:
+        return int(
+            db.value(f"SELECT count(*) FROM sentry_groupedmessage WHERE title LIKE '{prefix}%'")
+        )
+
+
+def test_cleanup_removes_old_events_and_leftovers_and_a_dry_run_nothing(
+    layout_host, saved_layout_host, store_name, sandbox
+):
+    host = layout_host
+    store = store_from_connection(sandbox, prefix=store_name)
+    tag = uuid.uuid4().hex[:8]
+    now = dt.datetime.now(dt.UTC)
+    old = [host.send_event({"message": f"old-{tag} {i}", "level": "error",
+                            "timestamp": (now - dt.timedelta(days=40)).isoformat()})
+           for i in range(3)]  # fmt: skip
+    new = [host.send_event({"message": f"new-{tag} {i}", "level": "error"}) for i in range(3)]
+    wait_processed(host, old + new)
+    # leftovers: a frozen copy a killed backup left two days ago, an orphan volume, old images
+    with clickhouse.connect(host) as (client, _):
+        db = host.stack.clickhouse_database
+        client.command(f"ALTER TABLE `{db}`.errors_local FREEZE WITH NAME 'stale_{tag}'")
+    host.run(host.volume_run_argv(DataVolume.CLICKHOUSE, host.tool_image, "touch", "-d",
+                                  "2 days ago", f"/volume/shadow/stale_{tag}"))  # fmt: skip
+    orphan = f"{host.project}_orphan_{tag}"
+    host.run(["docker", "volume", "create", "--label",
+              f"com.docker.compose.project={host.project}", orphan])  # fmt: skip
+    repo = "sentry-ops-sandbox/sentry"
+    oldest, previous = (old_image(host, repo, v) for v in OLD_VERSIONS)
+
+    before = state(host, store)
+    dry = retention_cleanup(saved_layout_host, store_name, event_retention_days=30, dry_run=True,
+                            vacuum_full=["sentry_groupedmessage"])  # fmt: skip
+    assert state(host, store) == before, "a dry run changed something"
+    assert dry["dry_run"] and dry["reclaimed"] > 0
+    would = {r["name"]: r["detail"] for r in dry["items"]}
+    assert "would remove" in would[f"image {oldest}"]
+    assert "would remove" in would[f"volume {orphan}"]
+    assert all(host.lookup_event(e) for e in old)
+
+    result = retention_cleanup(saved_layout_host, store_name, event_retention_days=30,
+                               vacuum_full=["sentry_groupedmessage"])  # fmt: skip
+    items = {r["name"]: r for r in result["items"]}
+    # events: older than 30 days gone (issue, payload), newer kept
+    assert [host.lookup_event(e) for e in old] == [None] * 3
+    assert all(host.lookup_event(e) for e in new)
+    assert issues_titled(host, f"old-{tag}") == 0 and issues_titled(host, f"new-{tag}") == 3
+    assert items["sentry cleanup --days 30"]["status"] == "done"
+    # leftovers gone, with the bytes they took
+    assert f"stale_{tag}" not in clickhouse.leftover_freezes(host)
+    assert items[f"ClickHouse frozen copy stale_{tag}"]["reclaimed"] > 0
+    assert orphan not in host.dangling_volumes()
+    assert result["reclaimed"] > 0
+    # images: the oldest goes; the one before the running version and the running one stay
+    images = {f"{r['Repository']}:{r['Tag']}" for r in host.images()}
+    assert oldest not in images
+    assert {previous, f"{repo}:24.1.0", f"{repo}:24.2.0"} <= images
+    assert items[f"image {previous}"]["status"] == "ok"
+    assert items["VACUUM (ANALYZE)"]["status"] == "done"
+    assert items["VACUUM FULL sentry_groupedmessage"]["status"] == "done"
+
+
+def test_invalid_days_is_refused_before_anything_runs(saved_host, store_name, sentry_host):
+    for days in (0, 3651, -5):
+        with pytest.raises(CleanupError, match=rf"event_retention_days={days}: must be .* 1 to "):
+            retention_cleanup(saved_host, store_name, event_retention_days=days)
+    with pytest.raises(CleanupError, match="vacuum_full names tables but vacuum=false"):
+        retention_cleanup(saved_host, store_name, vacuum=False, vacuum_full=["nodestore_node"])
+    with pytest.raises(CleanupError, match=r"no table \['no_such_table'\]"):
+        retention_cleanup(saved_host, store_name, vacuum_full=["no_such_table"])
+    assert jobs.state(sentry_host, jobs.container_name(sentry_host, "cleanup")) is None
+
+
+def test_a_detached_step_survives_a_cut_connection_and_is_reattached(sentry_host):
+    host = sentry_host
+    lines: list[str] = []
+
+    def start(name: str, labels: dict[str, str]) -> list[str]:
+        tags = [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
+        return ["docker", "run", "-d", "--name", name, *tags, "--network", "none",
+                "--entrypoint", "sh", host.tool_image, "-c",
+                'echo "started $(date +%s%N)"; sleep 6; echo finished']  # fmt: skip
+
+    watcher, cut = cut_ssh_when(lambda: any(line.startswith("started") for line in lines))
+    with pytest.raises(Exception):  # noqa: B017  (the SSH session dies under the follower)
+        jobs.run(host, "test-job", start, run_id="run-1", on_line=lines.append)
+    watcher.join()
+    assert cut.is_set(), "the connection was never cut: the test did not test anything"
+    host.close()
+    assert jobs.state(host, jobs.container_name(host, "test-job"))[0] == "running"
+    again = jobs.run(host, "test-job", start, run_id="run-1", on_line=lines.append)
+    assert again.ok and again.reattached
+    starts = [line for line in again.tail if line.startswith("started")]
+    assert len(starts) == 1 and again.tail[-1] == "finished"  # the same container, to its end
+    assert lines.count(starts[0]) == 2  # seen before the cut, and again after re-attaching
+    assert jobs.state(host, jobs.container_name(host, "test-job")) is None  # removed once read
