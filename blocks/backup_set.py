@@ -119,6 +119,7 @@ class StoredObject(BaseModel):
     encryption: Encryption = "none"
     raw_size: int | None = None
     seconds: float = 0.0
+    consistency: str = Field(default="", description="How the copy was made consistent")
 
     @property
     def mb_per_s(self) -> float:
@@ -151,6 +152,9 @@ class ClickHouseSnapshot(BaseModel):
     tables: list[ClickHouseTable]
     newest_event: str | None = Field(
         default=None, description="max(timestamp) of Snuba's errors table, if it has one"
+    )
+    newest_event_id: str | None = Field(
+        default=None, description="the event id of that newest row (a drill reads its payload)"
     )
 
 
@@ -409,6 +413,7 @@ class SetWriter:
         part: str = "",
         raw_size: int | None = None,
         on_progress: Callable[[int], None] | None = None,
+        consistency: str = "",
     ) -> StoredObject:
         """Stream `source` (already compressed as `compression` says) into the set: encrypted
         here when the store has a key, hashed, multipart-uploaded in bounded memory. A source that
@@ -441,10 +446,15 @@ class SetWriter:
             encryption="aes-256-gcm" if secret is not None else "none",
             raw_size=raw_size if raw_size is not None else counted.count,
             seconds=round(time.monotonic() - started, 3),
+            consistency=consistency,
         )
 
-    def put_bytes(self, kind: Kind, data: bytes, part: str = "") -> StoredObject:
-        return self.put(kind, io.BytesIO(data), "none", part, raw_size=len(data))
+    def put_bytes(
+        self, kind: Kind, data: bytes, part: str = "", consistency: str = ""
+    ) -> StoredObject:
+        return self.put(
+            kind, io.BytesIO(data), "none", part, raw_size=len(data), consistency=consistency
+        )
 
     def seal(self, manifest: BackupManifest) -> str:
         """Write the manifest (sealed when the store has a key): the set is complete."""

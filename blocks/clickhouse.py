@@ -190,6 +190,17 @@ def newest_event(client: Client, database: str, parts: Sequence[str] | None = No
     return str(value[0][1]) if value and int(value[0][0]) else None  # empty: no newest
 
 
+def newest_event_id(client: Client, database: str, parts: Sequence[str]) -> str | None:
+    """The event id of the newest row of Snuba's errors table among `parts`."""
+    if not parts:
+        return None
+    rows = client.rows(
+        f"SELECT toString(event_id) FROM {quoted(database, 'errors_local')}{in_parts(parts)} "
+        "ORDER BY timestamp DESC, event_id DESC LIMIT 1"
+    )
+    return str(rows[0][0]).replace("-", "") if rows else None
+
+
 def in_parts(parts: Sequence[str] | None) -> str:
     """A WHERE clause keeping the rows of some parts (part names are ClickHouse's own)."""
     return "" if parts is None else " WHERE _part IN (" + ", ".join(f"'{p}'" for p in parts) + ")"
@@ -268,13 +279,14 @@ def freeze(host: SentryHost, client: Client, version: str, name: str) -> ClickHo
             table.rows, table.checksum = count_rows(client, table, table.parts)
         errors = next((t for t in copied if t.name == "errors_local"), None)
         newest = newest_event(client, database, errors.parts) if errors else None
+        newest_id = newest_event_id(client, database, errors.parts) if errors else None
     finally:
         for table in stopped:
             with contextlib.suppress(Exception):
                 client.command(f"SYSTEM START MERGES {quoted(table.database, table.name)}")
     return ClickHouseSnapshot(
         version=version, database=database, freeze_name=name, tables=tables,
-        newest_event=newest,
+        newest_event=newest, newest_event_id=newest_id,
     )  # fmt: skip
 
 

@@ -46,6 +46,7 @@ class DataVolume(StrEnum):
     FILES = "files"
     CLICKHOUSE = "clickhouse"
     NODESTORE = "nodestore"
+    TASKBROKER = "taskbroker"
 
 
 class VolumeRef(BaseModel):
@@ -115,6 +116,12 @@ class StackLayout(BaseModel):
     # (self-hosted: /etc/sentry/entrypoint.sh), used to run `sentry` verbs in the cleanup service,
     # whose own entrypoint is cron's. None: the service's own entrypoint takes `sentry` verbs.
     sentry_entrypoint: str | None = None
+    # How a backup makes a volume's copy consistent, where a plain live tar would not be:
+    # paused: the service (role) that writes it is `docker pause`d during the tar (a crash-
+    # consistent copy of every file: data, indexes, its key file); sqlite: the named database
+    # file is copied with SQLite's online backup. Other volumes: a live tar (files written once).
+    paused_for_copy: dict[DataVolume, Role] = Field(default_factory=dict)
+    sqlite_copy: dict[DataVolume, str] = Field(default_factory=dict)
 
     @field_validator("services")
     @classmethod
@@ -236,6 +243,7 @@ SELF_HOSTED = StackLayout(
         DataVolume.FILES: VolumeRef(name="sentry-data", external=True),
         DataVolume.CLICKHOUSE: VolumeRef(name="sentry-clickhouse", external=True),
         DataVolume.NODESTORE: VolumeRef(name="sentry-seaweedfs", external=True),
+        DataVolume.TASKBROKER: VolumeRef(name="sentry-taskbroker"),
     },
     required=frozenset(
         {
@@ -255,7 +263,7 @@ SELF_HOSTED = StackLayout(
     postgres_user="postgres",
     postgres_db="postgres",
     clickhouse_database="default",
-    backup_volumes=(DataVolume.FILES, DataVolume.NODESTORE),
+    backup_volumes=(DataVolume.FILES, DataVolume.NODESTORE, DataVolume.TASKBROKER),
     # self-hosted keeps its secret key in sentry/config.yml (system.secret-key) and runs
     # Postgres with trust auth; its ./install.sh bootstraps it.
     secret_key_env=None,
@@ -279,6 +287,10 @@ SELF_HOSTED = StackLayout(
     backlog=Backlog(kind="taskbroker-sqlite", db_path="/opt/sqlite/taskbroker-activations.sqlite"),
     operator_env_file=".env.custom",
     sentry_entrypoint="/etc/sentry/entrypoint.sh",
+    # SeaweedFS keeps objects, indexes, filer metadata and its SSE key (/data/.mini_sse_kek) on
+    # the volume: paused for the copy (measured against an object-by-object copy: README)
+    paused_for_copy={DataVolume.NODESTORE: Role.NODESTORE},
+    sqlite_copy={DataVolume.TASKBROKER: "taskbroker-activations.sqlite"},
 )
 
 LAYOUTS: dict[str, StackLayout] = {layout.name: layout for layout in (GUIDE, SELF_HOSTED)}

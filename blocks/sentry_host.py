@@ -555,10 +555,20 @@ class SentryHost(Block):
 
     def volume_tar_argv(self, volume: DataVolume, image: str, path: str = ".") -> list[str]:
         """zstd-compressed tar of a data volume (or `path` in it), made on the host (read-only
-        mount)."""
+        mount). A volume the layout copies with SQLite's online backup (`sqlite_copy`) gives a
+        tar of that one database file, copied consistently while its writers go on."""
         mount = ["-v", f"{self.volume_name(volume)}:/volume:ro"]
         where = posixpath.join("/volume", _inside(path))
         command = ["tar", "--use-compress-program=zstd -1 -T0", "-C", where, "-cf", "-", "."]
+        if db := self.stack.sqlite_copy.get(volume):
+            # a WAL database's readers write its -shm (locks): mounted read-write; the copy goes
+            # into the throwaway container's own /tmp (the file is small: in-flight tasks)
+            mount = ["-v", f"{self.volume_name(volume)}:/volume"]
+            script = (
+                'mkdir /tmp/copy && sqlite3 "/volume/$0" ".backup /tmp/copy/$0" && '
+                'exec tar --use-compress-program="zstd -1 -T0" -C /tmp/copy -cf - .'
+            )
+            command = ["sh", "-c", script, _inside(db)]
         return self.container_io_argv("out", image, None, command, job="backup", options=mount)
 
     def volume_untar_argv(self, volume: DataVolume, image: str, path: str = ".") -> list[str]:
@@ -581,6 +591,28 @@ class SentryHost(Block):
         if the session, or the worker, dies (a dead man's switch)."""
         script = 'setsid nohup sh -c \'sleep "$0"; exec "$@"\' "$@" >/dev/null 2>&1 </dev/null &'
         return ["sh", "-c", script, "sentry-ops", str(seconds), *argv]
+
+    def pause(self, role: Role, deadline: int) -> list[str]:
+        """`docker pause` the running containers of a service (processes frozen, files still);
+        returns their ids for `unpause`. The host unpauses them by itself after `deadline`
+        seconds should this process, or its SSH session, die first (a dead man's switch)."""
+        ids = [r["ID"] for r in self.service_containers(self.stack.service(role))
+               if r.get("State") == "running"]  # fmt: skip
+        if ids:
+            self.run(self.later_argv(deadline, ["docker", "unpause", *ids]), timeout=30)
+            self.run(["docker", "pause", *ids], timeout=60)
+        return ids
+
+    def unpause(self, ids: Sequence[str]) -> None:
+        if ids:
+            self.run(["docker", "unpause", *ids], timeout=60, check=False)
+
+    def paused(self, ids: Sequence[str]) -> bool:
+        """All of these containers are paused."""
+        if not ids:
+            return True
+        out = self.run(["docker", "inspect", "-f", "{{.State.Paused}}", *ids], timeout=30).text
+        return out.split() == ["true"] * len(ids)
 
     def container_address(self, role: Role) -> str:
         """The address of a service's running container as Docker reports it; 127.0.0.1 under
@@ -828,7 +860,11 @@ class SentryHost(Block):
             raise RemoteCommandError(
                 self.label, "GET .../eventids/", status, body.decode("utf-8", "replace")[:300]
             )
-        return json.loads(body)
+        found = json.loads(body)
+        event = found.get("event") or {}
+        # Sentry still answers for an event whose payload is gone from the nodestore (its row in
+        # Snuba outlives it), with the payload's fields empty: that is not a readable event
+        return found if event.get("message") or event.get("entries") else None
 
     def leftovers(self) -> list[str]:
         return [item for argv in self.leftovers_argv() for item in self.run(argv).text.split()]

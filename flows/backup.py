@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 from collections.abc import Callable
 from importlib.metadata import version as package_version
 
@@ -44,6 +45,8 @@ from blocks.layouts import DataVolume, Role
 from blocks.sentry_host import SentryHost
 from flows.retention import apply_retention
 from flows.shared import Result, host_lock, results_artifact
+
+PAUSE_DEADLINE = 3600  # s: a paused service is unpaused by the host itself after this
 
 
 class BackupError(Exception):
@@ -102,8 +105,10 @@ def backup_clickhouse(
                 argv = host.volume_tar_argv(
                     DataVolume.CLICKHOUSE, host.tool_image, clickhouse.shadow_path(name)
                 )
+                how = "ALTER TABLE ... FREEZE per MergeTree table (hard links of immutable parts), "
+                how += "merges stopped until the frozen rows were counted and checksummed"
                 with host.stream(argv, timeout=300, stdin=b"\n") as tar:
-                    obj = writer.put(Kind.CLICKHOUSE, tar, "zstd")
+                    obj = writer.put(Kind.CLICKHOUSE, tar, "zstd", consistency=how)
         finally:
             clickhouse.unfreeze(host, name, client)
     for table in snapshot.tables:
@@ -138,6 +143,8 @@ def backup_postgres(host: SentryHost, writer: SetWriter) -> dict:
             dump.compression,
             raw_size=dump.size_estimate,
             on_progress=on_progress,
+            consistency="pg_dump of a snapshot exported by a REPEATABLE READ transaction; the "
+            "manifest's row counts come from the same snapshot",
         )
         counts = dump.row_counts.result()
     update_progress_artifact(progress_id, 100.0, f"{obj.size / 1e6:.0f} MB stored")
@@ -160,11 +167,34 @@ def backup_postgres(host: SentryHost, writer: SetWriter) -> dict:
 # silence timeout (300 s) ends a stalled transfer instead
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60])
 def backup_volume(host: SentryHost, writer: SetWriter, volume: DataVolume):
-    """tar + zstd of a data volume on the host (read-only mount); only compressed bytes move."""
+    """tar + zstd of a data volume on the host (read-only mount); only compressed bytes move.
+    Made consistent as the layout says: its writer paused for the copy, or SQLite's online
+    backup of its database, else a live copy (files written once)."""
+    logger = get_run_logger()
+    role = host.stack.paused_for_copy.get(volume)
+    if role:
+        how = f"{host.stack.service(role)} paused (docker pause) during the copy: every file of "
+        how += "the volume as of one instant, its key file included"
+    elif db := host.stack.sqlite_copy.get(volume):
+        how = f"SQLite online backup of {db} (.backup), while its writers go on"
+    else:
+        how = "live copy (files are written once, never changed)"
     argv = host.volume_tar_argv(volume, host.tool_image)
-    with host.stream(argv, timeout=300, stdin=b"\n") as tar:
-        obj = writer.put(Kind.VOLUME, tar, "zstd", part=str(volume))
-    get_run_logger().info("volume %s: %.1f MB in %.1fs", volume, obj.size / 1e6, obj.seconds)
+    paused = host.pause(role, PAUSE_DEADLINE) if role else []
+    started = time.monotonic()
+    try:
+        with host.stream(argv, timeout=300, stdin=b"\n") as tar:
+            obj = writer.put(Kind.VOLUME, tar, "zstd", part=str(volume), consistency=how)
+        if not host.paused(paused):
+            raise BackupError(
+                f"{host.label}: {volume} was unpaused (its dead man's switch, {PAUSE_DEADLINE} s) "
+                "before its copy ended: not consistent"
+            )
+    finally:
+        host.unpause(paused)
+    if paused:
+        logger.info("volume %s: %s paused for %.1f s", volume, role, time.monotonic() - started)
+    logger.info("volume %s: %.1f MB in %.1fs (%s)", volume, obj.size / 1e6, obj.seconds, how)
     return obj
 
 
@@ -177,7 +207,8 @@ def backup_config(host: SentryHost, writer: SetWriter):
             "keep the stack's secrets in your secret manager"
         )
         return None
-    return writer.put_bytes(Kind.CONFIG, host.run(host.config_tar_argv(), timeout=60).stdout)
+    config = host.run(host.config_tar_argv(), timeout=60).stdout
+    return writer.put_bytes(Kind.CONFIG, config, consistency="the files as read, in one tar")
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])
@@ -191,17 +222,23 @@ def take_set(host_name: str, host: SentryHost, writer: SetWriter, images: dict, 
     """Every object of the set, then its sealed manifest; returns (manifest, manifest key)."""
     # the small objects and facts go while the dump streams (they wait on the network, the
     # dump on the CPU); any failure fails the backup before the manifest is written
-    volumes = [
-        backup_volume.with_options(retries=retries).submit(host, writer, volume)
-        for volume in host.stack.backup_volumes
-    ]
-    config_future = backup_config.with_options(retries=retries).submit(host, writer)
-    version = sentry_version.submit(host)
     ch_future = (
         backup_clickhouse.with_options(retries=retries).submit(host, writer)
         if has_clickhouse(host, images)
         else None
     )
+    # a paused volume (the nodestore) is copied after the ClickHouse snapshot: Sentry writes an
+    # event's payload before its searchable row, so every event in the snapshot has its payload
+    # in the copy (the drill reads the newest one through Sentry's API)
+    volumes = [
+        backup_volume.with_options(retries=retries).submit(
+            host, writer, volume,
+            wait_for=[ch_future] if ch_future and volume in host.stack.paused_for_copy else None,
+        )
+        for volume in host.stack.backup_volumes
+    ]  # fmt: skip
+    config_future = backup_config.with_options(retries=retries).submit(host, writer)
+    version = sentry_version.submit(host)
     pg = backup_postgres.with_options(retries=retries)(host, writer)
     objects = [pg["object"], *(v.result() for v in volumes)]
     ch_object, snapshot = ch_future.result() if ch_future else (None, None)

@@ -8,12 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
 
 import pytest
+import zstandard
 
 from blocks import backup_set, postgres
 from blocks.backup_set import MANIFEST
@@ -26,6 +28,12 @@ from flows.retention import backup_retention
 
 def manifest_of(store, result: dict) -> backup_set.BackupManifest:
     return backup_set.load(store, result["host_id"], result["backup_id"])
+
+
+def tar_names(tar_zst: bytes) -> set[str]:
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(tar_zst))
+    with tarfile.open(fileobj=raw, mode="r|") as tar:
+        return {member.name for member in tar}
 
 
 @pytest.fixture()
@@ -101,6 +109,18 @@ def test_round_trip_restores_equal_content(
     assert manifest.clickhouse is not None  # both layouts have ClickHouse
     frozen = {"clickhouse"} if any(t.parts for t in manifest.clickhouse.tables) else set()
     assert {o.name for o in manifest.objects} == {"postgres", "config", *volumes, *frozen}
+    assert all(o.consistency for o in manifest.objects)  # each says how it was made consistent
+    if layout_host.layout == "self-hosted":
+        nodestore = manifest.object("volume:nodestore")
+        assert "seaweedfs paused" in nodestore.consistency
+        assert "./.mini_sse_kek" in tar_names(
+            backup_set.read_object(store, manifest, nodestore.name)
+        )
+        seaweedfs = layout_host.service_containers(layout_host.stack.service(Role.NODESTORE))
+        assert [r["State"] for r in seaweedfs] == ["running"]  # unpaused after the copy
+        taskbroker = backup_set.read_object(store, manifest, "volume:taskbroker")
+        assert "SQLite online backup" in manifest.object("volume:taskbroker").consistency
+        assert tar_names(taskbroker) == {".", "./taskbroker-activations.sqlite"}
     config = store.open(manifest.object("config").key).read()
     assert b"SENTRY_SECRET_KEY" not in config and b"secret-key" not in config  # encrypted
     plain = backup_set.read_object(store, manifest, "config")

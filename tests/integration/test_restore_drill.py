@@ -22,6 +22,7 @@ from flows.backup import backup
 from flows.health import health_check
 from flows.restore_drill import DrillError, DrillStack, restore_drill
 from infra.sandbox import sandbox as sb
+from tests.integration.test_scaling import wait_processed
 
 DRILL = DrillStack(web_timeout=20)  # ports: production's + 100, computed by the drill
 BROKEN = "sentry-ops-sandbox/sentry:24.3.0-broken"
@@ -70,11 +71,16 @@ def test_drill_on_each_layout_as_the_deployment_schedules_it(
     layout, saved_layout_host, store_name, layout_host
 ):
     """The deployment's own parameters (prefect.yaml: host and store only); self-hosted on the
-    drill host, since its volumes are external. Nothing is left on either host."""
+    drill host, since its volumes are external. Nothing is left on either host. The newest
+    event comes back through the restored Sentry's API, with its payload from the restored
+    nodestore (Postgres, or SeaweedFS with its key file)."""
+    wait_processed(layout_host, [layout_host.send_event({"message": "drill me", "level": "error"})])
     taken = backup(saved_layout_host, store_name)
     drill_host = "drill-host" if layout == "self-hosted" else None
     result = restore_drill(saved_layout_host, store_name, drill_host=drill_host)
     assert result["passed"] and result["backup_id"] == taken["backup_id"]
+    checks = {c["name"]: c for c in result["checks"]}
+    assert checks["newest event through Sentry's API"]["status"] == "ok", checks
     assert leftovers(f"{layout_host.project}-drill") == []
     assert drill_host_leftovers() == []
 

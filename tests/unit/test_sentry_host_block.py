@@ -213,3 +213,14 @@ def test_listening_ports_parses_ss_output():
         "LISTEN 0 511 *:80 *:*\n"
     )
     assert listening_ports(out) == {19000, 22, 80}
+
+
+def test_a_sqlite_volume_is_copied_by_sqlites_online_backup_and_others_by_tar():
+    host = make_host(layout="self-hosted", project_dir="/opt/sentry").use_context(
+        ComposeContext("sentry-sh")
+    )
+    argv = host.volume_tar_argv(DataVolume.TASKBROKER, "tool")
+    assert any(".backup /tmp/copy/$0" in a for a in argv)
+    assert "taskbroker-activations.sqlite" in argv and "sentry-sh_sentry-taskbroker:/volume" in argv
+    files = host.volume_tar_argv(DataVolume.FILES, "tool")
+    assert "sentry-data:/volume:ro" in files and not any(".backup" in a for a in files)
