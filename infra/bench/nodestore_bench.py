@@ -78,14 +78,15 @@ def main() -> int:
         return 0
     sb.up()
     name, _ = bench_stack("self-hosted")
-    port = sb.StackPorts.slot(sb.STACKS["self-hosted"][1]).seaweedfs
+    port = sb.StackPorts.slot(sb.STACKS["self-hosted"][1]).seaweedfs + 3  # its S3 API
     load(port, args.objects)
     ids = sb.compose(name, "ps", "-q", "seaweedfs").stdout.split()
     tar = shlex.join(["docker", "run", "--rm", "--network", "none", "-v",
                       "sentry-seaweedfs:/volume:ro", "--entrypoint", "tar", sb.TOOL_IMAGE,
                       "--use-compress-program=zstd -1 -T0", "-C", "/volume", "-cf", "-",
                       "."])  # fmt: skip
-    pause, unpause = shlex.join(["docker", "pause", *ids]), shlex.join(["docker", "unpause", *ids])
+    pause = shlex.join(["docker", "pause", *ids]) + " > /dev/null"
+    unpause = shlex.join(["docker", "unpause", *ids]) + " > /dev/null"
     paused = f"set -e; {pause}; trap '{unpause}' EXIT; {tar} > /dev/null"
     objects = shlex.join([sys.executable, "-m", "infra.bench.nodestore_bench", "--copy-objects",
                           str(port)])  # fmt: skip
@@ -94,7 +95,7 @@ def main() -> int:
     results["paused_tar_vs_objects"] = paired(paused, objects, args.n)
     sized = subprocess.run(["bash", "-c", f"set -e; {pause}; trap '{unpause}' EXIT; {tar} | wc -c"],
                            capture_output=True, text=True, check=True)  # fmt: skip
-    results["paused_tar_bytes"] = int(sized.stdout.split()[0])
+    results["paused_tar_bytes"] = int(sized.stdout.split()[-1])
     one = subprocess.run(["bash", "-c", objects], capture_output=True, text=True, check=True)
     results["objects_read"] = json.loads(one.stdout.strip().splitlines()[-1])
     print(json.dumps(results, indent=2))
