@@ -11,6 +11,7 @@ import base64
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import select
 import shlex
@@ -24,6 +25,17 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import paramiko
+
+
+class _ExpectedRefusal(logging.Filter):
+    """A tunnel to a port where nothing listens yet (a web that is starting) is answered as
+    "no answer" by the caller; paramiko would also log it as an ERROR in every run's output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "open FAILED: Connection refused" not in record.getMessage()
+
+
+logging.getLogger("paramiko.transport").addFilter(_ExpectedRefusal())
 
 CHUNK = 1 << 20  # 1 MiB reads: the per-read overhead dominates below this
 WINDOW = 8 << 20  # SSH channel window: enough in flight to keep ~150 MB/s moving

@@ -320,7 +320,7 @@ def take_clickhouse_set(host_name: str, host: SentryHost, writer: SetWriter, ret
 
 
 # -- flows --------------------------------------------------------------------------------------
-@flow(name="clickhouse-snapshot", log_prints=True)
+@flow(name="clickhouse-snapshot", flow_run_name="clickhouse-snapshot-{host}", log_prints=True)
 def clickhouse_snapshot(host: str, store: str, retries: int = 2) -> dict:
     """A ClickHouse snapshot of `host` alone, as its own sealed set (scope "clickhouse"): the
     same FREEZE, stream and clean-up as the nightly backup's ClickHouse step, under the host
@@ -355,7 +355,7 @@ def clickhouse_snapshot(host: str, store: str, retries: int = 2) -> dict:
     }
 
 
-@flow(name="backup", log_prints=True)
+@flow(name="backup", flow_run_name="backup-{host}", log_prints=True)
 def backup(host: str, store: str, retries: int = 2) -> dict:
     """Back up Postgres, the data volumes and the config of `host` to `store`, encrypted and
     sealed with the store's backup_key.
@@ -444,7 +444,7 @@ def pick_set(store: BackupStore, host: SentryHost, backup_id: str | None) -> Bac
     return backup_set.load(store, host.identity, chosen)
 
 
-@flow(name="verify-backup")
+@flow(name="verify-backup", flow_run_name="verify-backup-{host}")
 def verify_backup(host: str, store: str, backup_id: str | None = None) -> dict:
     """Check a backup's seal, then re-read every object and check its size and sha256 against
     the manifest; the result is recorded beside the set (retention keeps the newest verified).

@@ -177,7 +177,7 @@ def check_ingestion(host: SentryHost, within: float) -> Result:
 
 
 # -- flow ---------------------------------------------------------------------------------------
-@flow(name="health-check", log_prints=True)
+@flow(name="health-check", flow_run_name="health-{host}", log_prints=True)
 def health_check(
     host: str, min_free_gb: float = 5.0, ingestion_within_seconds: float = 60.0
 ) -> list[dict]:

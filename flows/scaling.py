@@ -123,7 +123,7 @@ def rescale(
     ]
 
 
-@flow(name="scale-workers", log_prints=True)
+@flow(name="scale-workers", flow_run_name="scale-{host}-to-{replicas}", log_prints=True)
 def scale_workers(host: str, replicas: int, role: str = "worker", stop_timeout: int = 60) -> dict:
     """Run exactly `replicas` containers of the layout's scalable service, verified, and keep
     that count across a plain `docker compose up -d`.
@@ -209,7 +209,7 @@ def state_name(host: SentryHost) -> str:
     return f"{lock_name(host)}-autoscale"
 
 
-@flow(name="autoscale", log_prints=True)
+@flow(name="autoscale", flow_run_name="autoscale-{host}", log_prints=True)
 def autoscale(
     host: str,
     min_replicas: int = 1,

@@ -52,7 +52,8 @@ import psycopg
 VERSION = os.environ.get("SENTRY_STANDIN_VERSION", "24.1.0")
 BROKEN = VERSION.endswith("-broken")
 # Versions an upgrade must not jump over (getsentry/self-hosted's hard stops).
-HARD_STOPS = ("9.1.2", "21.5.0", "21.6.3", "23.6.2", "23.11.0", "24.8.0", "25.5.1", "26.5.0")
+HARD_STOPS = ("9.1.2", "21.5.0", "21.6.3", "23.6.2", "23.11.0", "24.8.0", "25.5.1", "26.5.0",
+              "26.7.0")  # fmt: skip
 # Where queued events wait for a worker, as in real Sentry: the guide era's Celery keeps one Redis
 # list per queue (events.save_event here); 26.x's taskbroker keeps pending activations in SQLite
 # (`inflight_taskactivations`, status 'Pending') on its volume: SENTRY_TASKBROKER_DB points there

@@ -1,0 +1,55 @@
+"""The upgrade planner: hops over every hard stop, never a downgrade, never an unknown version."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from flows.upgrade import HARD_STOPS, UpgradePlanError, plan_upgrade, version_key
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+def test_a_jump_over_hard_stops_becomes_one_hop_per_stop():
+    assert plan_upgrade("23.6.2", "24.10.0") == ["23.11.0", "24.8.0", "24.10.0"]
+    assert plan_upgrade("24.1.0", "24.2.0") == ["24.2.0"]
+    assert plan_upgrade("23.11.0", "23.11.0") == []
+    assert plan_upgrade("24.8.0", "25.5.1") == ["25.5.1"]  # a stop as the target is one hop
+
+
+def test_the_hard_stops_can_be_overridden():
+    assert plan_upgrade("24.1.0", "24.3.0", hard_stops=["24.2.0"]) == ["24.2.0", "24.3.0"]
+
+
+@pytest.mark.parametrize(
+    ("current", "target", "message"),
+    [
+        ("24.8.0", "24.1.0", "is a downgrade"),
+        ("24.8.0", "latest", "'latest' is not a Sentry version"),
+        ("nightly", "24.8.0", "'nightly' is not a Sentry version"),
+    ],
+)
+def test_bad_plans_are_refused(current, target, message):
+    with pytest.raises(UpgradePlanError, match=message):
+        plan_upgrade(current, target)
+
+
+def test_a_hop_the_host_cannot_run_is_refused():
+    with pytest.raises(UpgradePlanError, match=r"\['24.8.0'\] is not available"):
+        plan_upgrade("24.1.0", "24.9.0", available={"24.1.0", "24.9.0"})
+
+
+versions = st.tuples(st.integers(8, 27), st.integers(1, 12), st.integers(0, 3)).map(
+    lambda v: ".".join(map(str, v))
+)
+
+
+@given(versions, versions)
+def test_hops_climb_and_never_skip_a_stop(a, b):
+    current, target = sorted((a, b), key=version_key)
+    hops = plan_upgrade(current, target)
+    path = [current, *hops]
+    assert all(version_key(x) < version_key(y) for x, y in itertools.pairwise(path))
+    for x, y in itertools.pairwise(path):
+        assert not [s for s in HARD_STOPS if version_key(x) < version_key(s) < version_key(y)]
+    assert (hops[-1] if hops else current) == target or version_key(current) == version_key(target)
