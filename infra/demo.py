@@ -43,6 +43,9 @@ def drill_report() -> str:
 
 
 def summarize(result: object) -> str:
+    if isinstance(result, dict) and "reclaimed" in result:
+        verb = "would reclaim" if result["dry_run"] else "reclaimed"
+        return f"passed ({len(result['items'])} items, {verb} {result['reclaimed'] / 1e6:.1f} MB)"
     if isinstance(result, dict) and "rto_seconds" in result:
         return f"passed (RTO {result['rto_seconds']} s, RPO {result['rpo_seconds']:.0f} s)"
     if isinstance(result, dict) and "backup_id" in result:
@@ -70,6 +73,7 @@ def main() -> int:
     from deployments.setup import host_from_connection, save_blocks
     from flows.backup import backup
     from flows.bootstrap import HostRequirements, bootstrap
+    from flows.cleanup import retention_cleanup
     from flows.health import health_check
     from flows.restore_drill import restore_drill
 
@@ -140,6 +144,12 @@ def main() -> int:
             ),
         )
         print("\n" + drill_report())
+
+    # what tonight's 03:30 cleanup would remove, changing nothing
+    step(
+        "retention cleanup (dry run)",
+        lambda: retention_cleanup("sandbox", "sandbox", event_retention_days=30, dry_run=True),
+    )
 
     ui = api.removesuffix("/api")
     print("\n=== sentry-ops demo report ===")
