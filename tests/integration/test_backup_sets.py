@@ -85,36 +85,35 @@ def test_two_hosts_in_one_store_keep_and_drill_their_own(sandbox, prefect_api, s
     assert listed[other["backup_id"]] == "complete, not verified"
 
 
-@pytest.mark.parametrize("edit", ["one byte", "another image", "seal removed"])
-def test_an_edited_manifest_is_refused_by_verify_list_and_drill(
-    edit, saved_host, store_name, sandbox
-):
-    result = backup(saved_host, store_name)
+def edited(body: bytes, edit: str) -> bytes:
+    if edit == "one byte":
+        return body.replace(b'"format": 2', b'"format": 3', 1)  # still valid JSON
+    raw = json.loads(body)
+    if edit == "another image":
+        raw["images"][next(iter(raw["images"]))] = "attacker/sentry:latest"
+    else:
+        del raw["seal"]
+    return json.dumps(raw, indent=2).encode()
+
+
+def test_an_edited_manifest_is_refused_by_verify_list_and_drill(saved_host, store_name, sandbox):
+    result = backup(saved_host, store_name)  # one set, its manifest edited three ways in turn
     store = store_from_connection(sandbox, prefix=store_name)
     key = result["manifest"]
     body = store.get_bytes(key)
-    if edit == "one byte":
-        edited = body.replace(b'"format": 2', b'"format": 3', 1)  # still valid JSON
-    elif edit == "another image":
-        raw = json.loads(body)
-        service = next(iter(raw["images"]))
-        raw["images"][service] = "attacker/sentry:latest"
-        edited = json.dumps(raw, indent=2).encode()
-    else:
-        raw = json.loads(body)
-        del raw["seal"]
-        edited = json.dumps(raw, indent=2).encode()
-    assert edited != body
-    store.put_bytes(key, edited)
-    why = "has no seal" if edit == "seal removed" else "has a wrong seal"
-    with pytest.raises(SetError, match=why):
-        verify_backup(saved_host, store_name, result["backup_id"])
-    with pytest.raises(SetError, match=why):
-        restore_drill(saved_host, store_name, backup_id=result["backup_id"], drill=DRILL)
-    listed = list_backups(store_name)
-    assert listed[0]["status"].startswith("UNTRUSTED") and not listed[0]["trusted"]
-    with pytest.raises(SetError, match="no complete, sealed backup"):  # never picked by default
-        restore_drill(saved_host, store_name, drill=DRILL)
+    for edit in ("one byte", "another image", "seal removed"):
+        changed = edited(body, edit)
+        assert changed != body
+        store.put_bytes(key, changed)
+        why = "has no seal" if edit == "seal removed" else "has a wrong seal"
+        with pytest.raises(SetError, match=why):
+            verify_backup(saved_host, store_name, result["backup_id"])
+        with pytest.raises(SetError, match=why):
+            restore_drill(saved_host, store_name, backup_id=result["backup_id"], drill=DRILL)
+        listed = list_backups(store_name)
+        assert listed[0]["status"].startswith("UNTRUSTED") and not listed[0]["trusted"], edit
+        with pytest.raises(SetError, match="no complete, sealed backup"):  # never the default
+            restore_drill(saved_host, store_name, drill=DRILL)
 
 
 def readable(blob: bytes) -> bytes:

@@ -160,25 +160,25 @@ def test_a_failing_drill_tears_down_unless_asked_to_keep(
     assert leftovers(scratch) == []
 
 
-@pytest.mark.parametrize(
-    ("image", "message"),
-    [
-        ("x\n    privileged: true", "is not an image name"),
-        ("alpine:3 ", "is not an image name"),
-        ("sentry-ops-sandbox/services:latest", "is not the one production's compose file uses"),
-    ],
-)
+HOSTILE = [
+    ("x\n    privileged: true", "is not an image name"),
+    ("alpine:3 ", "is not an image name"),
+    ("sentry-ops-sandbox/services:latest", "is not the one production's compose file uses"),
+]
+
+
 def test_a_hostile_manifest_image_is_refused_before_anything_is_written(
-    sentry_host, saved_host, store_name, sandbox, image, message
+    sentry_host, saved_host, store_name, sandbox
 ):
-    taken = backup(saved_host, store_name)
+    taken = backup(saved_host, store_name)  # one set, resealed with each hostile image in turn
     store = store_from_connection(sandbox, prefix=store_name)
-    # sealed with the store's own key: someone who has the key still cannot run any image
-    reseal(store, taken["manifest"], lambda m: m["images"].update(sentry=image))
-    with pytest.raises(DrillError, match=message):
-        restore_drill(saved_host, store_name, drill=DRILL)
-    assert not Path(f"{sentry_host.project_dir}-drill").exists()
-    assert leftovers(f"{sentry_host.project}-drill") == []
+    for image, message in HOSTILE:
+        # sealed with the store's own key: someone who has the key still cannot run any image
+        reseal(store, taken["manifest"], lambda m, image=image: m["images"].update(sentry=image))
+        with pytest.raises(DrillError, match=message):
+            restore_drill(saved_host, store_name, drill=DRILL)
+        assert not Path(f"{sentry_host.project_dir}-drill").exists(), image
+        assert leftovers(f"{sentry_host.project}-drill") == [], image
 
 
 @pytest.mark.parametrize(

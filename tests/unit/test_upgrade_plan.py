@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from flows.upgrade import HARD_STOPS, UpgradePlanError, plan_upgrade, version_key
 from hypothesis import given
 from hypothesis import strategies as st
+
+from flows.upgrade import HARD_STOPS, UpgradePlanError, plan_upgrade, version_key
 
 
 def test_a_jump_over_hard_stops_becomes_one_hop_per_stop():
