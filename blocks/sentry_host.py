@@ -503,9 +503,8 @@ class SentryHost(Block):
         entry = (
             ["--entrypoint", self.stack.sentry_entrypoint] if self.stack.sentry_entrypoint else []
         )
-        tags = [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
         return self.compose_argv(
-            "run", "-d", "--name", name, *tags, *entry, self.stack.service(role), *args
+            "run", "-d", "--name", name, *_labels(labels), *entry, self.stack.service(role), *args
         )
 
     def tool_job_argv(
@@ -515,8 +514,7 @@ class SentryHost(Block):
         container `netns`; with `env_stdin`, its environment (a secret) is read from this SSH
         command's stdin by the docker CLI, never argv."""
         env = ["--env-file", "/dev/stdin"] if env_stdin else []
-        tags = [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
-        return ["docker", "run", "-d", "--name", name, *tags, *env, "--network",
+        return ["docker", "run", "-d", "--name", name, *_labels(labels), *env, "--network",
                 f"container:{netns}", *self.pull_argv(), "--entrypoint", command[0],
                 self.tool_image, *command[1:]]  # fmt: skip
 
@@ -881,6 +879,18 @@ class SentryHost(Block):
             times += self.run(["docker", "volume", "inspect", "-f", fmt, *volumes]).text.split()
         return times
 
+    def leftover_volumes(self) -> list[str]:
+        """Volumes still labelled with this compose project."""
+        return self.run(self.leftovers_argv()[1]).text.split()
+
+    def remove_image(self, ref: str) -> CommandResult:
+        """`docker image rm` (never forced: an image a container uses stays, and says so)."""
+        return self.run(["docker", "image", "rm", ref], check=False, timeout=300)
+
+    def remove_volume(self, name: str) -> None:
+        """`docker volume rm` (never forced: a volume in use stays, with an error)."""
+        self.run(["docker", "volume", "rm", name], timeout=120)
+
     def dangling_volumes(self) -> list[str]:
         """Volumes labelled with this compose project that no container uses."""
         argv = ["docker", "volume", "ls", "-q", "--filter", "dangling=true", "--filter",
@@ -939,6 +949,10 @@ def resolve_context(
     env_files = (f"{project_dir}/.env", f"{project_dir}/.env.custom") if has_custom else ()
     name = project_name or parse_env(env_text).get("COMPOSE_PROJECT_NAME") or ""
     return ComposeContext(name or default_project_name(project_dir), env_files)
+
+
+def _labels(labels: dict[str, str]) -> list[str]:
+    return [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
 
 
 def parse_df(output: str) -> list[tuple[int, int]]:

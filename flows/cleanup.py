@@ -365,7 +365,7 @@ def drill_leftovers(host: SentryHost, dry_run: bool, now: dt.datetime) -> Result
         return Result(name, Status.OK, "none")
     if created and now - min(created) < LEFTOVER_AGE:
         return Result(name, Status.OK, "kept: less than a day old (a drill may be running)")
-    volumes = {v: v for v in scratch.run(scratch.leftovers_argv()[1]).text.split()}
+    volumes = {v: v for v in scratch.leftover_volumes()}
     size = sum(b for b, _ in host.volume_usage(volumes).values())
     if dry_run:
         return Result(name, Status.OK, f"would remove it ({len(volumes)} volumes)", reclaimed=size)
@@ -390,7 +390,7 @@ def old_images(host: SentryHost, dry_run: bool) -> list[Result]:
                                   f"would remove ({sizes.get(ref)}): {why}"))  # fmt: skip
             continue
         free = host.disk_free()[1]
-        result = host.run(["docker", "image", "rm", ref], check=False, timeout=300)
+        result = host.remove_image(ref)
         if result.exit_code != 0:
             results.append(Result(f"image {ref}", Status.WARNING,
                                   f"kept: {result.stderr.strip()[-200:]}"))  # fmt: skip
@@ -413,7 +413,7 @@ def orphan_volumes(host: SentryHost, dry_run: bool) -> list[Result]:
     for volume in orphans:
         size = sizes.get(volume, (0, None))[0]
         if not dry_run:
-            host.run(["docker", "volume", "rm", volume], timeout=120)
+            host.remove_volume(volume)
         verb = "would remove" if dry_run else "removed"
         results.append(Result(f"volume {volume}", Status.OK if dry_run else Status.DONE,
                               f"{verb}: not declared by the project, no container uses it",
