@@ -372,6 +372,13 @@ def restore(host: SentryHost, client: Client, snapshot: ClickHouseSnapshot, stag
             client.command(f"ALTER TABLE {quoted(table.database, table.name)} ATTACH PART '{part}'")
 
 
+def drop_tables(client: Client, snapshot: ClickHouseSnapshot) -> None:
+    """Drop the snapshot's tables (views first) so `restore` can put the snapshot back."""
+    views = [t for t in snapshot.tables if t.engine in ("View", "MaterializedView")]
+    for table in views + [t for t in snapshot.tables if t not in views]:
+        client.command(f"DROP TABLE IF EXISTS {quoted(table.database, table.name)}")
+
+
 def compare(client: Client, snapshot: ClickHouseSnapshot) -> list[tuple[str, bool, str]]:
     """(table, equal, detail) per copied table: rows and checksum against the manifest."""
     out = []

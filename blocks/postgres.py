@@ -16,6 +16,7 @@ manifest's counts are exactly the dump's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import threading
 import time
@@ -329,6 +330,15 @@ def restore(host: SentryHost, image: str, source: BinaryIO, where: Target | None
     argv = host.container_io_argv("in", image, where.container, command, job="restore")
     host.run(argv, stdin=Prefixed(pgpass(where.password), source), timeout=None)
     return time.monotonic() - started
+
+
+def recreate_database(host: SentryHost) -> None:
+    """Drop the stack's database (its connections ended) and create it empty, for a restore
+    that puts a whole backup back (an upgrade's rollback). Run from `template1`."""
+    where = target(host)
+    with psql(host, dataclasses.replace(where, db="template1")) as db:
+        db.rows(f"DROP DATABASE IF EXISTS {_ident(where.db)} WITH (FORCE)")
+        db.rows(f"CREATE DATABASE {_ident(where.db)} OWNER {_ident(where.user)}")
 
 
 # -- space: what tables hold, what VACUUM gives back ---------------------------------------------

@@ -782,6 +782,71 @@ class SentryHost(Block):
         """Names of this block that the host's compose project lacks (empty: all present)."""
         return name_problems(self.stack, self.compose_config(False), tuple(volumes))
 
+    # -- upgrades: the image a stack runs, its Sentry services and their containers -------------
+    def running_version(self) -> str:
+        """The version `sentry --version` of the running web reports."""
+        out = self.run(self.sentry_version_argv(), timeout=120).text
+        match = re.search(r"version\s+(\S+)", out)
+        return match.group(1) if match else out.strip()
+
+    def sentry_services(self) -> list[str]:
+        """The compose services running the web's image (web first): what an upgrade changes."""
+        services = self.compose_config().get("services", {})
+        web = self.stack.service(Role.WEB)
+        image = (services.get(web) or {}).get("image")
+        others = sorted(n for n, s in services.items() if n != web and s.get("image") == image)
+        return [web, *others] if image else [web]
+
+    def image_setting(self, version: str) -> tuple[str, str]:
+        """(.env variable, value) that makes the Sentry services run `version`; refuses a
+        compose file whose web image is not set from a variable."""
+        web = self.stack.service(Role.WEB)
+        raw = (self.compose_config(False).get("services", {}).get(web) or {}).get("image", "")
+        resolved = self.service_images().get(web, "")
+        setting = image_setting(raw, resolved, version)
+        if setting is None:
+            raise ValueError(
+                f"{self.label}: the image of service {web} is fixed in the compose file "
+                f"({raw or 'none'}): make it `<repository>:${{SENTRY_VERSION}}` and set "
+                f"SENTRY_VERSION in {self.stack.operator_env_file}, so an upgrade (and you) "
+                "change the version in one place"
+            )
+        return setting
+
+    def image_tags(self, repository: str) -> list[str]:
+        argv = ["docker", "image", "ls", repository, "--format", "{{.Tag}}"]
+        return [t for t in self.run(argv, timeout=60).text.split() if t != "<none>"]
+
+    def image_size(self, ref: str) -> int | None:
+        result = self.run(["docker", "image", "inspect", "-f", "{{.Size}}", ref], check=False,
+                          timeout=60)  # fmt: skip
+        return int(result.text.strip()) if result.exit_code == 0 else None
+
+    def container_states(self, ids: Sequence[str]) -> dict[str, str]:
+        """container id -> "<status> <health or ->" (e.g. "running healthy", "exited -")."""
+        if not ids:
+            return {}
+        fmt = "{{.Id}} {{json .State}}"  # .State.Health is absent without a healthcheck
+        out = self.run(["docker", "inspect", "-f", fmt, *ids], check=False, timeout=60).text
+        states = {}
+        for line in out.splitlines():
+            cid, _, raw = line.partition(" ")
+            if raw.startswith("{"):
+                state = json.loads(raw)
+                health = (state.get("Health") or {}).get("Status") or "-"
+                states[cid] = f"{state.get('Status', '?')} {health}"
+        return {i: next((v for k, v in states.items() if k.startswith(i)), "gone -") for i in ids}
+
+    def container_log_tail(self, cid: str, lines: int = 10) -> list[str]:
+        argv = ["sh", "-c", 'exec docker logs --tail "$1" "$0" 2>&1', cid, str(lines)]
+        return self.run(argv, check=False, timeout=60).text.splitlines()
+
+    def remove_containers(self, ids: Sequence[str], stop_timeout: int = 30) -> None:
+        """Stop (SIGTERM, then SIGKILL after `stop_timeout` s) and remove containers."""
+        if ids:
+            self.run(["docker", "stop", "-t", str(stop_timeout), *ids], timeout=stop_timeout + 60)
+            self.run(["docker", "rm", *ids], timeout=60)
+
     # -- Sentry, the way an operator talks to it ------------------------------------------------
     def upgrade(self, timeout: float = 3600) -> tuple[bool, str]:
         """`sentry upgrade --noinput` (idempotent: pending migrations only) -> (applied, log)."""
@@ -949,6 +1014,30 @@ def resolve_context(
     env_files = (f"{project_dir}/.env", f"{project_dir}/.env.custom") if has_custom else ()
     name = project_name or parse_env(env_text).get("COMPOSE_PROJECT_NAME") or ""
     return ComposeContext(name or default_project_name(project_dir), env_files)
+
+
+def image_setting(raw: str, resolved: str, version: str) -> tuple[str, str] | None:
+    """Which variable of the env file sets the image's version, and to what, read from the
+    un-interpolated compose image `raw` (e.g. `getsentry/sentry:${SENTRY_VERSION}` -> the tag
+    variable; self-hosted's `${SENTRY_IMAGE}` -> the whole reference). None: a fixed image."""
+    var = r"\$\{([A-Za-z_]\w*)(?:[:?-][^}]*)?\}"
+    if match := re.fullmatch(var, raw):
+        repository = resolved.rsplit(":", 1)[0] if ":" in resolved.rsplit("/", 1)[-1] else resolved
+        return match.group(1), f"{repository}:{version}" if repository else version
+    if (match := re.fullmatch(rf"[^$]+:{var}", raw)) and "/" not in raw.rsplit(":", 1)[-1]:
+        return match.group(1), version
+    return None
+
+
+def rolling_problem(service: dict) -> str | None:
+    """Why a second replica of this service cannot start beside the first (then it is
+    recreated in place, with a gap): a fixed container name or a fixed published host port."""
+    if service.get("container_name"):
+        return f"it sets container_name {service['container_name']!r}"
+    fixed = [str(p.get("published")) for p in service.get("ports") or [] if p.get("published")]
+    if fixed:
+        return f"it publishes host port {', '.join(fixed)}"
+    return None
 
 
 def _labels(labels: dict[str, str]) -> list[str]:

@@ -24,7 +24,6 @@ Nothing is staged on disk, host or worker; memory is bounded by a few multipart 
 from __future__ import annotations
 
 import datetime as dt
-import re
 import time
 from collections.abc import Callable
 from importlib.metadata import version as package_version
@@ -213,9 +212,7 @@ def backup_config(host: SentryHost, writer: SetWriter):
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])
 def sentry_version(host: SentryHost) -> str:
-    out = host.run(host.sentry_version_argv(), timeout=60).text
-    match = re.search(r"version\s+(\S+)", out)
-    return match.group(1) if match else out.strip()
+    return host.running_version()
 
 
 def take_set(host_name: str, host: SentryHost, writer: SetWriter, images: dict, retries: int):

@@ -128,6 +128,15 @@ def host_lock(
     name = lock_name(host)
     ensure_lock(name)
     holder_var = f"{name}-holder"
+    holder = lock_holder(host)
+    ancestors = {str(i) for i in (flow_run.parent_flow_run_id, flow_run.root_flow_run_id) if i}
+    if holder.get("run_id") in ancestors:  # a subflow (an upgrade's pre-backup): its parent
+        logger.info(  # holds the lock and waits for it, so it runs under the parent's hold
+            "the host lock %s is held by the parent run %s (%s): %s runs under it",
+            name, holder.get("run"), holder.get("purpose"), purpose,
+        )  # fmt: skip
+        yield
+        return
     held = contextlib.ExitStack()
     started = time.monotonic()
     while True:

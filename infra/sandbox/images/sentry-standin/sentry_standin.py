@@ -113,6 +113,15 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                 UNIQUE (organization_id, version))""",
         ],
     ),
+    (  # a hard stop (HARD_STOPS): 24.2.0 -> 24.9.0 must go through it
+        "24.8.0",
+        [
+            """CREATE TABLE IF NOT EXISTS sentry_deploy (
+                id bigserial PRIMARY KEY, release_id bigint REFERENCES sentry_release,
+                environment text NOT NULL, date_finished timestamptz NOT NULL DEFAULT now())""",
+        ],
+    ),
+    ("24.9.0", ["ALTER TABLE sentry_deploy ADD COLUMN IF NOT EXISTS url text"]),
 ]
 
 
@@ -549,6 +558,14 @@ class Handler(BaseHTTPRequestHandler):
         self._reply(200, json.dumps({"id": event["event_id"]}), "application/json")
 
 
+class WebServer(ThreadingHTTPServer):
+    allow_reuse_port = True
+    daemon_threads = True
+
+
+READY_FILE = "/tmp/sentry-web-ready"
+
+
 def full_checks() -> tuple[list[dict], dict[str, bool]]:
     problems, healthy = [], {}
 
@@ -579,8 +596,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"Traceback: ImproperlyConfigured: sentry {VERSION} cannot start", flush=True)
             return 1
         port = int(env("SENTRY_WEB_PORT", "9000"))
+        # Replicas of web share the port (SO_REUSEPORT): with host networking that is what
+        # separate container addresses behind a proxy are on a real host.
+        server = WebServer(("127.0.0.1", port), Handler)
         print(f"sentry {VERSION} web on 127.0.0.1:{port}", flush=True)
-        ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+        # this container's own readiness (the sandbox's healthcheck reads it: with a shared port,
+        # an HTTP probe could be answered by another replica)
+        with open(READY_FILE, "w") as f:
+            f.write(VERSION)
+        stopping = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        stopping.wait()
+        server.shutdown()  # stop accepting, finish the requests in hand
+        server.server_close()
+        return 0
     elif args.service in ("worker", "taskworker"):
         queue = task_queue()
         print(f"sentry {VERSION} {args.service} processing {type(queue).__name__}", flush=True)
@@ -630,6 +660,7 @@ def main(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("upgrade")
     up.add_argument("--noinput", action="store_true")
+    up.add_argument("--create-kafka-topics", action="store_true")  # self-hosted's install.sh
     up.set_defaults(func=cmd_upgrade)
     cu = sub.add_parser("createuser")
     cu.add_argument("--email")

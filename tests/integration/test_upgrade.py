@@ -1,0 +1,219 @@
+"""The upgrade runbook on a stack of its own (guide layout, stand-in versions 24.1.0 -> 24.2.0 ->
+24.3.0-broken / 24.8.0 (a hard stop) -> 24.9.0), through the real Prefect API: approval and
+rejection through `resume_flow_run`, a rolling restart that keeps web answering, rollback with the
+database restored from the pre-backup, hops over a hard stop; the migration job is never doubled.
+
+The tests share one stack and run in file order (each checks the version it starts from)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import urllib.request
+import uuid
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from prefect.flow_runs import resume_flow_run
+
+from blocks import backup_set, jobs, postgres
+from deployments.setup import host_from_connection, store_from_connection
+from flows.upgrade import upgrade
+from infra.sandbox import sandbox as sb
+from tests.integration.test_bootstrap import run_texts
+from tests.integration.test_scaling import wait_processed
+
+SLOT = 5  # ports of its own (sandbox.StackPorts)
+
+
+@pytest.fixture(scope="module")
+def stack(sandbox, prefect_api):
+    name = f"upg{uuid.uuid4().hex[:6]}"
+    info = sb.ensure_stack("guide", name, SLOT)
+    host = host_from_connection({**sandbox, "stacks": {"guide": info}})
+    host.save(name, overwrite=True)
+    yield {"name": name, "host": host, "info": info}
+    sb.remove_stack(name)
+
+
+def state(host) -> dict:
+    """What a rejected upgrade must leave exactly as it was."""
+    with postgres.psql(host) as db:
+        sums = postgres.table_checksums(db)
+    sums.pop("sentry_option", None)  # the cron's heartbeat
+    env = host.get(f"{host.project_dir}/.env")
+    images = sorted(f"{r['Repository']}:{r['Tag']} {r['ID']}" for r in host.images())
+    containers = {s: sorted(c["Image"] for c in host.service_containers(s)) for s in
+                  host.sentry_services()}  # fmt: skip
+    return {"tables": sums, "env": env, "images": images, "containers": containers}
+
+
+def in_thread(**kwargs) -> dict:
+    """The flow in a thread (it pauses for input); `result` holds its final state."""
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(state=upgrade(**kwargs, return_state=True)))
+    thread.start()
+    out["thread"] = thread
+    return out
+
+
+def paused_run(run_name: str, exclude=(), timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name]))
+            )
+            paused = [r for r in runs if r.state and r.state.is_paused() and r.id not in exclude]
+            if paused:
+                return paused[0]
+            time.sleep(1)
+    raise AssertionError(f"no paused run {run_name} within {timeout} s")
+
+
+class Prober(threading.Thread):
+    """GET /_health/ on web's port every 50 ms; a probe fails when two tries 50 ms apart both
+    find nothing answering (one reset connection of a stopping replica is a proxy's retry)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.url = f"http://127.0.0.1:{port}/_health/"
+        self.stop = threading.Event()
+        self.probes = self.failures = 0
+
+    def answer(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url, timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.probes += 1
+            if not self.answer():
+                time.sleep(0.05)
+                self.failures += not self.answer()
+            time.sleep(0.05)
+
+
+def test_rejected_changes_nothing_then_approved_rolls_web_without_downtime(stack, store_name):
+    host, name = stack["host"], stack["name"]
+    assert host.running_version() == "24.1.0"
+    host.persist_scale("sentry", 2)  # two web replicas, kept by compose like the workers'
+    host.run(host.compose_argv("up", "-d", "--wait", "sentry"), timeout=300)
+    events = [
+        host.send_event({"message": f"before upgrade {i}", "level": "error"}) for i in range(5)
+    ]
+    wait_processed(host, events)
+    before = state(host)
+    assert len(before["containers"]["sentry"]) == 2
+    run_name = f"upgrade-{name}-to-24.2.0"
+
+    rejected = in_thread(host=name, store=store_name, target_version="24.2.0")
+    first = paused_run(run_name)
+    resume_flow_run(first.id, run_input={"approve": False, "approver": "test",
+                                         "comment": "not tonight"})  # fmt: skip
+    rejected["thread"].join(600)
+    final = rejected["state"]
+    assert final.is_completed(), final
+    assert final.result()["status"] == "rejected"
+    assert state(host) == before  # images, .env, tables, containers: as they were
+
+    prober = Prober(stack["info"]["web_port"])
+    prober.start()
+    approved = in_thread(host=name, store=store_name, target_version="24.2.0")
+    run = paused_run(run_name, exclude={first.id})
+    resume_flow_run(run.id, run_input={"approve": True, "approver": "test", "comment": "go"})
+    approved["thread"].join(900)
+    prober.stop.set()
+    prober.join()
+    final = approved["state"]
+    assert final.is_completed(), final
+    result = final.result()
+    assert result["status"] == "upgraded" and result["hops"] == ["24.2.0"], result
+    assert prober.probes > 50 and prober.failures == 0, (prober.probes, prober.failures)
+
+    after = state(host)
+    assert host.running_version() == "24.2.0"
+    assert after["containers"]["sentry"] == ["sentry-ops-sandbox/sentry:24.2.0"] * 2
+    for service in ("sentry-worker", "sentry-cron"):
+        assert after["containers"][service] == ["sentry-ops-sandbox/sentry:24.2.0"]
+    assert "SENTRY_VERSION=24.2.0" in after["env"].decode()
+    new = set(after["tables"]) - set(before["tables"])
+    assert new == {"sentry_release"}, new
+    for table, checksum in before["tables"].items():
+        if table != "sentry_migrations":
+            assert after["tables"][table] == checksum, table
+    assert all(host.lookup_event(e) for e in events)
+    text = asyncio.run(run_texts(final.state_details.flow_run_id))
+    for expected in ("approved by test: go", "sentry batch 1", "sentry batch 2", "migrations",
+                     "Applied 24.2.0", result["backups"][0]):  # fmt: skip
+        assert expected in text, expected
+
+
+def test_broken_version_rolls_back_with_the_database_restored(stack, store_name):
+    host, name = stack["host"], stack["name"]
+    start = host.running_version()
+    assert start in ("24.1.0", "24.2.0")
+    with postgres.psql(host) as db:
+        before = postgres.table_checksums(db)
+    final = upgrade(host=name, store=store_name, target_version="24.3.0-broken",
+                    require_approval=False, auto_restore=True, health_timeout=60,
+                    return_state=True)  # fmt: skip
+    assert final.is_failed(), final
+    assert "rolled back" in str(final.message).lower() or "back on" in str(final.message)
+    assert host.running_version() == start
+    status, body = host.web_request("/_health/?full")
+    assert status == 200, body
+    with postgres.psql(host) as db:
+        after = postgres.table_checksums(db)
+        versions = {r[0] for r in db.rows("SELECT version FROM sentry_migrations")}
+    assert "24.3.0-broken" not in versions
+    before.pop("sentry_option", None), after.pop("sentry_option", None)
+    assert after == before
+    text = asyncio.run(run_texts(final.state_details.flow_run_id))
+    assert "restore postgres" in text and "ROLLED BACK" in text
+
+
+def test_a_jump_over_a_hard_stop_is_two_hops_each_with_its_own_verified_backup(
+    stack, store_name, sandbox
+):
+    host, name = stack["host"], stack["name"]
+    start = host.running_version()
+    assert start in ("24.1.0", "24.2.0")
+    result = upgrade(host=name, store=store_name, target_version="24.9.0", require_approval=False)
+    assert result["hops"] == ["24.8.0", "24.9.0"], result
+    assert host.running_version() == "24.9.0"
+    store = store_from_connection(sandbox, prefix=store_name)
+    verified = {s.backup_id for s in backup_set.list_sets(store, host.identity) if s.verified}
+    taken = {}
+    for backup_id in result["backups"]:
+        assert backup_id in verified, backup_id
+        taken[backup_id] = backup_set.load(store, host.identity, backup_id).sentry_version
+    assert sorted(taken.values()) == [start, "24.8.0"], taken
+    with postgres.psql(host) as db:
+        assert db.value("SELECT count(*) FROM information_schema.columns WHERE "
+                        "table_name = 'sentry_deploy' AND column_name = 'url'") == "1"  # fmt: skip
+
+
+def test_a_migration_job_of_another_run_is_waited_for_never_doubled(stack):
+    host = stack["host"]
+    name = jobs.container_name(host, "upgrade")
+    host.run(["docker", "run", "-d", "--name", name, "--label", f"{jobs.RUN_LABEL}=another-run",
+              "--network", "none", "--entrypoint", "sh", host.tool_image, "-c",
+              "echo other migration; sleep 3"], timeout=120)  # fmt: skip
+    lines, starts = [], []
+
+    def start(cname, labels):
+        starts.append(cname)
+        return ["docker", "run", "-d", "--name", cname, "--label",
+                f"{jobs.RUN_LABEL}={labels[jobs.RUN_LABEL]}", "--network", "none", "--entrypoint",
+                "echo", host.tool_image, "mine"]  # fmt: skip
+
+    job = jobs.run(host, "upgrade", start, run_id="this-run", on_line=lines.append)
+    assert any("still runs: waiting for it first" in line for line in lines), lines
+    assert starts == [name] and job.ok and job.tail[-1] == "mine", (starts, job)
+    assert jobs.state(host, name) is None  # removed once read
