@@ -11,6 +11,9 @@ import uuid
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "0")
+# a killed run's host lock (a 60 s lease, Prefect's minimum) is freed by the server's repossessor
+# within 5 s of its expiry instead of 15
+os.environ.setdefault("PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS", "5")
 
 
 @pytest.fixture(scope="session")
