@@ -232,6 +232,11 @@ class SentryHost(Block):
     docker_data_dir: str = Field(
         default="/var/lib/docker", description="Docker's data directory, for the free-disk check."
     )
+    docker_socket: str = Field(
+        default="/var/run/docker.sock",
+        description="The Docker engine's socket on the host: self-hosted's install.sh runs in a "
+        "container of the tool image that drives the engine through it (upgrades).",
+    )
     connect_timeout: float = Field(default=10.0, description="Seconds to wait for sshd.")
     max_workers: int = Field(
         default=24,
@@ -281,7 +286,7 @@ class SentryHost(Block):
         parse_host_key(value)
         return value
 
-    @field_validator("project_dir", "docker_data_dir")
+    @field_validator("project_dir", "docker_data_dir", "docker_socket")
     @classmethod
     def _absolute(cls, value: str, info) -> str:
         if not posixpath.isabs(value):
@@ -836,6 +841,21 @@ class SentryHost(Block):
                 health = (state.get("Health") or {}).get("Status") or "-"
                 states[cid] = f"{state.get('Status', '?')} {health}"
         return {i: next((v for k, v in states.items() if k.startswith(i)), "gone -") for i in ids}
+
+    def git(self, *args: str, check: bool = True) -> CommandResult:
+        """git in the project dir (self-hosted's checkout)."""
+        return self.run(["git", "-C", self.project_dir, *args], check=check, timeout=300)
+
+    def install_job_argv(self, name: str, labels: dict[str, str], *args: str) -> list[str]:
+        """self-hosted's `./install.sh <args>`, detached (blocks/jobs.py) in a container of the
+        tool image (bash, docker CLI, compose) driving the host's engine through its socket, the
+        project dir mounted at its own path so compose's bind mounts resolve on the host. No
+        stdin: a prompt (a missing non-interactive flag) fails instead of waiting."""
+        d = self.project_dir
+        return ["docker", "run", "-d", "--name", name, *_labels(labels), "--network", "host",
+                "-v", f"{self.docker_socket}:/var/run/docker.sock", "-v", f"{d}:{d}", "-w", d,
+                *self.pull_argv(), "--entrypoint", "bash", self.tool_image, "./install.sh",
+                *args]  # fmt: skip
 
     def container_log_tail(self, cid: str, lines: int = 10) -> list[str]:
         argv = ["sh", "-c", 'exec docker logs --tail "$1" "$0" 2>&1', cid, str(lines)]

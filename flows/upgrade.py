@@ -162,6 +162,7 @@ class Hop:
     backup_id: str
     env_path: str = ""
     env_before: bytes | None = None
+    git_before: str | None = None  # self-hosted: the commit checked out before
     migrated: bool = False
 
 
@@ -229,6 +230,14 @@ def preflight(host: SentryHost, hops: list[str]) -> list[Result]:
                 )
             )
     else:
+        changed = host.git("status", "--porcelain", "--untracked-files=no").text.strip()
+        if changed:
+            raise UpgradeError(
+                f"{host.label}: tracked files of the self-hosted checkout are modified "
+                f"({changed[:300]}): `git checkout <tag>` would refuse or lose them; move "
+                "overrides to .env.custom or docker-compose.override.yml; nothing was changed"
+            )
+        results.append(Result("checkout", Status.OK, "clean: the release tags are there"))
         need = 1 << 30
     with postgres.psql(host) as db:
         need += postgres.database_bytes(db) // 10  # migrations rewrite tables: 10% headroom
@@ -470,8 +479,57 @@ def apply_hop(host: SentryHost, hop: Hop, batch_size: int, timeout: float, audit
         apply_install_sh(host, hop, timeout, audit)
 
 
+# self-hosted's non-interactive install (shared/LAYOUTS.md)
+INSTALL_FLAGS = ("--skip-user-creation", "--no-report-self-hosted-issues",
+                 "--apply-automatic-config-updates")  # fmt: skip
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=24 * 3600)
+def install(host: SentryHost, version: str) -> Result:
+    """self-hosted's `./install.sh` of the checked-out release, detached in a named container
+    (it stops the stack, builds, runs `sentry upgrade`); re-attached on a retry."""
+    logger = get_run_logger()
+    job = jobs.run(
+        host,
+        "install",
+        lambda name, labels: host.install_job_argv(name, labels, *INSTALL_FLAGS),
+        run_id=str(flow_run.id or "local"),
+        on_line=lambda line: logger.info("install.sh: %s", line),
+    )
+    if not job.ok:
+        raise UpgradeError(f"{host.label}: ./install.sh of {version} exited {job.exit_code}: "
+                           + " | ".join(job.tail[-5:]))  # fmt: skip
+    return Result(
+        f"install.sh {version}", Status.DONE, job.tail[-1] if job.tail else "", job.seconds
+    )
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=3600)
+def start_stack(host: SentryHost, timeout: float) -> Result:
+    """`docker compose up -d --wait` (what self-hosted's install.sh tells the operator to run)."""
+    started = time.monotonic()
+    host.run(host.compose_argv("up", "-d", "--wait"), timeout=timeout + 600)
+    return Result(
+        "start the stack", Status.DONE, "compose up -d --wait", round(time.monotonic() - started, 1)
+    )
+
+
+def checkout(host: SentryHost, ref: str) -> None:
+    host.git("-c", "advice.detachedHead=false", "checkout", "--quiet", ref)
+
+
 def apply_install_sh(host: SentryHost, hop: Hop, timeout: float, audit: Audit) -> None:
-    raise UpgradeError(f"{host.label}: self-hosted upgrades through install.sh are not built yet")
+    """self-hosted: `git checkout <tag>`, its `./install.sh`, `compose up -d --wait`, health."""
+    hop.git_before = host.git("rev-parse", "HEAD").text.strip()
+    checkout(host, hop.version)
+    audit.add(Result("checkout", Status.DONE, f"{hop.version} (was {hop.git_before[:12]})"))
+    hop.migrated = True  # install.sh runs the migrations
+    audit.add(install(host, hop.version))
+    audit.add(start_stack(host, timeout))
+    checked = verify(host, hop.version, timeout)
+    audit.add(checked)
+    if not checked.ok:
+        raise UpgradeError(f"{host.label}: {checked.detail}")
 
 
 def restore_database(host: SentryHost, store: BackupStore, backup_id: str, audit: Audit) -> None:
@@ -480,6 +538,7 @@ def restore_database(host: SentryHost, store: BackupStore, backup_id: str, audit
     started = time.monotonic()
     manifest = pick_set(store, host, backup_id)
     host.compose("stop", *host.sentry_services(), timeout=600)
+    host.compose("up", "-d", "--wait", host.stack.service(Role.POSTGRES), timeout=600)
     postgres.recreate_database(host)
     reader = backup_set.open_object(store, manifest, "postgres")  # decrypted, hashed
     postgres.restore(host, host.tool_image, reader)
@@ -517,6 +576,9 @@ def rollback(
     audit: Audit,
 ) -> str:
     """Undo what the hop changed; returns the host's state in one sentence."""
+    if hop.git_before is not None:
+        checkout(host, hop.git_before)
+        audit.add(Result("rollback: checkout", Status.DONE, hop.git_before[:12]))
     if hop.env_before is not None:
         host.put(hop.env_path, hop.env_before, mode=0o600)
         audit.add(Result("rollback: version setting", Status.DONE, f"{hop.env_path} as it was"))
@@ -544,9 +606,14 @@ def rollback(
         if allowed:
             restore_database(host, store, hop.backup_id, audit)
             restored = True
-    services = list(counts)
-    scale = [a for s in services for a in ("--scale", f"{s}={counts[s]}")]
-    host.compose("up", "-d", "--no-deps", *scale, *services, timeout=1800)
+    if hop.git_before is not None:  # self-hosted: its install.sh rebuilds the old release
+        if hop.migrated:
+            audit.add(install(host, hop.previous))
+        audit.add(start_stack(host, timeout))
+    else:
+        services = list(counts)
+        scale = [a for s in services for a in ("--scale", f"{s}={counts[s]}")]
+        host.compose("up", "-d", "--no-deps", *scale, *services, timeout=1800)
     checked = verify(host, hop.previous, timeout)
     audit.add(Result(f"rollback: {checked.name}", checked.status, checked.detail))
     data = (

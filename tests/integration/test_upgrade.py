@@ -217,3 +217,37 @@ def test_a_migration_job_of_another_run_is_waited_for_never_doubled(stack):
     assert any("still runs: waiting for it first" in line for line in lines), lines
     assert starts == [name] and job.ok and job.tail[-1] == "mine", (starts, job)
     assert jobs.state(host, name) is None  # removed once read
+
+
+def test_self_hosted_hop_is_its_install_sh_at_the_release_tag(sandbox, prefect_api, store_name):
+    """Runs last: the sandbox's self-hosted stack is installed anew afterwards (no downgrade)."""
+    from deployments.setup import save_blocks
+
+    name = "test-self-hosted-upgrade"
+    save_blocks(sandbox, name, "self-hosted")
+    host = host_from_connection(sandbox, "self-hosted")
+    assert host.running_version() == "24.1.0"
+    events = [host.send_event({"message": f"self-hosted before {i}", "level": "error"})
+              for i in range(3)]  # fmt: skip
+    wait_processed(host, events)
+    with postgres.psql(host) as db:
+        before = postgres.table_checksums(db)
+    try:
+        state = upgrade(host=name, store=store_name, target_version="24.2.0",
+                        require_approval=False, return_state=True)  # fmt: skip
+        assert state.is_completed(), state
+        assert state.result()["hops"] == ["24.2.0"]
+        assert host.running_version() == "24.2.0"
+        assert host.git("describe", "--tags").text.strip() == "24.2.0"
+        with postgres.psql(host) as db:
+            after = postgres.table_checksums(db)
+        assert set(after) - set(before) == {"sentry_release"}
+        for table in set(before) - {"sentry_migrations", "sentry_option"}:
+            assert after[table] == before[table], table
+        assert all(host.lookup_event(e) for e in events)  # payloads in SeaweedFS, rows in Postgres
+        text = asyncio.run(run_texts(state.state_details.flow_run_id))
+        for expected in ("install.sh: ▶ Turning things off", "migrating database", "Applied 24.2.0",
+                         "checkout: done"):  # fmt: skip
+            assert expected in text, expected
+    finally:
+        sb.reset_stack("self-hosted")

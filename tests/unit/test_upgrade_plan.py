@@ -54,3 +54,52 @@ def test_hops_climb_and_never_skip_a_stop(a, b):
     for x, y in itertools.pairwise(path):
         assert not [s for s in HARD_STOPS if version_key(x) < version_key(s) < version_key(y)]
     assert (hops[-1] if hops else current) == target or version_key(current) == version_key(target)
+
+
+# -- what the upgrade flow reads from the compose file and its parameters -------------------------
+@pytest.mark.parametrize(
+    ("raw", "resolved", "expected"),
+    [  # the guide's tag variable; self-hosted's whole-image variable; a registry with a port
+        ("getsentry/sentry:${SENTRY_VERSION}", "getsentry/sentry:24.1.0",
+         ("SENTRY_VERSION", "24.8.0")),
+        ("sentry:${SENTRY_VERSION:?set it}", "sentry:24.1.0", ("SENTRY_VERSION", "24.8.0")),
+        ("${SENTRY_IMAGE}", "ghcr.io/getsentry/sentry:24.1.0",
+         ("SENTRY_IMAGE", "ghcr.io/getsentry/sentry:24.8.0")),
+        ("${SENTRY_IMAGE:-x}", "reg.local:5000/sentry:24.1.0",
+         ("SENTRY_IMAGE", "reg.local:5000/sentry:24.8.0")),
+        ("reg.local:5000/sentry:${V}", "reg.local:5000/sentry:24.1.0", ("V", "24.8.0")),
+        ("getsentry/sentry:24.1.0", "getsentry/sentry:24.1.0", None),  # fixed: refused
+        ("${REGISTRY}/sentry:24.1.0", "r/sentry:24.1.0", None),  # the version is not a variable
+    ],
+)  # fmt: skip
+def test_the_env_variable_that_sets_the_version(raw, resolved, expected):
+    from blocks.sentry_host import image_setting
+
+    assert image_setting(raw, resolved, "24.8.0") == expected
+
+
+def test_a_web_with_a_fixed_port_or_name_cannot_roll():
+    from blocks.sentry_host import rolling_problem
+
+    assert rolling_problem({"image": "x", "network_mode": "host"}) is None
+    assert "9000" in rolling_problem({"ports": [{"target": 9000, "published": "9000"}]})
+    assert rolling_problem({"ports": [{"target": 9000}]}) is None  # an ephemeral host port
+    assert "container_name" in rolling_problem({"container_name": "ridehailing-sentry"})
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("latest", 1, 300, 3600), "target_version"),
+        (("24.8.0", 0, 300, 3600), "batch_size"),
+        (("24.8.0", True, 300, 3600), "batch_size"),
+        (("24.8.0", 1, 5, 3600), "health_timeout"),
+        (("24.8.0", 1, 300, 10), "approval_timeout"),
+    ],
+)
+def test_bad_parameters_are_named(args, named):
+    from flows.upgrade import parameter_problems
+
+    problems = parameter_problems(*args)
+    assert len(problems) == 1 and problems[0].startswith(named), problems
+    assert parameter_problems("24.8.0", 2, 300, 3600) == []
