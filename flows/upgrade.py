@@ -404,6 +404,10 @@ def roll_web(host: SentryHost, batch_size: int, timeout: float) -> list[Result]:
             raise UpgradeError(f"{host.label}: no new {web} container started for batch {number}")
         try:
             wait_ready(host, new, timeout, f"{web} batch {number}")
+            status, body = host.web_request("/_health/", timeout=15)  # and the service answers
+            if status != 200:
+                raise UpgradeError(f"{host.label}: {web} batch {number}: /_health/ {status} "
+                                   f"{body[:200]!r} with the new replicas up")  # fmt: skip
         except UpgradeError:
             host.remove_containers(new, stop_timeout=10)  # the old batch still serves
             raise
@@ -633,7 +637,7 @@ def ask(kind: type[RunInput], timeout: int, key: str, description: str):
         return pause_flow_run(
             wait_for_input=kind.with_initial_data(description=description),
             timeout=timeout,
-            poll_interval=5,
+            poll_interval=2,
             key=key,
         )
     except FlowPauseTimeout:

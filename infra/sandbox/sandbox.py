@@ -687,6 +687,8 @@ def install_files(layout: str, name: str, info: dict) -> None:
     shutil.copytree(HERE / "stacks" / layout, d, dirs_exist_ok=True)
     env_file = d / ".env"
     if env_file.exists():
+        if layout == "self-hosted" and not (d / ".git").exists():  # installed before the tags
+            release_checkout(d, dict(x.split("=", 1) for x in env_file.read_text().splitlines()))
         return
     values = dict(info["settings"])
     if layout == "guide":
@@ -759,8 +761,18 @@ def create_probe_credentials(layout: str, name: str, slot: int) -> None:
 
 
 def ensure_stack(layout: str, name: str | None = None, slot: int | None = None) -> dict:
-    """Install and start a sandbox stack the quick way (tests); the demo bootstraps the guide's."""
+    """Install and start a sandbox stack the quick way (tests); the demo bootstraps the guide's.
+    A self-hosted checkout a test upgraded is installed anew at the first release (Sentry has no
+    downgrade): the other tests expect it there."""
     name, slot = name or STACKS[layout][0], STACKS[layout][1] if slot is None else slot
+    d = stack_dir(name)
+    if layout == "self-hosted" and (d / ".git").exists():
+        at = sh("git", "-C", str(d), "describe", "--tags", check=False).stdout.strip()
+        if at != SELF_HOSTED_RELEASES[0]:
+            log(f"the self-hosted stack is at {at or '?'} (an upgrade test): installing it anew")
+            remove_stack(name)
+            remove_external_volumes()
+            (STATE / "secrets" / f"{name}-probe.json").unlink(missing_ok=True)
     info = stack_info(layout, name, slot)
     install_files(layout, name, info)
     admin_password = secret_file(STATE / "admin_password")
@@ -848,17 +860,6 @@ def remove_external_volumes() -> None:
                    f'{{{{index .Labels "{SANDBOX_LABEL}"}}}}', volume, check=False)  # fmt: skip
         if owner.returncode == 0 and owner.stdout.strip() == str(STATE):
             sh("docker", "volume", "rm", "-f", volume, check=False)
-
-
-def reset_stack(layout: str) -> dict:
-    """A sandbox stack removed with all its data and installed anew (after a test upgraded it:
-    Sentry has no downgrade)."""
-    name = STACKS[layout][0]
-    remove_stack(name)
-    if layout == "self-hosted":
-        remove_external_volumes()
-    (STATE / "secrets" / f"{name}-probe.json").unlink(missing_ok=True)
-    return ensure_stack(layout)
 
 
 def down() -> None:

@@ -220,7 +220,8 @@ def test_a_migration_job_of_another_run_is_waited_for_never_doubled(stack):
 
 
 def test_self_hosted_hop_is_its_install_sh_at_the_release_tag(sandbox, prefect_api, store_name):
-    """Runs last: the sandbox's self-hosted stack is installed anew afterwards (no downgrade)."""
+    """Leaves the sandbox's self-hosted stack at 24.2.0: the next `sandbox.up()` installs it anew
+    (Sentry has no downgrade), so it runs last."""
     from deployments.setup import save_blocks
 
     name = "test-self-hosted-upgrade"
@@ -232,22 +233,19 @@ def test_self_hosted_hop_is_its_install_sh_at_the_release_tag(sandbox, prefect_a
     wait_processed(host, events)
     with postgres.psql(host) as db:
         before = postgres.table_checksums(db)
-    try:
-        state = upgrade(host=name, store=store_name, target_version="24.2.0",
-                        require_approval=False, return_state=True)  # fmt: skip
-        assert state.is_completed(), state
-        assert state.result()["hops"] == ["24.2.0"]
-        assert host.running_version() == "24.2.0"
-        assert host.git("describe", "--tags").text.strip() == "24.2.0"
-        with postgres.psql(host) as db:
-            after = postgres.table_checksums(db)
-        assert set(after) - set(before) == {"sentry_release"}
-        for table in set(before) - {"sentry_migrations", "sentry_option"}:
-            assert after[table] == before[table], table
-        assert all(host.lookup_event(e) for e in events)  # payloads in SeaweedFS, rows in Postgres
-        text = asyncio.run(run_texts(state.state_details.flow_run_id))
-        for expected in ("install.sh: ▶ Turning things off", "migrating database", "Applied 24.2.0",
-                         "checkout: done"):  # fmt: skip
-            assert expected in text, expected
-    finally:
-        sb.reset_stack("self-hosted")
+    state = upgrade(host=name, store=store_name, target_version="24.2.0",
+                    require_approval=False, return_state=True)  # fmt: skip
+    assert state.is_completed(), state
+    assert state.result()["hops"] == ["24.2.0"]
+    assert host.running_version() == "24.2.0"
+    assert host.git("describe", "--tags").text.strip() == "24.2.0"
+    with postgres.psql(host) as db:
+        after = postgres.table_checksums(db)
+    assert set(after) - set(before) == {"sentry_release"}
+    for table in set(before) - {"sentry_migrations", "sentry_option"}:
+        assert after[table] == before[table], table
+    assert all(host.lookup_event(e) for e in events)  # payloads in SeaweedFS, rows in Postgres
+    text = asyncio.run(run_texts(state.state_details.flow_run_id))
+    for expected in ("install.sh: ▶ Turning things off", "migrating database", "Applied 24.2.0",
+                     "checkout: done"):  # fmt: skip
+        assert expected in text, expected
