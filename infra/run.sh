@@ -37,7 +37,8 @@ test)
     "$venv/bin/ruff" check .
     "$venv/bin/ruff" format --check .
     "$venv/bin/python" -m infra.sandbox up
-    "$venv/bin/python" -m pytest "${@:2}"
+    # two workers (tests/conftest.py groups them: those sharing the sandbox's stacks on one)
+    "$venv/bin/python" -m pytest -n 2 --dist loadgroup "${@:2}"
     ;;
 up | down)
     "$venv/bin/python" -m infra.sandbox "$1"

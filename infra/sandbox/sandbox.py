@@ -16,6 +16,7 @@ Everything needed to connect is written to `<state>/connection.json` (0600).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -808,9 +809,17 @@ def remove_stack(d: Path | str) -> None:
 
 # -- up / down ----------------------------------------------------------------------------------
 def up(with_prefect: bool = False, bare: bool = False) -> dict:
-    started = time.monotonic()
+    """Everything the sandbox has, started where missing; one caller at a time (the test
+    suite's parallel workers each call it: the second finds it all up)."""
     STATE.mkdir(parents=True, exist_ok=True)
     STATE.chmod(0o700)
+    with open(STATE / "up.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _up(with_prefect, bare)
+
+
+def _up(with_prefect: bool, bare: bool) -> dict:
+    started = time.monotonic()
     ensure_docker()
     ensure_images()
     reap_orphan_stacks()
