@@ -37,8 +37,24 @@ test)
     "$venv/bin/ruff" check .
     "$venv/bin/ruff" format --check .
     "$venv/bin/python" -m infra.sandbox up
-    # two workers (tests/conftest.py groups them: those sharing the sandbox's stacks on one)
-    "$venv/bin/python" -m pytest -n 2 --dist loadgroup "${@:2}"
+    # two pytest processes side by side (tests/conftest.py): the tests sharing the sandbox's
+    # stacks in this one, the unit tests and those on a stack of their own in the other
+    other_log=$(mktemp)
+    "$venv/bin/python" -m pytest -m "not shared_sandbox" "${@:2}" >"$other_log" 2>&1 &
+    other=$!
+    shared_rc=0 other_rc=0
+    "$venv/bin/python" -m pytest -m shared_sandbox "${@:2}" || shared_rc=$?
+    wait "$other" || other_rc=$?
+    echo "=== the other pytest process (unit tests, tests on a stack of their own) ==="
+    cat "$other_log"
+    rm -f "$other_log"
+    echo "exit codes: shared $shared_rc, other $other_rc (5: no test selected)"
+    # one selection may be empty when arguments narrow the run (-k ...); both empty is a failure
+    if { [ "$shared_rc" = 5 ] && [ "$other_rc" = 5 ]; } ||
+        { [ "$shared_rc" != 0 ] && [ "$shared_rc" != 5 ]; } ||
+        { [ "$other_rc" != 0 ] && [ "$other_rc" != 5 ]; }; then
+        exit 1
+    fi
     ;;
 up | down)
     "$venv/bin/python" -m infra.sandbox "$1"

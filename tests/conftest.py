@@ -53,17 +53,10 @@ def prefect_api(tmp_path_factory):
 LAYOUTS = ["guide", "self-hosted"]
 
 
-def pytest_collection_modifyitems(items) -> None:
-    """With `-n 2 --dist loadgroup` (infra/run.sh test): the integration tests that share the
-    sandbox's stacks, ports and slots run on one worker, in file order; those on a stack of their
-    own (the guide upgrade tests, slot 5) on the other; unit tests fill in."""
-    for item in items:
-        if "integration" not in item.nodeid:
-            continue
-        own = item.nodeid.startswith("tests/integration/test_upgrade.py") and (
-            "self_hosted" not in item.name
-        )
-        item.add_marker(pytest.mark.xdist_group("own-stack" if own else "sandbox"))
+# `bash infra/run.sh test` runs two pytest processes side by side: `-m shared_sandbox` (the
+# integration tests that share the sandbox's stacks, ports and slots: one process, file order) and
+# `-m "not shared_sandbox"` (unit tests, and the guide upgrade tests on a stack of their own).
+SHARED = pytest.mark.shared_sandbox
 
 
 @pytest.fixture()

@@ -537,8 +537,9 @@ class StackPorts:
         )  # fmt: skip
 
 
-# layout -> (stack name, port slot). Slot 1 is the guide stack's restore drill (+100); slots 2-3
-# are for tests and benchmarks (a bare host, a bench stack and its drill).
+# layout -> (stack name, port slot). Slot 1 is the guide stack's restore drill (+100), slot 5 the
+# self-hosted one's (on the drill host, same 127.0.0.1); slots 2-3 are for tests and benchmarks (a
+# bare host, a bench stack and its drill); slot 7 for the upgrade tests' stack.
 STACKS = {"guide": ("production", 0), "self-hosted": ("self-hosted", 4)}
 # self-hosted's external volumes (created by its install.sh; here by `ensure_stack`)
 EXTERNAL_VOLUMES = (

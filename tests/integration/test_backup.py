@@ -24,6 +24,9 @@ from blocks.layouts import Role
 from deployments.setup import store_from_connection
 from flows.backup import BackupError, backup, list_backups, verify_backup
 from flows.retention import backup_retention
+from tests.conftest import SHARED
+
+pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
 
 
 def manifest_of(store, result: dict) -> backup_set.BackupManifest:

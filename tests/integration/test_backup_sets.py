@@ -34,7 +34,10 @@ from flows.restore_drill import DrillError, DrillStack, restore_drill
 from flows.retention import apply_retention
 from flows.shared import LOCK_POLL_SECONDS
 from infra.sandbox import sandbox as sb
+from tests.conftest import SHARED
 from tests.integration.test_bootstrap import SMALL, run, run_texts
+
+pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
 
 DRILL = DrillStack(port_offset=100, suffix="sets")
 

@@ -19,6 +19,9 @@ from blocks import postgres
 from flows.bootstrap import BootstrapError, HostRequirements, bootstrap
 from flows.shared import Status
 from infra.sandbox import sandbox as sb
+from tests.conftest import SHARED
+
+pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
 
 STACK = str(Path(sb.HERE, "stacks", "guide"))
 ALREADY = str(Status.ALREADY)

@@ -14,8 +14,11 @@ from blocks import backup_set, clickhouse, jobs, postgres
 from blocks.layouts import DataVolume
 from deployments.setup import store_from_connection
 from flows.cleanup import CleanupError, retention_cleanup
+from tests.conftest import SHARED
 from tests.integration.test_backup import cut_ssh_when
 from tests.integration.test_scaling import wait_processed
+
+pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
 
 OLD_VERSIONS = ("23.1.0", "23.2.0")  # older than the sandbox's running 24.1.0
 

@@ -6,6 +6,9 @@ import pytest
 
 from blocks.layouts import Role
 from flows.health import UnhealthyError, health_check, probe_ingestion
+from tests.conftest import SHARED
+
+pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
 
 
 def test_health_passes_with_ingestion_proven(saved_layout_host, layout_host):

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import urllib.request
 
+from tests.conftest import SHARED
+
+pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
+
 
 def test_the_ui_is_told_the_api_address_of_this_server(prefect_api):
     base = prefect_api.removesuffix("/api")

@@ -22,7 +22,10 @@ from flows.backup import backup
 from flows.health import health_check
 from flows.restore_drill import DrillError, DrillStack, restore_drill
 from infra.sandbox import sandbox as sb
+from tests.conftest import SHARED
 from tests.integration.test_scaling import wait_processed
+
+pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
 
 DRILL = DrillStack(web_timeout=20)  # ports: production's + 100, computed by the drill
 BROKEN = "sentry-ops-sandbox/sentry:24.3.0-broken"

@@ -11,6 +11,9 @@ import pytest
 from blocks.layouts import Role
 from blocks.sentry_host import SCALE_FILE
 from flows.scaling import ScalingError, autoscale, running, scale_workers
+from tests.conftest import SHARED
+
+pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
 
 
 def workers(host) -> list[str]:

@@ -14,7 +14,10 @@ import pytest
 from pydantic import SecretStr
 
 from blocks.ssh import HostKeyError, RemoteCommandError, SSHAuthError, SSHConnectError
+from tests.conftest import SHARED
 from tests.unit.test_sentry_host_block import keypair
+
+pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
 
 MiB = 1 << 20
 

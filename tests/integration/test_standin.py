@@ -7,6 +7,9 @@ import datetime as dt
 import time
 
 from blocks.layouts import Role
+from tests.conftest import SHARED
+
+pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
 
 
 def psql(host, query: str) -> str:

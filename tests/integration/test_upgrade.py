@@ -22,10 +22,11 @@ from blocks import backup_set, jobs, postgres
 from deployments.setup import host_from_connection, store_from_connection
 from flows.upgrade import upgrade
 from infra.sandbox import sandbox as sb
+from tests.conftest import SHARED
 from tests.integration.test_bootstrap import run_texts
 from tests.integration.test_scaling import wait_processed
 
-SLOT = 5  # ports of its own (sandbox.StackPorts)
+SLOT = 7  # ports of its own (sandbox.StackPorts; 5 is the self-hosted drill's, 6 spare)
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +220,7 @@ def test_a_migration_job_of_another_run_is_waited_for_never_doubled(stack):
     assert jobs.state(host, name) is None  # removed once read
 
 
+@SHARED  # the sandbox's self-hosted stack
 def test_self_hosted_hop_is_its_install_sh_at_the_release_tag(sandbox, prefect_api, store_name):
     """Leaves the sandbox's self-hosted stack at 24.2.0: the next `sandbox.up()` installs it anew
     (Sentry has no downgrade), so it runs last."""
