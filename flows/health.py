@@ -17,12 +17,14 @@ import time
 import uuid
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.variables import Variable
 
 from blocks.layouts import Role, StackLayout
 from blocks.sentry_host import SentryHost, parse_df, parse_ps
 from blocks.ssh import RemoteCommandError
-from flows.shared import Result, Status, failed, results_artifact, summary
+from flows.shared import Result, Status, artifact_slug, failed, results_artifact, summary
 
 
 class UnhealthyError(Exception):
@@ -62,6 +64,58 @@ def assess_disk(df_output: str, min_free_gb: float, names: list[str]) -> list[Re
         detail = f"{free_gb:.1f} GB free of {total / 1e9:.1f} GB ({100 * available / total:.0f}%)"
         results.append(Result.check(f"disk: {name}", free_gb >= min_free_gb, detail))
     return results
+
+
+HISTORY_DAYS = 13  # free-space samples kept per series (a Prefect Variable holds 5000 chars)
+SAMPLE_SPACING = 5400  # seconds: at most one sample per 1.5 h per series (a closer one replaces it)
+TREND_DAYS = 7  # the forecast's fit uses this window
+MIN_SPAN = 86400  # and needs samples spanning at least a day (minutes of noise are no trend)
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def record(series: list[list[int]], when: int, available_mb: int) -> list[list[int]]:
+    """`series` ([[unix time, free MB], ...], oldest first) with a sample of now: samples stay
+    at least SAMPLE_SPACING apart but the newest, which is always now's; none older than
+    HISTORY_DAYS."""
+    kept = [s for s in series if when - HISTORY_DAYS * 86400 <= s[0] < when]
+    if len(kept) >= 2 and kept[-1][0] - kept[-2][0] < SAMPLE_SPACING:
+        # the newest is replaced until it is spaced from the one before
+        kept[-1] = [when, available_mb]
+    else:
+        kept.append([when, available_mb])
+    return kept
+
+
+def days_until_full(series: list[list[float]], now: float) -> float | None:
+    """Days until free space reaches 0 at the least-squares trend of the last TREND_DAYS;
+    None without a trend: fewer than 3 samples, spanning under MIN_SPAN, or not shrinking."""
+    points = [(t, a) for t, a in series if t >= now - TREND_DAYS * 86400]
+    if len(points) < 3 or points[-1][0] - points[0][0] < MIN_SPAN:
+        return None
+    mean_t = sum(t for t, _ in points) / len(points)
+    mean_a = sum(a for _, a in points) / len(points)
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    slope = sum((t - mean_t) * (a - mean_a) for t, a in points) / var  # bytes per second
+    if slope >= 0:
+        return None
+    return max(0.0, points[-1][1] / -slope / 86400)
+
+
+def sparkline(series: list[list[float]]) -> str:
+    values = [a for _, a in series]
+    low, high = min(values), max(values)
+    return "".join(SPARK[int((a - low) / (high - low) * 7) if high > low else 3] for a in values)
+
+
+def assess_forecast(name: str, series: list[list[float]], now: float, fail_days: float) -> Result:
+    days = days_until_full(series, now)
+    if days is None:
+        span = (series[-1][0] - series[0][0]) / 3600 if series else 0
+        return Result(f"disk forecast: {name}", Status.OK,
+                      f"no shrinking trend ({len(series)} samples over {span:.0f} h)")  # fmt: skip
+    return Result.check(f"disk forecast: {name}", days >= fail_days,
+                        f"full in {days:.1f} days at the last {TREND_DAYS} days' trend "
+                        f"(alert below {fail_days:g})")  # fmt: skip
 
 
 def assess_full_health(status: int, body: bytes) -> Result:
@@ -120,16 +174,41 @@ def check_service(host: SentryHost, role: Role) -> Result:
 
 
 @task(cache_policy=NO_CACHE, timeout_seconds=120)
-def check_disk(host: SentryHost, min_free_gb: float) -> list[Result]:
-    """Free space where Docker keeps its data, and on the filesystem of each data volume."""
-    results = assess_disk(host.run(host.disk_argv(), timeout=30).text, min_free_gb, ["docker"])
+def check_disk(host: SentryHost, min_free_gb: float, forecast_days: float) -> list[Result]:
+    """Free space where Docker keeps its data, and on the filesystem of each data volume; each
+    recorded (a JSON block per host) and forecast: days until full at the recent trend."""
+    df = host.run(host.disk_argv(), timeout=30).text
+    results = assess_disk(df, min_free_gb, ["docker"])
+    free = {"docker": parse_df(df)[0][1]}
     volumes = [v for v in host.stack.volumes if host.volume_exists(v)]
     image = host.service_images().get(host.stack.service(Role.WEB), "")
     if volumes and image:
         df = host.run(host.volume_df_argv(volumes, image), timeout=60).text
         names = [f"volume {v} ({host.volume_name(v)})" for v in volumes]
         results += assess_disk(df, min_free_gb, names)
-    return results
+        free.update({str(v): avail for v, (_, avail) in zip(volumes, parse_df(df), strict=True)})
+    now = int(time.time())
+    history = {}
+    for name, available in free.items():
+        var = artifact_slug(f"disk-{host.identity}-{name}")[:255]
+        history[name] = record(Variable.get(var, default=None) or [], now, available // 10**6)
+        Variable.set(var, history[name], overwrite=True)
+    forecasts = [assess_forecast(n, history[n], now, forecast_days) for n in free]
+    lines = [f"| {n} | {free[n] / 1e9:.1f} GB | {sparkline(history[n])} | {r.detail} |"
+             for n, r in zip(free, forecasts, strict=True)]  # fmt: skip
+    table = [
+        f"## Free space on {host.label}, last {HISTORY_DAYS} days",
+        "",
+        "| where | free now | trend (oldest to newest) | forecast |",
+        "|---|---|---|---|",
+        *lines,
+    ]
+    create_markdown_artifact(
+        "\n".join(table),
+        key=artifact_slug(f"disk-forecast-{host.identity}"),
+        description=f"Free space forecast of {host.label}",
+    )
+    return results + forecasts
 
 
 def probe_ingestion(host: SentryHost, within: float) -> Result:
@@ -179,7 +258,10 @@ def check_ingestion(host: SentryHost, within: float) -> Result:
 # -- flow ---------------------------------------------------------------------------------------
 @flow(name="health-check", flow_run_name="health-{host}", log_prints=True)
 def health_check(
-    host: str, min_free_gb: float = 5.0, ingestion_within_seconds: float = 60.0
+    host: str,
+    min_free_gb: float = 5.0,
+    ingestion_within_seconds: float = 60.0,
+    disk_forecast_days: float = 7.0,
 ) -> list[dict]:
     """Check every part of the Sentry stack on a host, ingestion included.
 
@@ -187,6 +269,8 @@ def health_check(
         host: Name of the SentryHost block.
         min_free_gb: Fail when Docker's disk or a data volume has less free space (GB).
         ingestion_within_seconds: A synthetic event must be processed within this many seconds.
+        disk_forecast_days: Fail when Docker's disk or a data volume would be full within this
+            many days at the trend of the free space recorded by past checks.
     """
     logger = get_run_logger()
     sentry_host = SentryHost.load(host)
@@ -199,7 +283,7 @@ def health_check(
             for role in (Role.POSTGRES, Role.REDIS, Role.CLICKHOUSE)
             if role in sentry_host.stack.services
         ),
-        check_disk.submit(sentry_host, min_free_gb),
+        check_disk.submit(sentry_host, min_free_gb, disk_forecast_days),
         check_ingestion.submit(sentry_host, ingestion_within_seconds),
     ]
     checks: list[Result] = []

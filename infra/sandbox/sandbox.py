@@ -59,6 +59,9 @@ PLUGIN_DIR = Path("/usr/local/lib/docker/cli-plugins")
 
 SSH_PORT = int(os.environ.get("SANDBOX_SSH_PORT", "22022"))
 DRILL_SSH_PORT = int(os.environ.get("SANDBOX_DRILL_SSH_PORT", "22023"))
+# a second sshd to the same engine, for tests on a stack of their own that run beside the tests
+# which cut every connection of the first (tests/conftest.py)
+OWN_SSH_PORT = int(os.environ.get("SANDBOX_OWN_SSH_PORT", "22024"))
 S3_PORT = int(os.environ.get("SANDBOX_S3_PORT", "19090"))
 PREFECT_PORT = int(os.environ.get("SANDBOX_PREFECT_PORT", "14200"))
 BUCKET = "sentry-backups"
@@ -831,6 +834,7 @@ def _up(with_prefect: bool, bare: bool) -> dict:
     info = {
         "ssh": ensure_sshd(),
         "drill_ssh": ensure_sshd("drill-ssh", DRILL_SSH_PORT, ensure_drill_engine()),
+        "own_ssh": ensure_sshd("own-ssh", OWN_SSH_PORT),
         "drill_dir": str(STATE / "drills"),
         "s3": ensure_s3(),
         "stack": stacks["guide"],
@@ -881,6 +885,7 @@ def down() -> None:
     shutil.rmtree(STATE / "secrets", ignore_errors=True)
     stop_pid(STATE / "ssh" / "sshd.pid", "sshd")
     stop_pid(STATE / "drill-ssh" / "sshd.pid", "sshd (drill host)")
+    stop_pid(STATE / "own-ssh" / "sshd.pid", "sshd (own-stack tests)")
     stop_drill_engine()
     stop_pid(STATE / "moto.pid", "the S3 endpoint")
     stop_pid(STATE / "prefect.pid", "the Prefect server")

@@ -72,3 +72,28 @@ def test_names_the_host_lacks_fail_naming_the_field_to_set(sandbox, prefect_api,
         health_check(f"test-renamed-{layout}", ingestion_within_seconds=3)
     assert "service 'no-such-worker' (role worker) is not in the compose project" in str(info.value)
     assert "set service_names.worker in the block" in str(info.value)
+
+
+def test_a_shrinking_disk_fails_the_check_days_before_it_is_full(saved_host, sentry_host):
+    """Two past checks recorded (as the check records them) 1 GB-ish of free space lost per day
+    at a rate that leaves two days: the check fails naming the forecast, and charts it."""
+    import re
+    import time
+
+    from prefect.variables import Variable
+
+    from flows.shared import artifact_slug
+
+    _, available = sentry_host.disk_free()
+    mb, now = available // 10**6, int(time.time())
+    lost = mb // 2  # per day: two days left
+    name = artifact_slug(f"disk-{sentry_host.identity}-docker")
+    Variable.set(name, [[now - 2 * 86400, mb + 2 * lost], [now - 86400, mb + lost]], overwrite=True)
+    try:
+        with pytest.raises(UnhealthyError, match="disk forecast: docker: full in") as failure:
+            health_check(saved_host, ingestion_within_seconds=30)
+        days = float(re.search(r"docker: full in ([0-9.]+) days", str(failure.value)).group(1))
+        assert 1.5 < days < 2.5, failure.value
+        assert len(Variable.get(name)) == 3  # the check recorded its own sample
+    finally:
+        Variable.unset(name)

@@ -33,7 +33,8 @@ SLOT = 7  # ports of its own (sandbox.StackPorts; 5 is the self-hosted drill's, 
 def stack(sandbox, prefect_api):
     name = f"upg{uuid.uuid4().hex[:6]}"
     info = sb.ensure_stack("guide", name, SLOT)
-    host = host_from_connection({**sandbox, "stacks": {"guide": info}})
+    # its own sshd: the other test process cuts every connection of the shared one at times
+    host = host_from_connection({**sandbox, "ssh": sandbox["own_ssh"], "stacks": {"guide": info}})
     host.save(name, overwrite=True)
     yield {"name": name, "host": host, "info": info}
     sb.remove_stack(name)
