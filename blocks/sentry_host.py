@@ -802,6 +802,25 @@ class SentryHost(Block):
         others = sorted(n for n, s in services.items() if n != web and s.get("image") == image)
         return [web, *others] if image else [web]
 
+    def sentry_repository(self) -> str:
+        """The repository of web's image (`getsentry/sentry` of `getsentry/sentry:24.1.0`)."""
+        image = self.service_images().get(self.stack.service(Role.WEB), "")
+        return image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+
+    def running_ids(self, service: str) -> list[str]:
+        """IDs of the service's running containers."""
+        return [c["ID"] for c in self.service_containers(service) if c.get("State") == "running"]
+
+    def replica_counts(self) -> dict[str, int]:
+        """Running containers per Sentry service (what an upgrade or a rollback restores)."""
+        return {s: len(self.running_ids(s)) for s in self.sentry_services()}
+
+    def up_services(self, counts: dict[str, int]) -> None:
+        """`up -d --no-deps` of these services with these replica counts (recreated where their
+        configuration changed)."""
+        scale = [a for s, n in counts.items() for a in ("--scale", f"{s}={n}")]
+        self.compose("up", "-d", "--no-deps", *scale, *counts, timeout=1800)
+
     def image_setting(self, version: str) -> tuple[str, str]:
         """(.env variable, value) that makes the Sentry services run `version`; refuses a
         compose file whose web image is not set from a variable."""

@@ -173,14 +173,9 @@ def plan(host: SentryHost, target: str, hard_stops: list[str] | None) -> tuple[s
     current = host.running_version()
     available = None
     if host.layout == "guide" and not host.pull_images:  # only what the host has locally
-        web = host.stack.service(Role.WEB)
-        resolved = host.service_images().get(web, "")
-        repository = resolved.rsplit(":", 1)[0]
-        available = set(host.image_tags(repository))
+        available = set(host.image_tags(host.sentry_repository()))
     elif host.layout != "guide":
-        available = set(
-            host.run(["git", "-C", host.project_dir, "tag", "-l"], timeout=60).text.split()
-        )
+        available = set(host.git("tag", "-l").text.split())
     stops = HARD_STOPS if hard_stops is None else hard_stops
     return current, plan_upgrade(current, target, stops, available)
 
@@ -213,7 +208,7 @@ def preflight(host: SentryHost, hops: list[str]) -> list[Result]:
         size = host.image_size(current_image) or 0
         need = (1 << 30) + (size * len(hops) if host.pull_images else 0)
         if not host.pull_images:
-            repository = current_image.rsplit(":", 1)[0]
+            repository = host.sentry_repository()
             missing = [h for h in hops if host.image_size(f"{repository}:{h}") is None]
             if missing:
                 raise UpgradeError(
@@ -328,10 +323,6 @@ def migrate(host: SentryHost, version: str) -> Result:
     )
 
 
-def running_ids(host: SentryHost, service: str) -> list[str]:
-    return [c["ID"] for c in host.service_containers(service) if c.get("State") == "running"]
-
-
 def wait_ready(host: SentryHost, ids: list[str], timeout: float, what: str) -> None:
     """Every container running and healthy (or running STABLE_SECONDS without a healthcheck);
     one that exits or turns unhealthy fails at once, with its last lines."""
@@ -370,12 +361,12 @@ def roll_web(host: SentryHost, batch_size: int, timeout: float) -> list[Result]:
     `--scale n+b --no-recreate`), gated on their health, then the batch of old ones stopped.
     A web that cannot have a second replica (fixed port or name) is recreated in place."""
     web = host.stack.service(Role.WEB)
-    old = running_ids(host, web)
+    old = host.running_ids(web)
     problem = rolling_problem(host.compose_config()["services"][web])
     started = time.monotonic()
     if problem or not old:
         host.compose("up", "-d", "--no-deps", web, timeout=600)
-        wait_ready(host, running_ids(host, web), timeout, f"{web} recreated in place")
+        wait_ready(host, host.running_ids(web), timeout, f"{web} recreated in place")
         return [
             Result(
                 f"restart {web}",
@@ -399,7 +390,7 @@ def roll_web(host: SentryHost, batch_size: int, timeout: float) -> list[Result]:
             web,
             timeout=600,
         )
-        new = [i for i in running_ids(host, web) if i not in known]
+        new = [i for i in host.running_ids(web) if i not in known]
         if not new:
             raise UpgradeError(f"{host.label}: no new {web} container started for batch {number}")
         try:
@@ -427,18 +418,17 @@ def roll_web(host: SentryHost, batch_size: int, timeout: float) -> list[Result]:
 def restart_others(host: SentryHost, counts: dict[str, int], timeout: float) -> Result:
     """The other Sentry services (workers, cron, ...) recreated on the new image, each with
     the replica count it had; workers finish their task in hand (warm shutdown)."""
-    services = [s for s in counts if s != host.stack.service(Role.WEB)]
-    if not services:
+    others = {s: n for s, n in counts.items() if s != host.stack.service(Role.WEB)}
+    if not others:
         return Result("other Sentry services", Status.ALREADY, "none")
     started = time.monotonic()
-    scale = [a for s in services for a in ("--scale", f"{s}={counts[s]}")]
-    host.compose("up", "-d", "--no-deps", *scale, *services, timeout=1800)
-    ids = [i for s in services for i in running_ids(host, s)]
-    wait_ready(host, ids, timeout, ", ".join(services))
+    host.up_services(others)
+    ids = [i for s in others for i in host.running_ids(s)]
+    wait_ready(host, ids, timeout, ", ".join(others))
     return Result(
         "other Sentry services",
         Status.DONE,
-        ", ".join(f"{s} x{counts[s]}" for s in services),
+        ", ".join(f"{s} x{n}" for s, n in others.items()),
         round(time.monotonic() - started, 1),
     )
 
@@ -455,13 +445,17 @@ def verify(host: SentryHost, version: str, timeout: float) -> Result:
     )
 
 
-def apply_guide(host: SentryHost, hop: Hop, batch_size: int, timeout: float, audit: Audit) -> None:
-    counts = {s: len(running_ids(host, s)) for s in host.sentry_services()}
+def apply_guide(
+    host: SentryHost,
+    hop: Hop,
+    counts: dict[str, int],
+    batch_size: int,
+    timeout: float,
+    audit: Audit,
+) -> None:
     var, value = host.image_setting(hop.version)
     hop.env_path = f"{host.project_dir}/{host.stack.operator_env_file}"
     hop.env_before = host.get(hop.env_path) if host.exists(hop.env_path) else b""
-    if host.pull_images:
-        host.compose("pull", *counts, timeout=3600)  # with the old .env: nothing to pull yet
     host.put(hop.env_path, render_env(hop.env_before.decode(), {var: value}).encode(), mode=0o600)
     audit.add(Result("version setting", Status.DONE, f"{var}={value} in {hop.env_path}"))
     if host.pull_images:
@@ -476,9 +470,16 @@ def apply_guide(host: SentryHost, hop: Hop, batch_size: int, timeout: float, aud
         raise UpgradeError(f"{host.label}: {checked.detail}")
 
 
-def apply_hop(host: SentryHost, hop: Hop, batch_size: int, timeout: float, audit: Audit) -> None:
+def apply_hop(
+    host: SentryHost,
+    hop: Hop,
+    counts: dict[str, int],
+    batch_size: int,
+    timeout: float,
+    audit: Audit,
+) -> None:
     if host.layout == "guide":
-        apply_guide(host, hop, batch_size, timeout, audit)
+        apply_guide(host, hop, counts, batch_size, timeout, audit)
     else:
         apply_install_sh(host, hop, timeout, audit)
 
@@ -615,9 +616,7 @@ def rollback(
             audit.add(install(host, hop.previous))
         audit.add(start_stack(host, timeout))
     else:
-        services = list(counts)
-        scale = [a for s in services for a in ("--scale", f"{s}={counts[s]}")]
-        host.compose("up", "-d", "--no-deps", *scale, *services, timeout=1800)
+        host.up_services(counts)
     checked = verify(host, hop.previous, timeout)
     audit.add(Result(f"rollback: {checked.name}", checked.status, checked.detail))
     data = (
@@ -727,11 +726,9 @@ def upgrade(
                         backup_id = pre_backup(host, store, audit)  # the approval took long
                 backups.append(backup_id)
                 hop = Hop(version, previous, backup_id)
-                counts = {
-                    s: len(running_ids(sentry_host, s)) for s in sentry_host.sentry_services()
-                }
+                counts = sentry_host.replica_counts()
                 try:
-                    apply_hop(sentry_host, hop, batch_size, health_timeout, audit)
+                    apply_hop(sentry_host, hop, counts, batch_size, health_timeout, audit)
                 except Exception as exc:
                     audit.add(Result(f"hop to {version}", Status.FAILED, str(exc)[:500]))
                     state = rollback(
