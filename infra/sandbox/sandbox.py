@@ -498,8 +498,9 @@ def start_prefect_server(home: Path, port: int, pidfile: Path, logfile: Path) ->
     if not (pid_alive(pidfile) and prefect_healthy(url)):
         prefect = Path(sys.executable).with_name("prefect")
         # the UI asks /ui-settings where the API is: this server's own port, not Prefect's default
+        # and links in alerts (`flow_run|ui_url`) point at this server's UI
         env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "0",
-               "PREFECT_UI_API_URL": url}  # fmt: skip
+               "PREFECT_UI_API_URL": url, "PREFECT_UI_URL": url.removesuffix("/api")}  # fmt: skip
         spawn([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
               logfile, pidfile, env=env)  # fmt: skip
         wait_for("the Prefect server", lambda: prefect_healthy(url), 180, 0.5)
@@ -898,3 +899,62 @@ def connection() -> dict:
     if not path.exists():
         raise RuntimeError(f"no sandbox: {path} is missing; run `python -m infra.sandbox up`")
     return json.loads(path.read_text())
+
+
+def setup_config(
+    info: dict,
+    folder: Path,
+    hosts: dict[str, str],
+    store: str = "sandbox",
+    work_pool: str = "sentry-ops",
+    webhook_url: str | None = None,
+    extra: str = "",
+) -> Path:
+    """A `python -m deployments.setup` config for sandbox stacks, written as an operator would
+    (deployments/hosts.example.toml): `hosts` maps block names to layouts; secrets in 0600 files
+    beside it. `extra` is appended (more hosts, per-deployment parameters)."""
+    q = json.dumps  # a JSON string is a TOML basic string
+    s3, ssh = info["s3"], info["ssh"]
+    files = {
+        "s3-id": s3["access_key"],
+        "s3-secret": s3["secret_key"],
+        "backup-key": s3["backup_key"],
+    }
+    for name, value in files.items():
+        write_private(folder / "secrets" / name, value)
+    lines = [
+        f"[prefect]\nwork_pool = {q(work_pool)}\nproject_dir = {q(str(REPO))}\n",
+        f"[stores.{store}]\nbucket = {q(s3['bucket'])}\nendpoint_url = {q(s3['endpoint_url'])}",
+        'access_key_id_file = "secrets/s3-id"\nsecret_access_key_file = "secrets/s3-secret"',
+        'backup_key_file = "secrets/backup-key"\n',
+    ]
+    if webhook_url:
+        write_private(folder / "secrets" / "webhook-url", webhook_url)
+        lines.insert(1, '[alerts]\nwebhook_url_file = "secrets/webhook-url"\n')
+    for name, layout in hosts.items():
+        stack = info["stacks"][layout]
+        lines += [
+            f"[hosts.{name}]\nstore = {q(store)}\nlayout = {q(layout)}",
+            f"ssh_host = {q(ssh['host'])}\nssh_port = {ssh['port']}\nssh_user = {q(ssh['user'])}",
+            f"ssh_private_key_file = {q(ssh['private_key_path'])}",
+            f"ssh_host_key = {q(ssh['host_key'])}\nproject_dir = {q(stack['project_dir'])}",
+            f"tool_image = {q(stack['tool_image'])}\npull_images = false",
+            f"web_port = {stack['web_port']}\nredis_port = {stack['redis_port']}",
+            f"clickhouse_port = {stack['clickhouse_port']}",
+            f"clickhouse_http_port = {stack['clickhouse_http_port']}",
+            f"admin_password_file = {q(stack['admin_password_path'])}",
+        ]
+        if "postgres_port" in stack:
+            write_private(folder / "secrets" / f"{name}-postgres", stack["postgres_password"])
+            lines.append(f"postgres_port = {stack['postgres_port']}")
+            lines.append(f'postgres_password_file = "secrets/{name}-postgres"')
+        for key in ("probe_dsn", "api_token"):
+            if stack.get(key):
+                write_private(folder / "secrets" / f"{name}-{key}", stack[key])
+                lines.append(f'{key}_file = "secrets/{name}-{key}"')
+        lines.append(
+            f"\n[hosts.{name}.deployments.bootstrap]\nadmin_email = {q(stack['admin_email'])}\n"
+        )
+    path = folder / "hosts.toml"
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path

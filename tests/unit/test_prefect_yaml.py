@@ -55,3 +55,11 @@ def test_restore_drill_can_follow_each_backup_by_event():
     # the drill that follows a backup drills that backup's host from that backup's store
     assert "event.payload.host" in trigger["parameters"]["host"]
     assert "event.payload.store" in trigger["parameters"]["store"]
+
+
+def test_templates_default_no_host_or_store():
+    """There is no host every install has: setup fills host and store per deployment."""
+    for deployment in deployments():
+        params = deployment.get("parameters") or {}
+        assert not {"host", "store", "admin_password_secret"} & set(params), deployment["name"]
+        assert "sandbox" not in str(params)

@@ -1,0 +1,42 @@
+"""A fleet backup over the sandbox's guide host and an unreachable one: the reachable host is
+backed up (a complete, sealed set in the store), the run fails naming only the other, and its
+summary artifact lists both."""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+
+from prefect.client.orchestration import get_client
+
+from blocks import backup_set
+from blocks.backup_store import BackupStore
+from blocks.sentry_host import SentryHost
+from flows.fleet import fleet_backup
+from tests.conftest import SHARED
+
+pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
+
+
+def test_one_unreachable_host_does_not_stop_the_others(saved_host, store_name):
+    with socket.socket() as sock:  # a 127.0.0.1 port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    gone = f"gone-{uuid.uuid4().hex[:6]}"
+    SentryHost.load(saved_host).model_copy(update={"ssh_port": port}).save(gone)
+    state = fleet_backup([gone, saved_host], store_name, max_parallel=2, return_state=True)
+
+    assert state.is_failed()
+    assert f"failed on 1 of 2 hosts: {gone}: SSHConnectError" in state.message
+    assert saved_host + ":" not in state.message
+    store, host = BackupStore.load(store_name), SentryHost.load(saved_host)
+    sets = backup_set.list_sets(store, host.identity)
+    assert len(sets) == 1 and sets[0].complete and sets[0].trusted, sets
+    with get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts(limit=50)
+    summary = next(a for a in artifact if a.key == f"fleet-backup-{store_name}")
+    data = json.loads(summary.data) if isinstance(summary.data, str) else summary.data
+    rows = {r["name"]: r for r in data}
+    assert rows[gone]["status"] == "failed" and "cannot reach sshd" in rows[gone]["detail"]
+    assert rows[saved_host]["status"] == "done" and sets[0].backup_id in rows[saved_host]["detail"]
