@@ -204,6 +204,7 @@ class Verification(BaseModel):
     by: str
     at: dt.datetime
     detail: str
+    rto_seconds: float | None = None  # a drill's recovery time
 
 
 @dataclass(frozen=True)
@@ -561,10 +562,20 @@ def check_object(store: BackupStore, obj: StoredObject) -> str | None:
 
 
 def record_verification(
-    store: BackupStore, manifest: BackupManifest, ok: bool, by: str, detail: str
+    store: BackupStore,
+    manifest: BackupManifest,
+    ok: bool,
+    by: str,
+    detail: str,
+    rto_seconds: float | None = None,
 ) -> None:
     record = Verification(
-        backup_id=manifest.backup_id, ok=ok, by=by, at=dt.datetime.now(dt.UTC), detail=detail
+        backup_id=manifest.backup_id,
+        ok=ok,
+        by=by,
+        at=dt.datetime.now(dt.UTC),
+        detail=detail,
+        rto_seconds=rto_seconds,
     )
     key = folder(store, manifest.host_id, manifest.backup_id) + VERIFICATION
     store.put_bytes(key, sealed_json(store, record), "application/json")

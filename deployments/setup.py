@@ -119,6 +119,7 @@ class PrefectSettings(BaseModel):
     work_pool_type: Literal["process", "docker"] = "process"
     image: str | None = None  # docker work pool: the flows' image (infra/flows-image)
     project_dir: str = str(ROOT)  # where a process worker finds flows/ (this checkout)
+    metrics_dir: str | None = None  # node_exporter's textfile directory on the worker
 
 
 class AlertSettings(BaseModel):
@@ -339,6 +340,8 @@ def plan_deployments(config: Config) -> list[dict]:
                 params = {**base, "store": store}
                 if "hosts" in takes:
                     params["hosts"] = [h for h, s in config.host_store.items() if s == store]
+                if "textfile" in takes and config.prefect.metrics_dir:
+                    params["textfile"] = f"{config.prefect.metrics_dir}/sentry_ops_{store}.prom"
                 targets.append((store, params))
         for name, params in targets:
             unknown = set(params) - takes

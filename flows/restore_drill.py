@@ -655,6 +655,7 @@ def restore_drill(
             passed,
             "restore-drill",
             "restored and checked" if passed else "; ".join(out.failed)[:1000],
+            rto,
         )
     except Exception as exc:  # the report is never lost to it
         out.stages.append(Result("record verification", Status.WARNING, str(exc)[:300]))

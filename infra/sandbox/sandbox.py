@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import zipfile
@@ -142,6 +143,26 @@ def spawn(argv: list[str], logfile: Path, pidfile: Path, env: dict | None = None
         )
     pidfile.write_text(str(proc.pid))
     return proc.pid
+
+
+def ensure_promtool() -> str:
+    """promtool (checks and unit-tests the shipped alert rules) from Debian's prometheus package,
+    unpacked into the state dir: installing the package would also start a Prometheus server."""
+    found = shutil.which("promtool")
+    if found:
+        return found
+    target = STATE / "bin" / "promtool"
+    if not target.exists():
+        log("unpacking promtool from Debian's prometheus package")
+        with tempfile.TemporaryDirectory() as tmp:
+            if sh("apt-get", "download", "prometheus", cwd=tmp, check=False).returncode != 0:
+                sh("apt-get", "update", "-qq", env={"DEBIAN_FRONTEND": "noninteractive"})
+                sh("apt-get", "download", "prometheus", cwd=tmp)
+            deb = next(Path(tmp).glob("prometheus_*.deb"))
+            sh("sh", "-c", f"dpkg-deb --fsys-tarfile {deb} | tar -x -C {tmp} ./usr/bin/promtool")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(f"{tmp}/usr/bin/promtool", target)
+    return str(target)
 
 
 # -- Docker -------------------------------------------------------------------------------------
@@ -838,6 +859,7 @@ def _up(with_prefect: bool, bare: bool) -> dict:
         "own_ssh": ensure_sshd("own-ssh", OWN_SSH_PORT),
         "drill_dir": str(STATE / "drills"),
         "s3": ensure_s3(),
+        "promtool": ensure_promtool(),
         "stack": stacks["guide"],
         "stacks": stacks,
     }

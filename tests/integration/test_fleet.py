@@ -1,25 +1,30 @@
 """A fleet backup over the sandbox's guide host and an unreachable one: the reachable host is
 backed up (a complete, sealed set in the store), the run fails naming only the other, and its
-summary artifact lists both."""
+summary artifact lists both. Then the store's metrics say when that backup finished."""
 
 from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import uuid
 
 from prefect.client.orchestration import get_client
+from prometheus_client.parser import text_string_to_metric_families
 
 from blocks import backup_set
 from blocks.backup_store import BackupStore
 from blocks.sentry_host import SentryHost
 from flows.fleet import fleet_backup
+from flows.metrics import backup_metrics
 from tests.conftest import SHARED
 
 pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
 
 
-def test_one_unreachable_host_does_not_stop_the_others(saved_host, store_name):
+def test_one_unreachable_host_does_not_stop_the_others_and_metrics_show_the_backup(
+    saved_host, store_name, sandbox, tmp_path
+):
     with socket.socket() as sock:  # a 127.0.0.1 port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -40,3 +45,26 @@ def test_one_unreachable_host_does_not_stop_the_others(saved_host, store_name):
     rows = {r["name"]: r for r in data}
     assert rows[gone]["status"] == "failed" and "cannot reach sshd" in rows[gone]["detail"]
     assert rows[saved_host]["status"] == "done" and sets[0].backup_id in rows[saved_host]["detail"]
+
+    # the store's metrics, as node_exporter's textfile collector would read them
+    textfile = tmp_path / "sentry_ops.prom"
+    backup_metrics(store_name, textfile=str(textfile))
+    text = textfile.read_text()
+    manifest = backup_set.load(store, host.identity, sets[0].backup_id)
+    samples = {
+        s.name: s
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.labels.get("host_id") == host.identity
+    }
+    success = samples["sentry_ops_backup_last_success_timestamp_seconds"]
+    assert success.value == manifest.finished_at.timestamp()
+    assert success.labels["host"] == saved_host and success.labels["store"] == store_name
+    assert samples["sentry_ops_backup_last_size_bytes"].value == sum(
+        o.size for o in manifest.objects
+    )
+    assert "gone" not in text  # the failed host has no set: no sample says otherwise
+    linted = subprocess.run(
+        [sandbox["promtool"], "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert linted.returncode == 0, linted.stdout + linted.stderr

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from blocks import backup_set, postgres
+from blocks import backup_set, metrics, postgres
 from blocks.backup_set import SetError
+from blocks.backup_store import BackupStore
 from deployments.setup import store_from_connection
 from flows.backup import backup
 from flows.health import health_check
@@ -58,6 +59,10 @@ def test_drill_of_a_fresh_backup_passes_and_leaves_production_alone(
         sentry_host.compose("start", "sentry-cron", "sentry-worker")
     assert result["passed"] and result["backup_id"] == taken["backup_id"]
     assert result["rto_seconds"] > 0 and 0 <= result["rpo_seconds"] < 600
+    # the drill's result is kept beside the set: the store's metrics read it from there
+    (facts,) = metrics.read_facts(BackupStore.load(store_name))
+    assert facts.drill_ok is True and facts.drill_rto == result["rto_seconds"]
+    assert facts.sets == {"verified": 1}
     assert after == before  # production's data is unchanged
     assert all(c["status"] == "ok" for c in health_check(saved_host))  # and it is healthy
     assert leftovers(f"{sentry_host.project}-drill") == []
