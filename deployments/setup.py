@@ -282,9 +282,11 @@ def load_config(path: Path) -> Config:
                 f"[hosts.{name}].deployments.restore-drill: drill_host = {drill!r} is not one of "
                 f"[drill_hosts.*] ({', '.join(drill_hosts) or 'none'})"
             )
-    clash = (set(hosts) & set(drill_hosts)) | (set(hosts) & set(stores))
+    clash = set(hosts) & set(drill_hosts)  # both are SentryHost blocks
     if clash:
-        raise ConfigError(f"{path}: names used twice: {sorted(clash)}; block names must differ")
+        raise ConfigError(
+            f"{path}: {sorted(clash)} both a host and a drill host: SentryHost block names differ"
+        )
     return Config(
         prefect=prefect,
         alerts=alerts,
@@ -399,6 +401,7 @@ def apply_deployments(client: Any, config: Config, planned: list[dict]) -> list[
     flows = {f.id: f.name for f in client.read_flows()}
     for old in client.read_deployments():  # a host or store taken out of the config
         if "sentry-ops" in old.tags and (flows.get(old.flow_id), old.name) not in wanted:
+            client.delete_resource_owned_automations(f"prefect.deployment.{old.id}")
             client.delete_deployment(old.id)
     for d in planned:
         template = d["template"]
@@ -552,7 +555,7 @@ def plan_automations(config: Config, block_id: Any) -> list[Any]:
 
 def apply_automations(client: Any, wanted: list[Any]) -> list[str]:
     """Create or update each wanted automation by name; remove sentry-ops automations no longer
-    wanted (a host taken out of the config)."""
+    wanted (a host taken out of the config, or no [alerts] table)."""
     existing = {
         a.name: a for a in client.read_automations() if a.name.startswith(AUTOMATION_PREFIX)
     }
@@ -613,6 +616,7 @@ def setup(config: Config, say: Callable[[str], None] = print) -> dict[str, Any]:
             automations = apply_automations(client, plan_automations(config, block_id))
             say(f"alerts to webhook block {config.alerts.block_name}: {'; '.join(automations)}")
         else:
+            apply_automations(client, [])  # the config is the whole set: none wanted
             say("no [alerts] table: no alert automations (see deployments/hosts.example.toml)")
     say(f"start a worker: prefect worker start --pool {config.prefect.work_pool}")
     return {"deployments": deployments, "automations": automations}

@@ -352,7 +352,7 @@ def clickhouse_snapshot(host: str, store: str, retries: int = 2) -> dict:
     }
 
 
-@flow(name="backup", flow_run_name="backup-{host}", log_prints=True)
+@flow(name="backup", flow_run_name="backup-{host}", log_prints=True, persist_result=True)
 def backup(host: str, store: str, retries: int = 2) -> dict:
     """Back up Postgres, the data volumes and the config of `host` to `store`, encrypted and
     sealed with the store's backup_key.

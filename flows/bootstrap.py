@@ -196,7 +196,7 @@ def create_superuser(host: SentryHost, email: str, password_secret: str) -> Resu
 
 
 # -- flow ---------------------------------------------------------------------------------------
-@flow(name="bootstrap", flow_run_name="bootstrap-{host}", log_prints=True)
+@flow(name="bootstrap", flow_run_name="bootstrap-{host}", log_prints=True, persist_result=True)
 def bootstrap(
     host: str,
     admin_email: str,

@@ -422,7 +422,9 @@ def orphan_volumes(host: SentryHost, dry_run: bool) -> list[Result]:
 
 
 # -- the flow -----------------------------------------------------------------------------------
-@flow(name="retention-cleanup", flow_run_name="cleanup-{host}", log_prints=True)
+@flow(
+    name="retention-cleanup", flow_run_name="cleanup-{host}", log_prints=True, persist_result=True
+)
 def retention_cleanup(
     host: str,
     store: str,

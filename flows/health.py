@@ -256,7 +256,7 @@ def check_ingestion(host: SentryHost, within: float) -> Result:
 
 
 # -- flow ---------------------------------------------------------------------------------------
-@flow(name="health-check", flow_run_name="health-{host}", log_prints=True)
+@flow(name="health-check", flow_run_name="health-{host}", log_prints=True, persist_result=True)
 def health_check(
     host: str,
     min_free_gb: float = 5.0,

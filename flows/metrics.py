@@ -41,7 +41,7 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
-@flow(name="backup-metrics", flow_run_name="backup-metrics-{store}")
+@flow(name="backup-metrics", flow_run_name="backup-metrics-{store}", persist_result=True)
 def backup_metrics(store: str, textfile: str | None = None) -> str:
     """Read every host's backup freshness, size, duration, verification and drill results (RTO)
     from the store and render them as Prometheus metrics.

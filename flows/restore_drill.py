@@ -600,7 +600,7 @@ def restore_and_check(
 
 
 # -- flow ---------------------------------------------------------------------------------------
-@flow(name="restore-drill", flow_run_name="drill-{host}", log_prints=True)
+@flow(name="restore-drill", flow_run_name="drill-{host}", log_prints=True, persist_result=True)
 def restore_drill(
     host: str,
     store: str,

@@ -2,8 +2,10 @@
 
     bash infra/run.sh demo     (brings the sandbox up first, then runs this)
 
-Saves the SentryHost block for the sandbox host, runs the flows against it and prints a report
-and the Prefect UI address where the runs, their logs and artifacts are.
+Writes a setup config for the sandbox's two stacks (as an operator writes deployments/
+hosts.example.toml) and runs `deployments.setup` with it (blocks, work pool, one deployment per
+host, alerts), starts a real process worker, runs the operations through their deployments, and
+prints a report and the Prefect UI address where the runs, their logs and artifacts are.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ def drill_report() -> str:
 
 
 def summarize(result: object) -> str:
+    if isinstance(result, str) and result.startswith("# HELP"):
+        return (
+            f"passed ({sum(1 for line in result.splitlines() if not line.startswith('#'))} samples)"
+        )
     if isinstance(result, dict) and "reclaimed" in result:
         verb = "would reclaim" if result["dry_run"] else "reclaimed"
         return f"passed ({len(result['items'])} items, {verb} {result['reclaimed'] / 1e6:.1f} MB)"
@@ -58,6 +64,32 @@ def summarize(result: object) -> str:
     return "passed"
 
 
+def start_worker(api: str) -> Path:
+    """A real process worker on the sentry-ops pool, its PID in the state dir; polls every 2 s."""
+    pidfile = sandbox.STATE / "worker.pid"
+    sandbox.stop_pid(pidfile, "an earlier demo's worker")
+    prefect = Path(sys.executable).with_name("prefect")
+    sandbox.spawn(
+        [str(prefect), "worker", "start", "--pool", "sentry-ops", "--type", "process"],
+        sandbox.STATE / "worker.log",
+        pidfile,
+        env={"PREFECT_API_URL": api, "PREFECT_WORKER_QUERY_SECONDS": "2"},
+    )
+    return pidfile
+
+
+def deployed(name: str, timeout: float = 900, **parameters) -> object:
+    """Run a deployment (the worker picks it up in its own process) and return its result."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(
+        name, parameters=parameters, timeout=timeout, poll_interval=1, tags=["demo"]
+    )
+    if not run.state.is_completed():
+        raise RuntimeError(f"{name} run {run.name}: {run.state.name}: {run.state.message}")
+    return run.state.result()
+
+
 def main() -> int:
     info = sandbox.connection()
     api = info.get("prefect_api_url")
@@ -66,22 +98,23 @@ def main() -> int:
         return 2
     os.environ["PREFECT_API_URL"] = api  # before prefect is imported
 
-    from prefect.blocks.system import Secret
-
     from blocks import backup_set
     from blocks.backup_store import BackupStore
-    from deployments.setup import host_from_connection, save_blocks
-    from flows.backup import backup
-    from flows.bootstrap import HostRequirements, bootstrap
-    from flows.cleanup import retention_cleanup
-    from flows.health import health_check
-    from flows.restore_drill import restore_drill
+    from deployments.setup import host_from_connection, load_config, setup
 
-    print(f"saved blocks: {', '.join(save_blocks(info, 'sandbox', 'guide'))}")
-    print(f"saved blocks: {', '.join(save_blocks(info, 'sandbox-self-hosted', 'self-hosted'))}")
-    Secret(value=Path(info["stack"]["admin_password_path"]).read_text()).save(
-        "sandbox-admin-password", overwrite=True
-    )
+    hosts = {"sandbox": "guide", "sandbox-self-hosted": "self-hosted"}
+
+    def configure() -> None:
+        """What an operator does once per change of hosts: the config file, then setup."""
+        config = sandbox.setup_config(
+            info, sandbox.STATE / "setup", hosts, store="sandbox", drill_host="drill-host"
+        )
+        print(f"\n$ python -m deployments.setup --config {config}")
+        setup(load_config(config))
+
+    configure()
+    worker = start_worker(api)
+    print(f"process worker on pool sentry-ops started (log {sandbox.STATE / 'worker.log'})\n")
     stack = info["stack"]
     report: list[tuple[str, str, float]] = []
 
@@ -95,67 +128,77 @@ def main() -> int:
             report.append((name, f"FAILED: {exc}"[:400], time.monotonic() - started))
             return None
 
-    step(
-        "bootstrap",
-        lambda: bootstrap(
-            "sandbox",
-            stack["admin_email"],
-            "sandbox-admin-password",
-            stack_files=str(sandbox.HERE / "stacks" / "guide"),
-            settings=stack["settings"],
-            # the sandbox machine is smaller than the guide's minimum (4 cores, 8 GB)
-            requirements=HostRequirements(min_cpus=1, min_memory_gb=1, min_disk_gb=5),
-            extra_ports=[stack["postgres_port"], stack["redis_port"], stack["clickhouse_port"]],
-        ),
-    )
-    # what an operator does once in Sentry's UI: a DSN and an API token for the ingestion probe
-    name, slot = sandbox.STACKS["guide"]
-    sandbox.create_probe_credentials("guide", name, slot)
-    info["stack"] = info["stacks"]["guide"] = sandbox.stack_info("guide")
-    save_blocks(info, "sandbox", "guide")
-    step("health-check (guide)", lambda: health_check("sandbox"))
-    step("health-check (self-hosted)", lambda: health_check("sandbox-self-hosted"))
-    step("send events", lambda: send_events(host_from_connection(info, "guide"), 25))
-    taken = step("backup", lambda: backup("sandbox", "sandbox"))
-    if taken:
-        store = BackupStore.load("sandbox")
-        manifest = backup_set.load(store, taken["host_id"], taken["backup_id"])
-        print(
-            f"\nbackup {manifest.backup_id} in s3://{store.bucket}/"
-            f"{backup_set.folder(store, manifest.host_id, manifest.backup_id)} "
-            f"({info['s3']['endpoint_url']}; AES-256-GCM, sealed manifest)"
-        )
-        for obj in manifest.objects:
-            print(f"  {obj.name:<14} {obj.size / 1e6:8.2f} MB  sha256 {obj.sha256[:16]}...")
-        print(
-            f"  Sentry {manifest.sentry_version}, Postgres {manifest.postgres_version}, "
-            f"{sum(manifest.row_counts.values())} rows in {len(manifest.row_counts)} tables"
-        )
-        # the drill computes the scratch stack's own ports (production's + 100)
-        step("restore drill", lambda: restore_drill("sandbox", "sandbox", taken["backup_id"]))
-        print("\n" + drill_report())
-    # self-hosted keeps its data in external volumes: its drill runs on another Docker host
-    other = step("backup (self-hosted)", lambda: backup("sandbox-self-hosted", "sandbox"))
-    if other:
+    try:
         step(
-            "restore drill (self-hosted, on the drill host)",
-            lambda: restore_drill(
-                "sandbox-self-hosted", "sandbox", other["backup_id"], drill_host="drill-host"
+            "bootstrap (deployment bootstrap/sandbox)",
+            lambda: deployed(
+                "bootstrap/sandbox",
+                stack_files=str(sandbox.HERE / "stacks" / "guide"),
+                settings=stack["settings"],
+                # the sandbox machine is smaller than the guide's minimum (4 cores, 8 GB)
+                requirements={"min_cpus": 1, "min_memory_gb": 1, "min_disk_gb": 5},
+                extra_ports=[stack["postgres_port"], stack["redis_port"], stack["clickhouse_port"]],
             ),
         )
-        print("\n" + drill_report())
-
-    # what tonight's 03:30 cleanup would remove, changing nothing
-    step(
-        "retention cleanup (dry run)",
-        lambda: retention_cleanup("sandbox", "sandbox", event_retention_days=30, dry_run=True),
-    )
+        # what an operator does once in Sentry's UI: a DSN and an API token for the ingestion
+        # probe; then the config names them and setup runs again (idempotent)
+        name, slot = sandbox.STACKS["guide"]
+        sandbox.create_probe_credentials("guide", name, slot)
+        info["stack"] = info["stacks"]["guide"] = sandbox.stack_info("guide")
+        configure()
+        step("health-check/sandbox", lambda: deployed("health-check/sandbox"))
+        step(
+            "health-check/sandbox-self-hosted", lambda: deployed("health-check/sandbox-self-hosted")
+        )
+        step("send events", lambda: send_events(host_from_connection(info, "guide"), 25))
+        taken = step("backup/sandbox", lambda: deployed("backup/sandbox"))
+        if taken:
+            store = BackupStore.load("sandbox")
+            manifest = backup_set.load(store, taken["host_id"], taken["backup_id"])
+            print(
+                f"\nbackup {manifest.backup_id} in s3://{store.bucket}/"
+                f"{backup_set.folder(store, manifest.host_id, manifest.backup_id)} "
+                f"({info['s3']['endpoint_url']}; AES-256-GCM, sealed manifest)"
+            )
+            for obj in manifest.objects:
+                print(f"  {obj.name:<14} {obj.size / 1e6:8.2f} MB  sha256 {obj.sha256[:16]}...")
+            print(
+                f"  Sentry {manifest.sentry_version}, Postgres {manifest.postgres_version}, "
+                f"{sum(manifest.row_counts.values())} rows in {len(manifest.row_counts)} tables"
+            )
+            # the drill computes the scratch stack's own ports (production's + 100)
+            step(
+                "restore-drill/sandbox",
+                lambda: deployed("restore-drill/sandbox", backup_id=taken["backup_id"]),
+            )
+            print("\n" + drill_report())
+        # self-hosted keeps its data in external volumes: its drill runs on the drill host (the
+        # deployment's drill_host parameter, from the config)
+        other = step("backup/sandbox-self-hosted", lambda: deployed("backup/sandbox-self-hosted"))
+        if other:
+            step(
+                "restore-drill/sandbox-self-hosted (on drill-host)",
+                lambda: deployed("restore-drill/sandbox-self-hosted", backup_id=other["backup_id"]),
+            )
+            print("\n" + drill_report())
+        # what tonight's 03:30 cleanup would remove, changing nothing
+        step(
+            "retention-cleanup/sandbox (dry run)",
+            lambda: deployed("retention-cleanup/sandbox", dry_run=True),
+        )
+        step("backup-metrics/sandbox", lambda: deployed("backup-metrics/sandbox"))
+    finally:
+        sandbox.stop_pid(worker, "the demo's worker")
 
     ui = api.removesuffix("/api")
-    print("\n=== sentry-ops demo report ===")
+    print("\n=== sentry-ops demo report (every flow run by a process worker, from deployments) ===")
     for name, result, seconds in report:
-        print(f"{name:<46} {seconds:6.1f}s  {result}")
-    print(f"\nPrefect UI: {ui}  (flow runs, logs and artifacts)")
+        print(f"{name:<50} {seconds:6.1f}s  {result}")
+    print(f"\nPrefect UI: {ui}  (deployments, flow runs, logs and artifacts)")
+    print(
+        "The worker was stopped with the demo; to let the schedules run: "
+        f"PREFECT_API_URL={api} prefect worker start --pool sentry-ops"
+    )
     print(f"Sentry (stand-in) web: http://127.0.0.1:{info['stack']['web_port']}/_health/")
     return 0 if all("FAILED" not in r for _, r, _ in report) else 1
 

@@ -911,6 +911,7 @@ def down() -> None:
     stop_pid(STATE / "own-ssh" / "sshd.pid", "sshd (own-stack tests)")
     stop_drill_engine()
     stop_pid(STATE / "moto.pid", "the S3 endpoint")
+    stop_pid(STATE / "worker.pid", "the demo's worker")
     stop_pid(STATE / "prefect.pid", "the Prefect server")
     (STATE / "connection.json").unlink(missing_ok=True)
     log("down (dockerd and the built images are kept, so the next up is warm)")
@@ -930,11 +931,13 @@ def setup_config(
     store: str = "sandbox",
     work_pool: str = "sentry-ops",
     webhook_url: str | None = None,
+    drill_host: str | None = None,
     extra: str = "",
 ) -> Path:
     """A `python -m deployments.setup` config for sandbox stacks, written as an operator would
     (deployments/hosts.example.toml): `hosts` maps block names to layouts; secrets in 0600 files
-    beside it. `extra` is appended (more hosts, per-deployment parameters)."""
+    beside it. With `drill_host`, the drill host is a block of that name and self-hosted hosts
+    drill there. `extra` is appended (more hosts, per-deployment parameters)."""
     q = json.dumps  # a JSON string is a TOML basic string
     s3, ssh = info["s3"], info["ssh"]
     files = {
@@ -977,6 +980,19 @@ def setup_config(
         lines.append(
             f"\n[hosts.{name}.deployments.bootstrap]\nadmin_email = {q(stack['admin_email'])}\n"
         )
+        if drill_host and layout == "self-hosted":  # its external volumes: drills go elsewhere
+            lines.append(
+                f"[hosts.{name}.deployments.restore-drill]\ndrill_host = {q(drill_host)}\n"
+            )
+    if drill_host:
+        drill = info["drill_ssh"]
+        lines += [
+            f"[drill_hosts.{drill_host}]",
+            f"ssh_host = {q(drill['host'])}\nssh_port = {drill['port']}",
+            f"ssh_user = {q(drill['user'])}\nssh_private_key_file = {q(drill['private_key_path'])}",
+            f"ssh_host_key = {q(drill['host_key'])}\nproject_dir = {q(info['drill_dir'])}",
+            f"tool_image = {q(info['stack']['tool_image'])}\npull_images = false\n",
+        ]
     path = folder / "hosts.toml"
     path.write_text("\n".join(lines) + "\n" + extra)
     return path

@@ -113,6 +113,9 @@ def test_setup_makes_every_deployment_once_described_with_schedules_and_alerts(c
         assert missing.trigger.within == timedelta(hours=26)
         assert missing.trigger.match.root["sentry-ops.host"] == host
     assert "sentry-ops: a run failed" in automations
+    for host in hosts:  # the template's trigger, narrowed to the host, off as in prefect.yaml
+        trigger = automations[f"restore-drill/{host} on sentry.backup.completed"]
+        assert not trigger.enabled and trigger.trigger.match.root["sentry-ops.host"] == host
 
     # again: same deployments (same ids), one schedule each, the same automations
     assert main(["--config", str(configured["config"])]) == 0
@@ -180,6 +183,7 @@ def test_a_host_taken_out_of_the_config_loses_its_deployments_and_alert(configur
     assert f"backup/{a}" in names
     assert not [n for n in names if n.endswith(f"/{b}")]
     assert f"sentry-ops: no backup of {b} in 26 h" not in automations
+    assert not [x for x in automations if x.startswith(f"restore-drill/{b} ")]  # its trigger
     assert f"sentry-ops: no backup of {a} in 26 h" in automations
 
 
