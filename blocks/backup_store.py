@@ -57,6 +57,10 @@ class BackupStore(Block):
         "encrypts and seals them, and retention settings."
     )
 
+    def __str__(self) -> str:
+        """The block's saved name (flow run names), else the bucket and prefix."""
+        return self._block_document_name or f"s3://{self.bucket}/{self.prefix}"
+
     bucket: str = Field(description="S3 bucket name.")
     prefix: str = Field(default="sentry", description="Key prefix for all backup sets.")
     credentials: AwsCredentials = Field(

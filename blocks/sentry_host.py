@@ -317,6 +317,10 @@ class SentryHost(Block):
     def label(self) -> str:
         return f"{self.ssh_host}:{self.ssh_port}{self.project_dir}"
 
+    def __str__(self) -> str:
+        """The block's saved name (flow run names are `backup-{host}`), else where it points."""
+        return self._block_document_name or self.label
+
     @property
     def transport(self) -> SSHTransport:
         return SSHTransport(

@@ -383,7 +383,21 @@ def schedule_of(spec: dict) -> Any:
     return DeploymentScheduleCreate(schedule=schedule, active=spec.get("active", True))
 
 
-def apply_deployments(client: Any, config: Config, planned: list[dict]) -> list[str]:
+def as_refs(parameters: dict, block_ids: dict[tuple[str, str], Any]) -> dict:
+    """Block parameters as references to the saved blocks: the run form shows the block picked
+    (and a worker loads it by id); other values as they are."""
+    kinds = {"host": "host", "drill_host": "host", "store": "store"}
+    return {
+        key: {"$ref": {"block_document_id": str(block_ids[kinds[key], value])}}
+        if key in kinds and (kinds[key], value) in block_ids
+        else value
+        for key, value in parameters.items()
+    }
+
+
+def apply_deployments(
+    client: Any, config: Config, planned: list[dict], block_ids: dict[tuple[str, str], Any]
+) -> list[str]:
     """Create or update each planned deployment (the server upserts by flow and name; its
     schedules are replaced, not added)."""
     pull = [
@@ -413,7 +427,7 @@ def apply_deployments(client: Any, config: Config, planned: list[dict]) -> list[
             entrypoint=template["entrypoint"],
             path=config.prefect.project_dir,
             pull_steps=pull,
-            parameters=d["parameters"],
+            parameters=as_refs(d["parameters"], block_ids),
             parameter_openapi_schema=d["flow"].parameters.model_dump_for_openapi(),
             work_pool_name=config.prefect.work_pool,
             work_queue_name="default",
@@ -595,10 +609,11 @@ def setup(config: Config, say: Callable[[str], None] = print) -> dict[str, Any]:
     say("block types registered: sentry-host, sentry-backup-store, secret, aws-credentials")
     with get_client(sync_client=True) as client:
         say(f"work pool {config.prefect.work_pool}: {ensure_work_pool(client, config.prefect)}")
+        block_ids: dict[tuple[str, str], Any] = {}
         for name, store in config.stores.items():
-            store.save(name, overwrite=True)
+            block_ids["store", name] = store.save(name, overwrite=True)
         for name, host in {**config.hosts, **config.drill_hosts}.items():
-            host.save(name, overwrite=True)
+            block_ids["host", name] = host.save(name, overwrite=True)
         for name, password in config.admin_passwords.items():
             Secret(value=password).save(admin_secret_name(name), overwrite=True)
         say(
@@ -607,7 +622,7 @@ def setup(config: Config, say: Callable[[str], None] = print) -> dict[str, Any]:
         )
         for host in config.hosts.values():
             ensure_lock(lock_name(host))
-        deployments = apply_deployments(client, config, planned)
+        deployments = apply_deployments(client, config, planned, block_ids)
         say(f"deployments ({len(deployments)}): {', '.join(deployments)}")
         automations: list[str] = []
         if config.alerts and config.webhook_url:

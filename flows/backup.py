@@ -43,7 +43,7 @@ from blocks.backup_store import BackupStore, StoreError
 from blocks.layouts import DataVolume, Role
 from blocks.sentry_host import SentryHost
 from flows.retention import apply_retention
-from flows.shared import Result, host_lock, results_artifact
+from flows.shared import Result, host_lock, load_block, results_artifact
 
 PAUSE_DEADLINE = 3600  # s: a paused service is unpaused by the host itself after this
 
@@ -318,17 +318,18 @@ def take_clickhouse_set(host_name: str, host: SentryHost, writer: SetWriter, ret
 
 # -- flows --------------------------------------------------------------------------------------
 @flow(name="clickhouse-snapshot", flow_run_name="clickhouse-snapshot-{host}", log_prints=True)
-def clickhouse_snapshot(host: str, store: str, retries: int = 2) -> dict:
+def clickhouse_snapshot(host: SentryHost | str, store: BackupStore | str, retries: int = 2) -> dict:
     """A ClickHouse snapshot of `host` alone, as its own sealed set (scope "clickhouse"): the
     same FREEZE, stream and clean-up as the nightly backup's ClickHouse step, under the host
     lock. Drills and min_keep count only full backups.
 
     Args:
-        host: Name of the SentryHost block.
-        store: Name of the BackupStore block.
+        host: The Sentry host: a SentryHost block, or its name.
+        store: The backup store: a BackupStore block, or its name.
         retries: Retries of transient SSH/S3 failures (each starts the snapshot anew).
     """
-    sentry_host, backup_store = SentryHost.load(host), BackupStore.load(store)
+    host, sentry_host = load_block(host, SentryHost)
+    store, backup_store = load_block(store, BackupStore)
     images = preflight(sentry_host, backup_store)
     if not has_clickhouse(sentry_host, images):
         raise BackupError(
@@ -353,17 +354,18 @@ def clickhouse_snapshot(host: str, store: str, retries: int = 2) -> dict:
 
 
 @flow(name="backup", flow_run_name="backup-{host}", log_prints=True, persist_result=True)
-def backup(host: str, store: str, retries: int = 2) -> dict:
+def backup(host: SentryHost | str, store: BackupStore | str, retries: int = 2) -> dict:
     """Back up Postgres, the data volumes and the config of `host` to `store`, encrypted and
     sealed with the store's backup_key.
 
     Args:
-        host: Name of the SentryHost block.
-        store: Name of the BackupStore block.
+        host: The Sentry host: a SentryHost block, or its name.
+        store: The backup store: a BackupStore block, or its name.
         retries: Per-object retries of transient SSH/S3 failures (each retry starts the object
             anew).
     """
-    sentry_host, backup_store = SentryHost.load(host), BackupStore.load(store)
+    host, sentry_host = load_block(host, SentryHost)
+    store, backup_store = load_block(store, BackupStore)
     images = preflight(sentry_host, backup_store)
     warn_unencrypted(backup_store)
     manifest, manifest_key = write_set(
@@ -442,16 +444,19 @@ def pick_set(store: BackupStore, host: SentryHost, backup_id: str | None) -> Bac
 
 
 @flow(name="verify-backup", flow_run_name="verify-backup-{host}")
-def verify_backup(host: str, store: str, backup_id: str | None = None) -> dict:
+def verify_backup(
+    host: SentryHost | str, store: BackupStore | str, backup_id: str | None = None
+) -> dict:
     """Check a backup's seal, then re-read every object and check its size and sha256 against
     the manifest; the result is recorded beside the set (retention keeps the newest verified).
 
     Args:
-        host: Name of the SentryHost block whose backup it is.
-        store: Name of the BackupStore block.
+        host: The Sentry host whose backup it is: a SentryHost block, or its name.
+        store: The backup store: a BackupStore block, or its name.
         backup_id: The backup to verify; default the host's newest complete one.
     """
-    sentry_host, backup_store = SentryHost.load(host), BackupStore.load(store)
+    host, sentry_host = load_block(host, SentryHost)
+    store, backup_store = load_block(store, BackupStore)
     manifest = pick_set(backup_store, sentry_host, backup_id)
     results = verify_objects(backup_store, manifest)
     bad = [r for r in results if not r.ok]
@@ -466,16 +471,16 @@ def verify_backup(host: str, store: str, backup_id: str | None = None) -> dict:
 
 
 @flow(name="list-backups")
-def list_backups(store: str, host: str | None = None) -> list[dict]:
+def list_backups(store: BackupStore | str, host: SentryHost | str | None = None) -> list[dict]:
     """Every backup set in the store (or of one host), newest first, with its status: only
     complete, sealed sets are restorable; verified ones passed a verify or a drill.
 
     Args:
-        store: Name of the BackupStore block.
-        host: Name of a SentryHost block to list only its sets; default every host's.
+        store: The backup store: a BackupStore block, or its name.
+        host: A SentryHost block (or its name) to list only its sets; default every host's.
     """
-    backup_store = BackupStore.load(store)
-    host_id = SentryHost.load(host).identity if host else None
+    store, backup_store = load_block(store, BackupStore)
+    host_id = load_block(host, SentryHost)[1].identity if host else None
     try:
         sets = backup_set.list_sets(backup_store, host_id)
     except StoreError as exc:

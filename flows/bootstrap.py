@@ -28,7 +28,7 @@ from blocks.dotenv import conflicts, parse_env, render_env
 from blocks.layouts import Role
 from blocks.sentry_host import SentryHost
 from flows.health import check_web
-from flows.shared import Result, Status, failed, host_lock, results_artifact, summary
+from flows.shared import Result, Status, failed, host_lock, load_block, results_artifact, summary
 
 
 class HostRequirements(BaseModel):
@@ -198,7 +198,7 @@ def create_superuser(host: SentryHost, email: str, password_secret: str) -> Resu
 # -- flow ---------------------------------------------------------------------------------------
 @flow(name="bootstrap", flow_run_name="bootstrap-{host}", log_prints=True, persist_result=True)
 def bootstrap(
-    host: str,
+    host: SentryHost | str,
     admin_email: str,
     admin_password_secret: str,
     stack_files: str | None = None,
@@ -210,7 +210,7 @@ def bootstrap(
     """Bring a Sentry host in the guide's layout from nothing to healthy; safe to run again.
 
     Args:
-        host: Name of the SentryHost block.
+        host: The Sentry host: a SentryHost block, or its name.
         admin_email: Email of the superuser to create (kept if it exists).
         admin_password_secret: Name of the Prefect Secret block holding the admin password.
         stack_files: Local directory with docker-compose.yml (+ config) to upload when the host
@@ -224,7 +224,7 @@ def bootstrap(
     if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", admin_email or ""):
         raise BootstrapError(f"admin_email={admin_email!r} is not an email address")
     Secret.load(admin_password_secret)  # fails early, naming the block, if it does not exist
-    sentry_host = SentryHost.load(host)
+    host, sentry_host = load_block(host, SentryHost)
     if sentry_host.stack.secret_key_env is None:
         raise BootstrapError(
             f"{sentry_host.label}: layout {sentry_host.layout!r} keeps its secret key in "
@@ -272,7 +272,7 @@ def bootstrap(
     return [s.row() for s in steps]
 
 
-def report(host: str, sentry_host: SentryHost, steps: list[Result]) -> None:
+def report(host: SentryHost | str, sentry_host: SentryHost, steps: list[Result]) -> None:
     results_artifact(f"bootstrap-{host}", steps, f"Bootstrap of {sentry_host.label}")
 
 

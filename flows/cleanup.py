@@ -54,6 +54,7 @@ from flows.shared import (
     Status,
     artifact_slug,
     host_lock,
+    load_block,
     lock_holder,
     results_artifact,
 )
@@ -426,8 +427,8 @@ def orphan_volumes(host: SentryHost, dry_run: bool) -> list[Result]:
     name="retention-cleanup", flow_run_name="cleanup-{host}", log_prints=True, persist_result=True
 )
 def retention_cleanup(
-    host: str,
-    store: str,
+    host: SentryHost | str,
+    store: BackupStore | str,
     event_retention_days: int = 30,
     dry_run: bool = False,
     vacuum: bool = True,
@@ -437,8 +438,9 @@ def retention_cleanup(
     Postgres, and report the space each step gave back.
 
     Args:
-        host: Name of the SentryHost block.
-        store: Name of the BackupStore block whose retention applies to this host's backups.
+        host: The Sentry host: a SentryHost block, or its name.
+        store: The BackupStore block (or its name) whose retention applies to this host's
+            backups.
         event_retention_days: Keep this many days of events (1..3650).
         dry_run: List what would be removed; change nothing.
         vacuum: Run a plain VACUUM (ANALYZE) of the database (online).
@@ -451,8 +453,8 @@ def retention_cleanup(
     problems = parameter_problems(event_retention_days, vacuum, full)
     if problems:
         raise CleanupError(f"retention cleanup of {host}: {'; '.join(problems)} (nothing was run)")
-    sentry_host = SentryHost.load(host)
-    backup_store = BackupStore.load(store)
+    host, sentry_host = load_block(host, SentryHost)
+    store, backup_store = load_block(store, BackupStore)
     if full:
         with postgres.psql(sentry_host) as db:
             missing = [t for t, size in postgres.relation_bytes(db, full).items() if size is None]

@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from blocks.backup_store import BackupStore
 from flows.backup import backup
 from flows.health import health_check
 from flows.shared import Result, Status, failed, results_artifact
@@ -88,13 +89,13 @@ def over_fleet(
     flow_run_name="fleet-backup-{store}",
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL),
 )
-def fleet_backup(hosts: list[str], store: str, max_parallel: int = 4) -> list[dict]:
+def fleet_backup(hosts: list[str], store: BackupStore | str, max_parallel: int = 4) -> list[dict]:
     """Back up every host of the list to the store (each its own backup run), up to max_parallel
     at once; fails at the end naming each host that failed.
 
     Args:
         hosts: Names of the SentryHost blocks to back up.
-        store: Name of the BackupStore block they back up to.
+        store: The BackupStore block (or its name) they back up to.
         max_parallel: How many backups run at once (each loads its host and the store's link).
     """
     return over_fleet(backup, hosts, max_parallel, f"fleet-backup-{store}", {"store": store})
@@ -106,14 +107,14 @@ def fleet_backup(hosts: list[str], store: str, max_parallel: int = 4) -> list[di
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL),
 )
 def fleet_health_check(
-    hosts: list[str], store: str, max_parallel: int = 8, min_free_gb: float = 5.0
+    hosts: list[str], store: BackupStore | str, max_parallel: int = 8, min_free_gb: float = 5.0
 ) -> list[dict]:
     """Health-check every host of the list (each its own health-check run), up to max_parallel at
     once; fails at the end naming each unhealthy or unreachable host.
 
     Args:
         hosts: Names of the SentryHost blocks to check.
-        store: Name of the BackupStore block the hosts back up to (names the fleet; not read).
+        store: The BackupStore block (or its name) the hosts back up to (names the fleet).
         max_parallel: How many checks run at once.
         min_free_gb: Passed to each health check: the least free space on Docker's disk and on
             every data volume (GB).

@@ -24,7 +24,15 @@ from prefect.variables import Variable
 from blocks.layouts import Role, StackLayout
 from blocks.sentry_host import SentryHost, parse_df, parse_ps
 from blocks.ssh import RemoteCommandError
-from flows.shared import Result, Status, artifact_slug, failed, results_artifact, summary
+from flows.shared import (
+    Result,
+    Status,
+    artifact_slug,
+    failed,
+    load_block,
+    results_artifact,
+    summary,
+)
 
 
 class UnhealthyError(Exception):
@@ -258,7 +266,7 @@ def check_ingestion(host: SentryHost, within: float) -> Result:
 # -- flow ---------------------------------------------------------------------------------------
 @flow(name="health-check", flow_run_name="health-{host}", log_prints=True, persist_result=True)
 def health_check(
-    host: str,
+    host: SentryHost | str,
     min_free_gb: float = 5.0,
     ingestion_within_seconds: float = 60.0,
     disk_forecast_days: float = 7.0,
@@ -266,14 +274,14 @@ def health_check(
     """Check every part of the Sentry stack on a host, ingestion included.
 
     Args:
-        host: Name of the SentryHost block.
+        host: The Sentry host: a SentryHost block, or its name.
         min_free_gb: Fail when Docker's disk or a data volume has less free space (GB).
         ingestion_within_seconds: A synthetic event must be processed within this many seconds.
         disk_forecast_days: Fail when Docker's disk or a data volume would be full within this
             many days at the trend of the free space recorded by past checks.
     """
     logger = get_run_logger()
-    sentry_host = SentryHost.load(host)
+    host, sentry_host = load_block(host, SentryHost)
     futures = [
         check_names.submit(sentry_host),
         check_containers.submit(sentry_host),

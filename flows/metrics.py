@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from blocks import metrics
 from blocks.backup_store import BackupStore
-from flows.shared import artifact_slug
+from flows.shared import artifact_slug, load_block
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -42,19 +42,19 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 @flow(name="backup-metrics", flow_run_name="backup-metrics-{store}", persist_result=True)
-def backup_metrics(store: str, textfile: str | None = None) -> str:
+def backup_metrics(store: BackupStore | str, textfile: str | None = None) -> str:
     """Read every host's backup freshness, size, duration, verification and drill results (RTO)
     from the store and render them as Prometheus metrics.
 
     Args:
-        store: Name of the BackupStore block to read.
+        store: The backup store to read: a BackupStore block, or its name.
         textfile: Absolute path of a `.prom` file to write (node_exporter's textfile collector
             directory on the worker, e.g. /var/lib/prometheus/node-exporter/sentry_ops.prom);
             empty: only the artifact.
     """
     if textfile and not textfile.endswith(".prom"):
         raise ValueError(f"textfile: {textfile} must end in .prom (the collector reads only those)")
-    backup_store = BackupStore.load(store)
+    store, backup_store = load_block(store, BackupStore)
     facts = metrics.read_facts(backup_store)
     text = metrics.render(facts, store, dt.datetime.now(dt.UTC))
     if textfile:

@@ -51,7 +51,7 @@ from blocks.sentry_host import ComposeContext, SentryHost
 from blocks.ssh import Prefixed
 from flows.backup import pick_set, verify_objects
 from flows.health import assess_full_health, probe_web
-from flows.shared import Result, Status, host_lock
+from flows.shared import Result, Status, host_lock, load_block
 
 DRILL_COMPOSE = "docker-compose.drill.yml"
 DRILL_LABEL = "sentry-ops.drill"
@@ -602,18 +602,18 @@ def restore_and_check(
 # -- flow ---------------------------------------------------------------------------------------
 @flow(name="restore-drill", flow_run_name="drill-{host}", log_prints=True, persist_result=True)
 def restore_drill(
-    host: str,
-    store: str,
+    host: SentryHost | str,
+    store: BackupStore | str,
     backup_id: str | None = None,
-    drill_host: str | None = None,
+    drill_host: SentryHost | str | None = None,
     keep_on_failure: bool = False,
     drill: DrillStack | None = None,
 ) -> dict:
     """Restore a backup of a host into a scratch stack, check it, report RTO and RPO.
 
     Args:
-        host: Name of production's SentryHost block.
-        store: Name of the BackupStore block.
+        host: Production's SentryHost block, or its name.
+        store: The backup store: a BackupStore block, or its name.
         backup_id: The backup to drill; default the newest complete one.
         drill_host: SentryHost block of another Docker host to drill on (required for layouts
             with external volumes); default the production host.
@@ -622,8 +622,9 @@ def restore_drill(
     """
     drill = drill or DrillStack()
     started_at, t0 = dt.datetime.now(dt.UTC), time.monotonic()
-    prod, backup_store = SentryHost.load(host), BackupStore.load(store)
-    target = SentryHost.load(drill_host) if drill_host else None
+    host, prod = load_block(host, SentryHost)
+    store, backup_store = load_block(store, BackupStore)
+    target = load_block(drill_host, SentryHost)[1] if drill_host else None
     scratch = scratch_of(prod, target, drill)  # validated before anything is touched
     out = Outcome([], [])
 

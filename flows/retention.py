@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from blocks import backup_set
 from blocks.backup_set import SetListing
 from blocks.backup_store import BackupStore
+from flows.shared import load_block
 
 INCOMPLETE_GRACE = dt.timedelta(hours=24)
 
@@ -114,13 +115,13 @@ def apply_retention(
 
 
 @flow(name="backup-retention")
-def backup_retention(store: str) -> dict:
+def backup_retention(store: BackupStore | str) -> dict:
     """Apply the store's retention policy to every host's backup sets in it.
 
     Args:
-        store: Name of the BackupStore block.
+        store: The backup store: a BackupStore block, or its name.
     """
-    plan, _ = apply_retention(BackupStore.load(store))
+    plan, _ = apply_retention(load_block(store, BackupStore)[1])
     return {
         "deleted": [s.backup_id for s in plan.delete],
         "kept": [s.backup_id for s in plan.keep],

@@ -32,7 +32,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 
 from blocks.sentry_host import SentryHost
-from flows.shared import LockTimeout, Result, Status, host_lock, lock_name, results_artifact
+from flows.shared import (
+    LockTimeout,
+    Result,
+    Status,
+    host_lock,
+    load_block,
+    lock_name,
+    results_artifact,
+)
 
 
 class ScalingError(Exception):
@@ -124,12 +132,14 @@ def rescale(
 
 
 @flow(name="scale-workers", flow_run_name="scale-{host}-to-{replicas}", log_prints=True)
-def scale_workers(host: str, replicas: int, role: str = "worker", stop_timeout: int = 60) -> dict:
+def scale_workers(
+    host: SentryHost | str, replicas: int, role: str = "worker", stop_timeout: int = 60
+) -> dict:
     """Run exactly `replicas` containers of the layout's scalable service, verified, and keep
     that count across a plain `docker compose up -d`.
 
     Args:
-        host: Name of the SentryHost block.
+        host: The Sentry host: a SentryHost block, or its name.
         replicas: How many replicas to run, 0..the block's max_workers.
         role: Which scalable role (guide: worker = sentry-worker; self-hosted: worker =
             taskworker).
@@ -137,7 +147,7 @@ def scale_workers(host: str, replicas: int, role: str = "worker", stop_timeout: 
             killed.
     """
     logger = get_run_logger()
-    sentry_host = SentryHost.load(host)
+    host, sentry_host = load_block(host, SentryHost)
     service = checked_service(sentry_host, role, replicas)
     with host_lock(sentry_host, "scale workers"):
         before = len(running(sentry_host.service_containers(service)))
@@ -211,7 +221,7 @@ def state_name(host: SentryHost) -> str:
 
 @flow(name="autoscale", flow_run_name="autoscale-{host}", log_prints=True)
 def autoscale(
-    host: str,
+    host: SentryHost | str,
     min_replicas: int = 1,
     max_replicas: int = 4,
     backlog_per_worker: int = 500,
@@ -222,7 +232,7 @@ def autoscale(
     """Set the worker count from the queue backlog: up at once, down after a cooldown.
 
     Args:
-        host: Name of the SentryHost block.
+        host: The Sentry host: a SentryHost block, or its name.
         min_replicas: Never fewer replicas than this.
         max_replicas: Never more than this (and never more than the block's max_workers).
         backlog_per_worker: Waiting tasks one replica is expected to keep up with.
@@ -231,7 +241,7 @@ def autoscale(
         stop_timeout: Seconds a removed replica has to finish its current task.
     """
     logger = get_run_logger()
-    sentry_host = SentryHost.load(host)
+    host, sentry_host = load_block(host, SentryHost)
     policy = AutoscalePolicy(min_replicas, max_replicas, backlog_per_worker, cooldown_seconds)
     problems = policy.problems()
     if problems:

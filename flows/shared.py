@@ -9,9 +9,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
@@ -20,6 +22,8 @@ from prefect.runtime import flow_run
 from prefect.variables import Variable
 
 from blocks.sentry_host import SentryHost
+
+B = TypeVar("B", bound=Block)
 
 
 class Status(StrEnum):
@@ -74,6 +78,14 @@ def results_artifact(key: str, results: list[Result], description: str) -> None:
     create_table_artifact(
         key=artifact_slug(key), table=[r.row() for r in results], description=description
     )
+
+
+def load_block(value: B | str, block_type: type[B]) -> tuple[str, B]:
+    """A flow's block parameter: a block (picked in the run form, or passed from Python) or the
+    name of a saved one; returns its name and the block."""
+    if isinstance(value, str):
+        return value, block_type.load(value)
+    return str(value), value
 
 
 # -- the host lock --------------------------------------------------------------------------------

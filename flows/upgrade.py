@@ -45,7 +45,7 @@ from blocks.layouts import Role
 from blocks.sentry_host import SentryHost, rolling_problem
 from flows.backup import backup, pick_set, verify_backup
 from flows.restore_drill import restore_clickhouse
-from flows.shared import Result, Status, artifact_slug, host_lock, results_artifact
+from flows.shared import Result, Status, artifact_slug, host_lock, load_block, results_artifact
 
 # getsentry/self-hosted's hard stops (shared/LAYOUTS.md); the flow's `hard_stops` overrides them
 HARD_STOPS = ("9.1.2", "21.5.0", "21.6.3", "23.6.2", "23.11.0", "24.8.0", "25.5.1", "26.5.0",
@@ -252,7 +252,7 @@ def preflight(host: SentryHost, hops: list[str]) -> list[Result]:
     return results
 
 
-def pre_backup(host: str, store: str, audit: Audit) -> str:
+def pre_backup(host: SentryHost | str, store: BackupStore | str, audit: Audit) -> str:
     """The backup flow, then its verification, as subflows (under this run's host lock)."""
     started = time.monotonic()
     made = backup(host=host, store=store)
@@ -646,8 +646,8 @@ def ask(kind: type[RunInput], timeout: int, key: str, description: str):
 # -- the flow -------------------------------------------------------------------------------------
 @flow(name="upgrade", flow_run_name="upgrade-{host}-to-{target_version}", log_prints=True)
 def upgrade(
-    host: str,
-    store: str,
+    host: SentryHost | str,
+    store: BackupStore | str,
     target_version: str,
     require_approval: bool = True,
     batch_size: int = 1,
@@ -660,8 +660,9 @@ def upgrade(
     after its own verified backup; rolled back on failure.
 
     Args:
-        host: Name of the SentryHost block.
-        store: Name of the BackupStore block for the pre-backups (and a rollback's restore).
+        host: The Sentry host: a SentryHost block, or its name.
+        store: The BackupStore block (or its name) for the pre-backups and a rollback's
+            restore.
         target_version: The Sentry version to end on (e.g. 24.8.0: an image tag on the guide's
             layout, a release tag of the self-hosted checkout).
         require_approval: Pause after the plan and the first pre-backup until an operator
@@ -677,7 +678,8 @@ def upgrade(
     problems = parameter_problems(target_version, batch_size, health_timeout, approval_timeout)
     if problems:
         raise UpgradePlanError(f"upgrade of {host}: {'; '.join(problems)} (nothing was changed)")
-    sentry_host, backup_store = SentryHost.load(host), BackupStore.load(store)
+    host, sentry_host = load_block(host, SentryHost)
+    store, backup_store = load_block(store, BackupStore)
     audit = Audit(host)
     outcome = "failed before any change"
     try:

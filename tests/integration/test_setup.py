@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 
+from blocks.backup_store import BackupStore
+from blocks.sentry_host import SentryHost
 from deployments.setup import main, templates
 from infra.sandbox import sandbox as sb
 
@@ -91,10 +93,16 @@ def test_setup_makes_every_deployment_once_described_with_schedules_and_alerts(c
     for host in hosts:
         for op in ("backup", "health-check", "restore-drill", "upgrade", "bootstrap"):
             assert f"{op}/{host}" in first
-        assert first[f"backup/{host}"].parameters == {"host": host, "store": store}
+        # the blocks themselves, by id: the run form shows them picked
+        assert first[f"backup/{host}"].parameters == {
+            "host": {"$ref": {"block_document_id": str(SentryHost.load(host)._block_document_id)}},
+            "store": {
+                "$ref": {"block_document_id": str(BackupStore.load(store)._block_document_id)}
+            },
+        }
         assert f"host:{host}" not in first[f"backup/{host}"].tags  # tags: op and target
         assert f"target:{host}" in first[f"backup/{host}"].tags
-    assert first[f"fleet-backup/{store}"].parameters == {"store": store, "hosts": hosts}
+    assert first[f"fleet-backup/{store}"].parameters["hosts"] == hosts
     by_template = {t["entrypoint"]: t for t in templates()}
     for name, deployment in first.items():
         template = by_template[deployment.entrypoint]
@@ -149,7 +157,6 @@ def test_a_real_worker_picks_up_a_deployment_run_and_completes_it(configured, pr
 
 
 def test_a_failed_backup_delivers_one_webhook(configured, receiver):
-    from blocks.sentry_host import SentryHost
     from flows.backup import backup
 
     host = next(iter(configured["hosts"]))
