@@ -51,7 +51,8 @@ class BackupStore(Block):
 
     _block_type_name = "Sentry Backup Store"
     _block_type_slug = "sentry-backup-store"
-    _logo_url = "https://cdn.sanity.io/images/3ugk85nk/production/d74b16fe84ce626345adf235a47008fea2869a60-225x225.png"  # type: ignore[assignment]
+    _logo_url = None  # none rather than a remote image that is broken offline
+    _documentation_url = "https://develop.sentry.dev/self-hosted/backup/"  # type: ignore[assignment]
     _description = (
         "An S3 bucket/prefix for Sentry backup sets (one folder per host), with the key that "
         "encrypts and seals them, and retention settings."
@@ -78,9 +79,11 @@ class BackupStore(Block):
         description="Allow a store without backup_key: objects stored in clear, manifests "
         "unsealed, config left out. Every run warns.",
     )
-    retention_days: int = Field(default=30, description="Delete complete backups older than this.")
+    retention_days: int = Field(
+        default=30, ge=1, description="Delete complete backups older than this."
+    )
     min_keep: int = Field(
-        default=7, description="Never delete a host's newest this-many complete backups."
+        default=7, ge=1, description="Never delete a host's newest this-many complete backups."
     )
     server_side_encryption: Literal["AES256", "aws:kms"] | None = Field(
         default=None, description="S3 server-side encryption for every object, on top."

@@ -124,12 +124,17 @@ class ComposeContext:
     env_files: tuple[str, ...] = ()
 
 
+PORT = {"minimum": 1, "maximum": 65535}  # the form checks it; the validator explains
+
+
 class SentryHost(Block):
     """A Docker host with a self-hosted Sentry compose stack, operated over SSH."""
 
     _block_type_name = "Sentry Host"
     _block_type_slug = "sentry-host"
-    _logo_url = "https://avatars.githubusercontent.com/u/1396951?s=200"  # type: ignore[assignment]
+    # no logo: an operator's UI often has no internet, where a remote logo is a broken image
+    _logo_url = None
+    _documentation_url = "https://develop.sentry.dev/self-hosted/"  # type: ignore[assignment]
     _description = (
         "A Docker host running a self-hosted Sentry docker-compose stack, reached over SSH with a "
         "pinned host key. Service, volume and database names default to the layout's and can be "
@@ -137,7 +142,7 @@ class SentryHost(Block):
     )
 
     ssh_host: str = Field(description="Host name or address sshd listens on.")
-    ssh_port: int = Field(default=22, description="sshd port.")
+    ssh_port: int = Field(default=22, json_schema_extra=PORT, description="sshd port.")
     ssh_user: str = Field(default="root", description="SSH user; must be able to run docker.")
     ssh_private_key: SecretStr = Field(
         description="Unencrypted OpenSSH private key (ed25519, ECDSA or RSA) for ssh_user."
@@ -149,7 +154,8 @@ class SentryHost(Block):
         )
     )
     project_dir: str = Field(
-        description="Absolute path of the compose project directory on the host."
+        description="Absolute path of the compose project directory on the host.",
+        json_schema_extra={"pattern": "^/"},  # the form checks it; the validator explains
     )
     project_name: str | None = Field(
         default=None,
@@ -184,20 +190,25 @@ class SentryHost(Block):
     )
     web_port: int = Field(
         default=9000,
+        json_schema_extra=PORT,
         description="Port where Sentry answers on the host's loopback (self-hosted: nginx's "
         "SENTRY_BIND).",
     )
     postgres_port: int | None = Field(
         default=None,
+        json_schema_extra=PORT,
         description="Postgres port inside its container (never published: sentry-ops reaches it "
         "from the host). Empty: the container's own (PGPORT or 5432).",
     )
-    redis_port: int = Field(default=6379, description="Redis port inside its container.")
+    redis_port: int = Field(
+        default=6379, json_schema_extra=PORT, description="Redis port inside its container."
+    )
     clickhouse_port: int = Field(
-        default=9000, description="ClickHouse native port in its container."
+        default=9000, json_schema_extra=PORT, description="ClickHouse native port in its container."
     )
     clickhouse_http_port: int = Field(
         default=8123,
+        json_schema_extra=PORT,
         description="ClickHouse HTTP port in its container (never published: sentry-ops reaches "
         "it through SSH at the container's own address).",
     )

@@ -120,6 +120,7 @@ class PrefectSettings(BaseModel):
     image: str | None = None  # docker work pool: the flows' image (infra/flows-image)
     project_dir: str = str(ROOT)  # where a process worker finds flows/ (this checkout)
     metrics_dir: str | None = None  # node_exporter's textfile directory on the worker
+    job_variables: dict[str, Any] = {}  # the work pool's job variables for every deployment
 
 
 class AlertSettings(BaseModel):
@@ -407,9 +408,9 @@ def apply_deployments(
             }
         }
     ]
-    job_variables = (
-        {"image": config.prefect.image} if config.prefect.work_pool_type == "docker" else {}
-    )
+    job_variables = dict(config.prefect.job_variables)
+    if config.prefect.work_pool_type == "docker":
+        job_variables["image"] = config.prefect.image
     made = []
     wanted = {(d["flow_name"], d["name"]) for d in planned}
     flows = {f.id: f.name for f in client.read_flows()}

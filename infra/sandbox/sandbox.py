@@ -165,6 +165,31 @@ def ensure_promtool() -> str:
     return str(target)
 
 
+def ensure_flows_image() -> str:
+    """The flows' image for a Docker work pool, built by infra/flows-image/build.sh on the
+    sandbox's Debian 12 base (its Python 3.11.2), rebuilt when the sources change."""
+    sources = sorted(
+        p for d in ("flows", "blocks", "deployments") for p in (REPO / d).rglob("*.py")
+    )
+    files = [REPO / "pyproject.toml", REPO / "prefect.yaml", *sources]
+    files += sorted((REPO / "infra" / "flows-image").iterdir())
+    ref = f"sentry-ops-sandbox/flows:{digest(*(f.read_bytes() for f in files))}"
+    if sh("docker", "image", "inspect", ref, check=False).returncode != 0:
+        log(f"building {ref} (infra/flows-image/build.sh)")
+        sh(
+            "bash", str(REPO / "infra" / "flows-image" / "build.sh"), ref, ensure_base_image(),
+            env={"EXTRA_WHEELS": "async-timeout", "PYTHON": sys.executable},
+        )  # fmt: skip
+    return ref
+
+
+def ensure_chromium() -> str:
+    """Headless Chromium (Debian's package), for the tests that open the Prefect UI."""
+    if not shutil.which("chromium"):
+        apt_install("chromium")
+    return shutil.which("chromium") or "chromium"
+
+
 # -- Docker -------------------------------------------------------------------------------------
 def ensure_docker() -> None:
     if shutil.which("docker") and sh("docker", "info", check=False).returncode == 0:
@@ -860,6 +885,7 @@ def _up(with_prefect: bool, bare: bool) -> dict:
         "drill_dir": str(STATE / "drills"),
         "s3": ensure_s3(),
         "promtool": ensure_promtool(),
+        "chromium": ensure_chromium(),
         "stack": stacks["guide"],
         "stacks": stacks,
     }
@@ -932,6 +958,7 @@ def setup_config(
     work_pool: str = "sentry-ops",
     webhook_url: str | None = None,
     drill_host: str | None = None,
+    docker_image: str | None = None,
     extra: str = "",
 ) -> Path:
     """A `python -m deployments.setup` config for sandbox stacks, written as an operator would
@@ -948,7 +975,11 @@ def setup_config(
     for name, value in files.items():
         write_private(folder / "secrets" / name, value)
     lines = [
-        f"[prefect]\nwork_pool = {q(work_pool)}\nproject_dir = {q(str(REPO))}\n",
+        f"[prefect]\nwork_pool = {q(work_pool)}\nproject_dir = {q(str(REPO))}\n"
+        if not docker_image  # else a Docker work pool running the flows' image, host networking
+        else f'[prefect]\nwork_pool = {q(work_pool)}\nwork_pool_type = "docker"\n'
+        f'image = {q(docker_image)}\nproject_dir = "/opt/sentry-ops"\n'
+        '[prefect.job_variables]\nnetwork_mode = "host"\nimage_pull_policy = "Never"\n',
         f"[stores.{store}]\nbucket = {q(s3['bucket'])}\nendpoint_url = {q(s3['endpoint_url'])}",
         'access_key_id_file = "secrets/s3-id"\nsecret_access_key_file = "secrets/s3-secret"',
         'backup_key_file = "secrets/backup-key"\n',

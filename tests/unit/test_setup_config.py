@@ -116,3 +116,20 @@ def test_a_parameter_the_flow_does_not_take_is_refused(tmp_path):
     text = STORE + HOST + "[hosts.sentry-1.deployments.backup]\nretention = 3\n"
     with pytest.raises(ConfigError, match=r"backup/sentry-1: \['retention'\] are not parameters"):
         plan_deployments(load_config(write(tmp_path, text)))
+
+
+def test_the_sample_config_loads_once_its_placeholders_are_filled(tmp_path):
+    sample = (
+        Path(__file__).resolve().parents[2] / "deployments" / "hosts.example.toml"
+    ).read_text()
+    real_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILq2jpTrU6H31jVfJ/y/b491m480Mxrr69IiPK4bmBH5"
+    (tmp_path / "hosts.toml").write_text(sample.replace('"ssh-ed25519 AAAA..."', f'"{real_key}"'))
+    (tmp_path / "secrets").mkdir()
+    for name in ("webhook-url", "s3-access-key-id", "s3-secret-access-key", "backup-key",
+                 "id_ed25519", "sentry-1-db-password", "sentry-1-admin-password"):  # fmt: skip
+        (tmp_path / "secrets" / name).write_text("https://hooks.example.com/" + "x" * 40)
+    config = load_config(tmp_path / "hosts.toml")
+    assert list(config.hosts) == ["sentry-1"] and list(config.stores) == ["main"]
+    planned = {(d["flow_name"], d["name"]): d["parameters"] for d in plan_deployments(config)}
+    assert planned["bootstrap", "sentry-1"]["admin_email"] == "ops@example.com"
+    assert planned["health-check", "sentry-1"]["min_free_gb"] == 20
