@@ -527,6 +527,11 @@ class ObjectReader:
     def read(self, n: int = -1) -> bytes:
         return self._stream.read(n)
 
+    @property
+    def stored_bytes_read(self) -> int:
+        """How much of the stored object has been read (for progress)."""
+        return self._hashing.size
+
     def verify(self) -> None:
         """Raise unless exactly the manifest's bytes were read."""
         digest = self._hashing.sha256.hexdigest()

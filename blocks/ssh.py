@@ -162,6 +162,7 @@ class _PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):
         )
 
 
+NO_CLIENT_REKEY = 2**62
 _clients: dict[SSHTarget, paramiko.SSHClient] = {}
 _clients_lock = threading.Lock()
 
@@ -211,6 +212,12 @@ def _connect(target: SSHTarget) -> paramiko.SSHClient:
     transport = client.get_transport()
     assert transport is not None
     transport.set_keepalive(15)
+    # paramiko's own rekey (every 512 MiB either way, and this connection is reused) races with
+    # channel traffic: a window adjust sent meanwhile waits for a key exchange that never ends
+    # ("Key-exchange timed out waiting for key negotiation", paramiko issue #822; seen here at
+    # the end of a 256 MiB stream on a connection that had moved more before). Rekeying is left
+    # to sshd (OpenSSH rekeys by its RekeyLimit, 1-4 GiB by cipher), which paramiko follows.
+    transport.packetizer.REKEY_BYTES = transport.packetizer.REKEY_PACKETS = NO_CLIENT_REKEY
     return client
 
 

@@ -30,9 +30,7 @@ from importlib.metadata import version as package_version
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
-    create_progress_artifact,
     create_table_artifact,
-    update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
@@ -43,7 +41,7 @@ from blocks.backup_store import BackupStore, StoreError
 from blocks.layouts import DataVolume, Role
 from blocks.sentry_host import SentryHost
 from flows.retention import apply_retention
-from flows.shared import Result, host_lock, load_block, results_artifact
+from flows.shared import HOUR, MINUTE, Progress, Result, host_lock, load_block, results_artifact
 
 PAUSE_DEADLINE = 3600  # s: a paused service is unpaused by the host itself after this
 
@@ -91,7 +89,7 @@ def has_clickhouse(host: SentryHost, images: dict[str, str]) -> bool:
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60])
 def backup_clickhouse(
-    host: SentryHost, writer: SetWriter
+    host: SentryHost, writer: SetWriter, expected: dict[str, int]
 ) -> tuple[backup_set.StoredObject | None, ClickHouseSnapshot]:
     """FREEZE every MergeTree table, stream the frozen parts, always remove the frozen copy."""
     logger = get_run_logger()
@@ -106,8 +104,12 @@ def backup_clickhouse(
                 )
                 how = "ALTER TABLE ... FREEZE per MergeTree table (hard links of immutable parts), "
                 how += "merges stopped until the frozen rows were counted and checksummed"
+                progress = Progress(f"clickhouse of {host.label}", expected.get("clickhouse"))
                 with host.stream(argv, timeout=300, stdin=b"\n") as tar:
-                    obj = writer.put(Kind.CLICKHOUSE, tar, "zstd", consistency=how)
+                    obj = writer.put(
+                        Kind.CLICKHOUSE, tar, "zstd", consistency=how, on_progress=progress.update
+                    )
+                progress.finish(obj.size)
         finally:
             clickhouse.unfreeze(host, name, client)
     for table in snapshot.tables:
@@ -126,27 +128,25 @@ def backup_clickhouse(
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60], timeout_seconds=6 * 3600)
-def backup_postgres(host: SentryHost, writer: SetWriter) -> dict:
+def backup_postgres(host: SentryHost, writer: SetWriter, expected: dict[str, int]) -> dict:
     """pg_dump next to the database, compressed there; row counts in the same snapshot."""
     logger = get_run_logger()
     with postgres.dump(host, host.tool_image) as dump:
-        progress_id = create_progress_artifact(0.0, description=f"pg_dump of {host.label}")
-
-        def on_progress(done: int) -> None:  # compressed bytes vs. the database's size: a guess
-            pct = min(99.0, 100.0 * done * 3 / max(dump.size_estimate, 1))
-            update_progress_artifact(progress_id, pct, f"{done / 1e6:.0f} MB stored")
-
+        # the previous dump's size, else a third of the database's (zstd on Sentry's tables)
+        progress = Progress(
+            f"pg_dump of {host.label}", expected.get("postgres") or dump.size_estimate // 3
+        )
         obj = writer.put(
             Kind.POSTGRES,
             dump.stream,
             dump.compression,
             raw_size=dump.size_estimate,
-            on_progress=on_progress,
+            on_progress=progress.update,
             consistency="pg_dump of a snapshot exported by a REPEATABLE READ transaction; the "
             "manifest's row counts come from the same snapshot",
         )
         counts = dump.row_counts.result()
-    update_progress_artifact(progress_id, 100.0, f"{obj.size / 1e6:.0f} MB stored")
+    progress.finish(obj.size)
     logger.info(
         "postgres: %.1f MB database -> %.1f MB in %.1fs (%.0f MB/s of database)",
         dump.size_estimate / 1e6,
@@ -165,7 +165,9 @@ def backup_postgres(host: SentryHost, writer: SetWriter) -> dict:
 # submitted beside the dump: a thread cannot be interrupted, so no task timeout; the stream's
 # silence timeout (300 s) ends a stalled transfer instead
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60])
-def backup_volume(host: SentryHost, writer: SetWriter, volume: DataVolume):
+def backup_volume(
+    host: SentryHost, writer: SetWriter, volume: DataVolume, expected: dict[str, int]
+):
     """tar + zstd of a data volume on the host (read-only mount); only compressed bytes move.
     Made consistent as the layout says: its writer paused for the copy, or SQLite's online
     backup of its database, else a live copy (files written once)."""
@@ -182,8 +184,13 @@ def backup_volume(host: SentryHost, writer: SetWriter, volume: DataVolume):
     paused = host.pause(role, PAUSE_DEADLINE) if role else []
     started = time.monotonic()
     try:
+        progress = Progress(f"volume {volume} of {host.label}", expected.get(f"volume:{volume}"))
         with host.stream(argv, timeout=300, stdin=b"\n") as tar:
-            obj = writer.put(Kind.VOLUME, tar, "zstd", part=str(volume), consistency=how)
+            obj = writer.put(
+                Kind.VOLUME, tar, "zstd", part=str(volume), consistency=how,
+                on_progress=progress.update,
+            )  # fmt: skip
+        progress.finish(obj.size)
         if not host.paused(paused):
             raise BackupError(
                 f"{host.label}: {volume} was unpaused (its dead man's switch, {PAUSE_DEADLINE} s) "
@@ -215,12 +222,25 @@ def sentry_version(host: SentryHost) -> str:
     return host.running_version()
 
 
+def previous_sizes(store: BackupStore, host_id: str) -> dict[str, int]:
+    """Object name -> stored bytes in the host's newest complete full set ({} for the first)."""
+    try:
+        full = [s for s in backup_set.list_sets(store, host_id) if s.trusted and s.scope == "full"]
+        if not full:
+            return {}
+        manifest = backup_set.load(store, host_id, full[-1].backup_id)
+    except Exception:  # only an estimate: the backup does not depend on it
+        return {}
+    return {o.name: o.size for o in manifest.objects}
+
+
 def take_set(host_name: str, host: SentryHost, writer: SetWriter, images: dict, retries: int):
     """Every object of the set, then its sealed manifest; returns (manifest, manifest key)."""
+    expected = previous_sizes(writer.store, host.identity)  # for the progress artifacts
     # the small objects and facts go while the dump streams (they wait on the network, the
     # dump on the CPU); any failure fails the backup before the manifest is written
     ch_future = (
-        backup_clickhouse.with_options(retries=retries).submit(host, writer)
+        backup_clickhouse.with_options(retries=retries).submit(host, writer, expected)
         if has_clickhouse(host, images)
         else None
     )
@@ -229,14 +249,14 @@ def take_set(host_name: str, host: SentryHost, writer: SetWriter, images: dict, 
     # in the copy (the drill reads the newest one through Sentry's API)
     volumes = [
         backup_volume.with_options(retries=retries).submit(
-            host, writer, volume,
+            host, writer, volume, expected,
             wait_for=[ch_future] if ch_future and volume in host.stack.paused_for_copy else None,
         )
         for volume in host.stack.backup_volumes
     ]  # fmt: skip
     config_future = backup_config.with_options(retries=retries).submit(host, writer)
     version = sentry_version.submit(host)
-    pg = backup_postgres.with_options(retries=retries)(host, writer)
+    pg = backup_postgres.with_options(retries=retries)(host, writer, expected)
     objects = [pg["object"], *(v.result() for v in volumes)]
     ch_object, snapshot = ch_future.result() if ch_future else (None, None)
     if ch_object:
@@ -301,7 +321,8 @@ def write_set(
 
 def take_clickhouse_set(host_name: str, host: SentryHost, writer: SetWriter, retries: int):
     """A set of the ClickHouse snapshot alone (scope "clickhouse"), then its sealed manifest."""
-    obj, snapshot = backup_clickhouse.with_options(retries=retries)(host, writer)
+    expected = previous_sizes(writer.store, host.identity)
+    obj, snapshot = backup_clickhouse.with_options(retries=retries)(host, writer, expected)
     manifest = new_manifest(
         host_name,
         host,
@@ -317,7 +338,12 @@ def take_clickhouse_set(host_name: str, host: SentryHost, writer: SetWriter, ret
 
 
 # -- flows --------------------------------------------------------------------------------------
-@flow(name="clickhouse-snapshot", flow_run_name="clickhouse-snapshot-{host}", log_prints=True)
+@flow(
+    name="clickhouse-snapshot",
+    flow_run_name="clickhouse-snapshot-{host}",
+    log_prints=True,
+    timeout_seconds=12 * HOUR,
+)
 def clickhouse_snapshot(host: SentryHost | str, store: BackupStore | str, retries: int = 2) -> dict:
     """A ClickHouse snapshot of `host` alone, as its own sealed set (scope "clickhouse"): the
     same FREEZE, stream and clean-up as the nightly backup's ClickHouse step, under the host
@@ -353,7 +379,13 @@ def clickhouse_snapshot(host: SentryHost | str, store: BackupStore | str, retrie
     }
 
 
-@flow(name="backup", flow_run_name="backup-{host}", log_prints=True, persist_result=True)
+@flow(
+    name="backup",
+    flow_run_name="backup-{host}",
+    log_prints=True,
+    persist_result=True,
+    timeout_seconds=12 * HOUR,
+)
 def backup(host: SentryHost | str, store: BackupStore | str, retries: int = 2) -> dict:
     """Back up Postgres, the data volumes and the config of `host` to `store`, encrypted and
     sealed with the store's backup_key.
@@ -443,7 +475,7 @@ def pick_set(store: BackupStore, host: SentryHost, backup_id: str | None) -> Bac
     return backup_set.load(store, host.identity, chosen)
 
 
-@flow(name="verify-backup", flow_run_name="verify-backup-{host}")
+@flow(name="verify-backup", flow_run_name="verify-backup-{host}", timeout_seconds=6 * HOUR)
 def verify_backup(
     host: SentryHost | str, store: BackupStore | str, backup_id: str | None = None
 ) -> dict:
@@ -470,7 +502,7 @@ def verify_backup(
     return {"backup_id": manifest.backup_id, "verified": len(results)}
 
 
-@flow(name="list-backups")
+@flow(name="list-backups", timeout_seconds=15 * MINUTE)
 def list_backups(store: BackupStore | str, host: SentryHost | str | None = None) -> list[dict]:
     """Every backup set in the store (or of one host), newest first, with its status: only
     complete, sealed sets are restorable; verified ones passed a verify or a drill.

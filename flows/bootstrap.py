@@ -28,7 +28,16 @@ from blocks.dotenv import conflicts, parse_env, render_env
 from blocks.layouts import Role
 from blocks.sentry_host import SentryHost
 from flows.health import check_web
-from flows.shared import Result, Status, failed, host_lock, load_block, results_artifact, summary
+from flows.shared import (
+    HOUR,
+    Result,
+    Status,
+    failed,
+    host_lock,
+    load_block,
+    results_artifact,
+    summary,
+)
 
 
 class HostRequirements(BaseModel):
@@ -196,7 +205,13 @@ def create_superuser(host: SentryHost, email: str, password_secret: str) -> Resu
 
 
 # -- flow ---------------------------------------------------------------------------------------
-@flow(name="bootstrap", flow_run_name="bootstrap-{host}", log_prints=True, persist_result=True)
+@flow(
+    name="bootstrap",
+    flow_run_name="bootstrap-{host}",
+    log_prints=True,
+    persist_result=True,
+    timeout_seconds=6 * HOUR,
+)
 def bootstrap(
     host: SentryHost | str,
     admin_email: str,

@@ -49,6 +49,7 @@ from blocks.sentry_host import SentryHost
 from flows.restore_drill import DrillError, DrillStack, scratch_of, teardown
 from flows.retention import apply_retention
 from flows.shared import (
+    HOUR,
     LockTimeout,
     Result,
     Status,
@@ -424,7 +425,11 @@ def orphan_volumes(host: SentryHost, dry_run: bool) -> list[Result]:
 
 # -- the flow -----------------------------------------------------------------------------------
 @flow(
-    name="retention-cleanup", flow_run_name="cleanup-{host}", log_prints=True, persist_result=True
+    name="retention-cleanup",
+    flow_run_name="cleanup-{host}",
+    log_prints=True,
+    persist_result=True,
+    timeout_seconds=24 * HOUR,
 )
 def retention_cleanup(
     host: SentryHost | str,

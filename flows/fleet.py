@@ -19,7 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks.backup_store import BackupStore
 from flows.backup import backup
 from flows.health import health_check
-from flows.shared import Result, Status, failed, results_artifact
+from flows.shared import HOUR, Result, Status, failed, results_artifact
 
 MAX_PARALLEL = 32  # the task runner's threads; `max_parallel` bounds what runs at once
 
@@ -88,6 +88,7 @@ def over_fleet(
     name="fleet-backup",
     flow_run_name="fleet-backup-{store}",
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL),
+    timeout_seconds=24 * HOUR,
 )
 def fleet_backup(hosts: list[str], store: BackupStore | str, max_parallel: int = 4) -> list[dict]:
     """Back up every host of the list to the store (each its own backup run), up to max_parallel
@@ -105,6 +106,7 @@ def fleet_backup(hosts: list[str], store: BackupStore | str, max_parallel: int =
     name="fleet-health-check",
     flow_run_name="fleet-health-check-{store}",
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL),
+    timeout_seconds=2 * HOUR,
 )
 def fleet_health_check(
     hosts: list[str], store: BackupStore | str, max_parallel: int = 8, min_free_gb: float = 5.0

@@ -25,6 +25,7 @@ from blocks.layouts import Role, StackLayout
 from blocks.sentry_host import SentryHost, parse_df, parse_ps
 from blocks.ssh import RemoteCommandError
 from flows.shared import (
+    MINUTE,
     Result,
     Status,
     artifact_slug,
@@ -264,7 +265,13 @@ def check_ingestion(host: SentryHost, within: float) -> Result:
 
 
 # -- flow ---------------------------------------------------------------------------------------
-@flow(name="health-check", flow_run_name="health-{host}", log_prints=True, persist_result=True)
+@flow(
+    name="health-check",
+    flow_run_name="health-{host}",
+    log_prints=True,
+    persist_result=True,
+    timeout_seconds=15 * MINUTE,
+)
 def health_check(
     host: SentryHost | str,
     min_free_gb: float = 5.0,

@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from blocks import metrics
 from blocks.backup_store import BackupStore
-from flows.shared import artifact_slug, load_block
+from flows.shared import MINUTE, artifact_slug, load_block
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -41,7 +41,12 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
-@flow(name="backup-metrics", flow_run_name="backup-metrics-{store}", persist_result=True)
+@flow(
+    name="backup-metrics",
+    flow_run_name="backup-metrics-{store}",
+    persist_result=True,
+    timeout_seconds=15 * MINUTE,
+)
 def backup_metrics(store: BackupStore | str, textfile: str | None = None) -> str:
     """Read every host's backup freshness, size, duration, verification and drill results (RTO)
     from the store and render them as Prometheus metrics.

@@ -51,7 +51,7 @@ from blocks.sentry_host import ComposeContext, SentryHost
 from blocks.ssh import Prefixed
 from flows.backup import pick_set, verify_objects
 from flows.health import assess_full_health, probe_web
-from flows.shared import Result, Status, host_lock, load_block
+from flows.shared import HOUR, Progress, Result, Status, host_lock, load_block
 
 DRILL_COMPOSE = "docker-compose.drill.yml"
 DRILL_LABEL = "sentry-ops.drill"
@@ -406,7 +406,9 @@ def restore_postgres(scratch: SentryHost, store: BackupStore, manifest: BackupMa
     service = scratch.stack.service(Role.POSTGRES)
     scratch.run(scratch.compose_argv("up", "-d", "--wait", service), timeout=600)
     reader = backup_set.open_object(store, manifest, "postgres")  # decrypted, hashed
-    seconds = postgres.restore(scratch, scratch.tool_image, reader)
+    progress = Progress(f"restore postgres of {manifest.backup_id}", reader.obj.size)
+    with progress.watching(lambda: reader.stored_bytes_read):
+        seconds = postgres.restore(scratch, scratch.tool_image, reader)
     reader.verify()
     return seconds
 
@@ -419,7 +421,9 @@ def restore_volume(
     volume = DataVolume(name.removeprefix("volume:"))
     reader = backup_set.open_object(store, manifest, name)  # decrypted, hashed
     argv = scratch.volume_untar_argv(volume, scratch.tool_image)
-    scratch.run(argv, stdin=Prefixed(b"\n", reader), timeout=6 * 3600)
+    progress = Progress(f"restore {name} of {manifest.backup_id}", reader.obj.size)
+    with progress.watching(lambda: reader.stored_bytes_read):
+        scratch.run(argv, stdin=Prefixed(b"\n", reader), timeout=6 * 3600)
     reader.verify()
 
 
@@ -439,7 +443,9 @@ def restore_clickhouse(
             if any(o.name == "clickhouse" for o in manifest.objects):
                 reader = backup_set.open_object(store, manifest, "clickhouse")  # decrypted, hashed
                 argv = scratch.volume_untar_argv(DataVolume.CLICKHOUSE, scratch.tool_image, staged)
-                scratch.run(argv, stdin=Prefixed(b"\n", reader), timeout=6 * 3600)
+                progress = Progress(f"restore clickhouse of {manifest.backup_id}", reader.obj.size)
+                with progress.watching(lambda: reader.stored_bytes_read):
+                    scratch.run(argv, stdin=Prefixed(b"\n", reader), timeout=6 * 3600)
                 reader.verify()
             clickhouse.restore(scratch, client, snapshot, staged)
         finally:
@@ -600,7 +606,13 @@ def restore_and_check(
 
 
 # -- flow ---------------------------------------------------------------------------------------
-@flow(name="restore-drill", flow_run_name="drill-{host}", log_prints=True, persist_result=True)
+@flow(
+    name="restore-drill",
+    flow_run_name="drill-{host}",
+    log_prints=True,
+    persist_result=True,
+    timeout_seconds=12 * HOUR,
+)
 def restore_drill(
     host: SentryHost | str,
     store: BackupStore | str,

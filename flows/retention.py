@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from blocks import backup_set
 from blocks.backup_set import SetListing
 from blocks.backup_store import BackupStore
-from flows.shared import load_block
+from flows.shared import HOUR, load_block
 
 INCOMPLETE_GRACE = dt.timedelta(hours=24)
 
@@ -114,7 +114,7 @@ def apply_retention(
     return plan, aborted
 
 
-@flow(name="backup-retention")
+@flow(name="backup-retention", timeout_seconds=2 * HOUR)
 def backup_retention(store: BackupStore | str) -> dict:
     """Apply the store's retention policy to every host's backup sets in it.
 

@@ -33,6 +33,8 @@ from prefect.variables import Variable
 
 from blocks.sentry_host import SentryHost
 from flows.shared import (
+    HOUR,
+    MINUTE,
     LockTimeout,
     Result,
     Status,
@@ -131,7 +133,12 @@ def rescale(
     ]
 
 
-@flow(name="scale-workers", flow_run_name="scale-{host}-to-{replicas}", log_prints=True)
+@flow(
+    name="scale-workers",
+    flow_run_name="scale-{host}-to-{replicas}",
+    log_prints=True,
+    timeout_seconds=HOUR,
+)
 def scale_workers(
     host: SentryHost | str, replicas: int, role: str = "worker", stop_timeout: int = 60
 ) -> dict:
@@ -219,7 +226,9 @@ def state_name(host: SentryHost) -> str:
     return f"{lock_name(host)}-autoscale"
 
 
-@flow(name="autoscale", flow_run_name="autoscale-{host}", log_prints=True)
+@flow(
+    name="autoscale", flow_run_name="autoscale-{host}", log_prints=True, timeout_seconds=15 * MINUTE
+)
 def autoscale(
     host: SentryHost | str,
     min_replicas: int = 1,

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import TypeVar
 
 from prefect import get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -24,6 +29,11 @@ from prefect.variables import Variable
 from blocks.sentry_host import SentryHost
 
 B = TypeVar("B", bound=Block)
+
+# flow timeouts: the bound on a whole run (waiting for the host lock included, up to 6 h); each
+# remote call has its own deadline below it. The upgrade has none: a timeout in the middle of
+# its migrations or its rollback would leave the host half-changed; its steps are bounded.
+MINUTE, HOUR = 60, 3600
 
 
 class Status(StrEnum):
@@ -78,6 +88,43 @@ def results_artifact(key: str, results: list[Result], description: str) -> None:
     create_table_artifact(
         key=artifact_slug(key), table=[r.row() for r in results], description=description
     )
+
+
+class Progress:
+    """A progress artifact of a long transfer: bytes moved against the bytes expected (exact for
+    a restore; for a backup, the same object of the host's previous backup). Created in the task
+    (it belongs to its run); updates may come from any thread."""
+
+    def __init__(self, what: str, expected: int | None) -> None:
+        self.what, self.expected = what, expected or None
+        about = f" (~{self.expected / 1e6:.0f} MB expected)" if self.expected else ""
+        self.id = create_progress_artifact(0.0, description=f"{what}{about}")
+
+    def update(self, done: int) -> None:
+        pct = min(99.0, 100.0 * done / self.expected) if self.expected else 0.0
+        update_progress_artifact(self.id, pct, f"{self.what}: {done / 1e6:.1f} MB")
+
+    def finish(self, done: int) -> None:
+        update_progress_artifact(self.id, 100.0, f"{self.what}: {done / 1e6:.1f} MB, done")
+
+    @contextlib.contextmanager
+    def watching(self, done: Callable[[], int], every: float = 2.0) -> Iterator[None]:
+        """Update from `done()` every few seconds while the body runs; finished when it ends."""
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(every):
+                with contextlib.suppress(Exception):  # a missed update is not a failure
+                    self.update(done())
+
+        watcher = threading.Thread(target=watch, name="progress", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
+        self.finish(done())
 
 
 def load_block(value: B | str, block_type: type[B]) -> tuple[str, B]:

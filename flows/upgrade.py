@@ -45,7 +45,15 @@ from blocks.layouts import Role
 from blocks.sentry_host import SentryHost, rolling_problem
 from flows.backup import backup, pick_set, verify_backup
 from flows.restore_drill import restore_clickhouse
-from flows.shared import Result, Status, artifact_slug, host_lock, load_block, results_artifact
+from flows.shared import (
+    Progress,
+    Result,
+    Status,
+    artifact_slug,
+    host_lock,
+    load_block,
+    results_artifact,
+)
 
 # getsentry/self-hosted's hard stops (shared/LAYOUTS.md); the flow's `hard_stops` overrides them
 HARD_STOPS = ("9.1.2", "21.5.0", "21.6.3", "23.6.2", "23.11.0", "24.8.0", "25.5.1", "26.5.0",
@@ -546,7 +554,9 @@ def restore_database(host: SentryHost, store: BackupStore, backup_id: str, audit
     host.compose("up", "-d", "--wait", host.stack.service(Role.POSTGRES), timeout=600)
     postgres.recreate_database(host)
     reader = backup_set.open_object(store, manifest, "postgres")  # decrypted, hashed
-    postgres.restore(host, host.tool_image, reader)
+    progress = Progress(f"restore postgres of {host.label} from {backup_id}", reader.obj.size)
+    with progress.watching(lambda: reader.stored_bytes_read):
+        postgres.restore(host, host.tool_image, reader)
     reader.verify()
     audit.add(
         Result(

@@ -49,6 +49,10 @@ test)
     cat "$other_log"
     rm -f "$other_log"
     echo "exit codes: shared $shared_rc, other $other_rc (5: no test selected)"
+    shots="${SENTRY_OPS_SANDBOX_DIR:-.sandbox}/ui-screenshots"
+    if [ -d "$shots" ]; then
+        echo "Prefect UI screenshots (headless Chromium): $(cd "$shots" && pwd)/: $(ls "$shots" | tr '\n' ' ')"
+    fi
     # one selection may be empty when arguments narrow the run (-k ...); both empty is a failure
     if { [ "$shared_rc" = 5 ] && [ "$other_rc" = 5 ]; } ||
         { [ "$shared_rc" != 0 ] && [ "$shared_rc" != 5 ]; } ||

@@ -46,6 +46,22 @@ def prod_state(host) -> tuple[dict, dict]:
         return postgres.row_counts(db), postgres.table_checksums(db)
 
 
+def progress_artifacts(backup_id: str) -> dict[str, float]:
+    """The progress artifacts that name this backup: what -> percent."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])), limit=200
+        )
+    return {
+        a.description.split(" of ")[0]: float(a.data)
+        for a in found
+        if a.description and backup_id in a.description
+    }
+
+
 def test_drill_of_a_fresh_backup_passes_and_leaves_production_alone(
     sentry_host, saved_host, store_name, seeded
 ):
@@ -59,6 +75,10 @@ def test_drill_of_a_fresh_backup_passes_and_leaves_production_alone(
         sentry_host.compose("start", "sentry-cron", "sentry-worker")
     assert result["passed"] and result["backup_id"] == taken["backup_id"]
     assert result["rto_seconds"] > 0 and 0 <= result["rpo_seconds"] < 600
+    # each restore showed its progress (bytes read against the object's size), finished
+    progress = progress_artifacts(result["backup_id"])
+    assert {"restore postgres", "restore volume:files"} <= set(progress), progress
+    assert all(pct == 100.0 for pct in progress.values()), progress
     # the drill's result is kept beside the set: the store's metrics read it from there
     (facts,) = metrics.read_facts(BackupStore.load(store_name))
     assert facts.drill_ok is True and facts.drill_rto == result["rto_seconds"]

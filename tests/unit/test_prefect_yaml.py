@@ -63,3 +63,15 @@ def test_templates_default_no_host_or_store():
         params = deployment.get("parameters") or {}
         assert not {"host", "store", "admin_password_secret"} & set(params), deployment["name"]
         assert "sandbox" not in str(params)
+
+
+def test_every_operation_but_the_upgrade_has_a_flow_timeout():
+    """A hung run ends; the upgrade alone has none (a timeout mid-migration or mid-rollback would
+    leave the host half-changed: its steps carry their own bounds)."""
+    for deployment in deployments():
+        path, func = deployment["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), func)
+        if flow.name == "upgrade":
+            assert flow.timeout_seconds is None
+        else:
+            assert flow.timeout_seconds and flow.timeout_seconds <= 24 * 3600, flow.name
