@@ -387,7 +387,12 @@ def schedule_of(spec: dict) -> Any:
 def as_refs(parameters: dict, block_ids: dict[tuple[str, str], Any]) -> dict:
     """Block parameters as references to the saved blocks: the run form shows the block picked
     (and a worker loads it by id); other values as they are."""
-    kinds = {"host": "host", "drill_host": "host", "store": "store"}
+    kinds = {
+        "host": "host",
+        "drill_host": "host",
+        "store": "store",
+        "admin_password_secret": "secret",
+    }
     return {
         key: {"$ref": {"block_document_id": str(block_ids[kinds[key], value])}}
         if key in kinds and (kinds[key], value) in block_ids
@@ -616,7 +621,10 @@ def setup(config: Config, say: Callable[[str], None] = print) -> dict[str, Any]:
         for name, host in {**config.hosts, **config.drill_hosts}.items():
             block_ids["host", name] = host.save(name, overwrite=True)
         for name, password in config.admin_passwords.items():
-            Secret(value=password).save(admin_secret_name(name), overwrite=True)
+            secret_name = admin_secret_name(name)
+            block_ids["secret", secret_name] = Secret(value=password).save(
+                secret_name, overwrite=True
+            )
         say(
             f"blocks saved: stores {', '.join(config.stores)}; hosts "
             f"{', '.join([*config.hosts, *config.drill_hosts])}"

@@ -197,8 +197,8 @@ def migrate(host: SentryHost) -> Result:
 
 
 @task(cache_policy=NO_CACHE, timeout_seconds=900)
-def create_superuser(host: SentryHost, email: str, password_secret: str) -> Result:
-    created = host.create_superuser(email, Secret.load(password_secret).get())
+def create_superuser(host: SentryHost, email: str, password: Secret) -> Result:
+    created = host.create_superuser(email, password.get())
     if created:
         return Result("superuser", Status.DONE, f"{email} created")
     return Result("superuser", Status.ALREADY, f"{email} exists")
@@ -215,7 +215,7 @@ def create_superuser(host: SentryHost, email: str, password_secret: str) -> Resu
 def bootstrap(
     host: SentryHost | str,
     admin_email: str,
-    admin_password_secret: str,
+    admin_password_secret: Secret | str,
     stack_files: str | None = None,
     settings: dict[str, str] | None = None,
     requirements: HostRequirements | None = None,
@@ -227,7 +227,8 @@ def bootstrap(
     Args:
         host: The Sentry host: a SentryHost block, or its name.
         admin_email: Email of the superuser to create (kept if it exists).
-        admin_password_secret: Name of the Prefect Secret block holding the admin password.
+        admin_password_secret: The Prefect Secret block holding the admin password, or its
+            name.
         stack_files: Local directory with docker-compose.yml (+ config) to upload when the host
             has none.
         settings: Non-secret .env values (image versions, ports).
@@ -238,7 +239,8 @@ def bootstrap(
     logger = get_run_logger()
     if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", admin_email or ""):
         raise BootstrapError(f"admin_email={admin_email!r} is not an email address")
-    Secret.load(admin_password_secret)  # fails early, naming the block, if it does not exist
+    # loaded first: a missing block fails the run, naming it, before anything changes
+    _, password = load_block(admin_password_secret, Secret)
     host, sentry_host = load_block(host, SentryHost)
     if sentry_host.stack.secret_key_env is None:
         raise BootstrapError(
@@ -265,7 +267,7 @@ def bootstrap(
                 start_services(sentry_host, list(sentry_host.stack.dependencies), "dependencies")
             )
             steps.append(migrate(sentry_host))
-            steps.append(create_superuser(sentry_host, admin_email, admin_password_secret))
+            steps.append(create_superuser(sentry_host, admin_email, password))
             steps.append(
                 start_services(sentry_host, [Role.WEB, Role.WORKER, Role.CRON], "services")
             )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.setup import ConfigError, load_config, plan_deployments, templates
+from deployments.setup import ConfigError, as_refs, load_config, plan_deployments, templates
 
 HOST = """
 [hosts.sentry-1]
@@ -133,3 +133,23 @@ def test_the_sample_config_loads_once_its_placeholders_are_filled(tmp_path):
     planned = {(d["flow_name"], d["name"]): d["parameters"] for d in plan_deployments(config)}
     assert planned["bootstrap", "sentry-1"]["admin_email"] == "ops@example.com"
     assert planned["health-check", "sentry-1"]["min_free_gb"] == 20
+
+
+def test_block_parameters_become_references_to_the_saved_blocks():
+    ids = {
+        ("host", "sentry-1"): "h1",
+        ("store", "main"): "s1",
+        ("secret", "sentry-1-admin-password"): "p1",
+    }
+    params = {
+        "host": "sentry-1", "store": "main", "drill_host": "nowhere", "hosts": ["sentry-1"],
+        "admin_password_secret": "sentry-1-admin-password", "retries": 2,
+    }  # fmt: skip
+    assert as_refs(params, ids) == {
+        "host": {"$ref": {"block_document_id": "h1"}},
+        "store": {"$ref": {"block_document_id": "s1"}},
+        "drill_host": "nowhere",  # not a saved block: left as the name (the flow loads it)
+        "hosts": ["sentry-1"],  # a fleet's list stays names
+        "admin_password_secret": {"$ref": {"block_document_id": "p1"}},
+        "retries": 2,
+    }
