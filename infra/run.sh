@@ -40,10 +40,10 @@ test)
     # two pytest processes side by side (tests/conftest.py): the tests sharing the sandbox's
     # stacks in this one, the unit tests and those on a stack of their own in the other
     other_log=$(mktemp)
-    "$venv/bin/python" -m pytest -m "not shared_sandbox" "${@:2}" >"$other_log" 2>&1 &
+    "$venv/bin/python" -m pytest -m "not shared_sandbox" --durations=10 "${@:2}" >"$other_log" 2>&1 &
     other=$!
     shared_rc=0 other_rc=0
-    "$venv/bin/python" -m pytest -m shared_sandbox "${@:2}" || shared_rc=$?
+    "$venv/bin/python" -m pytest -m shared_sandbox --durations=15 "${@:2}" || shared_rc=$?
     wait "$other" || other_rc=$?
     echo "=== the other pytest process (unit tests, tests on a stack of their own) ==="
     cat "$other_log"
