@@ -8,6 +8,7 @@ tested with promtool)."""
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -54,14 +55,14 @@ def read_facts(store: BackupStore) -> list[HostFacts]:
             by_host.setdefault(listing.host_id, []).append(listing)
     facts = []
     for host_id, sets in sorted(by_host.items()):
-        counts: dict[str, int] = {}
-        for s in sets:
-            status = set_state(s)
-            counts[status] = counts.get(status, 0) + 1
-        full = [s for s in sets if s.trusted and s.scope == "full"]
+        counts = dict(Counter(set_state(s) for s in sets))
         fields: dict = {"host_id": host_id, "host": "", "sets": counts}
-        if full:
-            newest = backup_set.load(store, host_id, full[-1].backup_id)
+        try:
+            chosen: str | None = backup_set.choose(sets, None)
+        except backup_set.SetError:  # no complete, sealed full set yet
+            chosen = None
+        if chosen:
+            newest = backup_set.load(store, host_id, chosen)
             fields.update(
                 host=newest.host,
                 last_finished=newest.finished_at,

@@ -222,13 +222,10 @@ def sentry_version(host: SentryHost) -> str:
     return host.running_version()
 
 
-def previous_sizes(store: BackupStore, host_id: str) -> dict[str, int]:
+def previous_sizes(store: BackupStore, host: SentryHost) -> dict[str, int]:
     """Object name -> stored bytes in the host's newest complete full set ({} for the first)."""
     try:
-        full = [s for s in backup_set.list_sets(store, host_id) if s.trusted and s.scope == "full"]
-        if not full:
-            return {}
-        manifest = backup_set.load(store, host_id, full[-1].backup_id)
+        manifest = pick_set(store, host, None)
     except Exception:  # only an estimate: the backup does not depend on it
         return {}
     return {o.name: o.size for o in manifest.objects}
@@ -236,7 +233,7 @@ def previous_sizes(store: BackupStore, host_id: str) -> dict[str, int]:
 
 def take_set(host_name: str, host: SentryHost, writer: SetWriter, images: dict, retries: int):
     """Every object of the set, then its sealed manifest; returns (manifest, manifest key)."""
-    expected = previous_sizes(writer.store, host.identity)  # for the progress artifacts
+    expected = previous_sizes(writer.store, host)  # for the progress artifacts
     # the small objects and facts go while the dump streams (they wait on the network, the
     # dump on the CPU); any failure fails the backup before the manifest is written
     ch_future = (
@@ -321,7 +318,7 @@ def write_set(
 
 def take_clickhouse_set(host_name: str, host: SentryHost, writer: SetWriter, retries: int):
     """A set of the ClickHouse snapshot alone (scope "clickhouse"), then its sealed manifest."""
-    expected = previous_sizes(writer.store, host.identity)
+    expected = previous_sizes(writer.store, host)
     obj, snapshot = backup_clickhouse.with_options(retries=retries)(host, writer, expected)
     manifest = new_manifest(
         host_name,

@@ -6,7 +6,11 @@ Nothing here skips: if the sandbox cannot come up, every integration test errors
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -23,20 +27,34 @@ def sandbox() -> dict:
     return sb.up()
 
 
+def free_port() -> int:
+    """A 127.0.0.1 port nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_worker_once(pool: str, kind: str, api: str, timeout: float) -> str:
+    """A real Prefect worker of `kind` on `pool`: one poll, its runs to their end; its output."""
+    worker = subprocess.run(
+        [str(Path(sys.executable).with_name("prefect")), "worker", "start",
+         "--pool", pool, "--type", kind, "--run-once"],
+        env={**os.environ, "PREFECT_API_URL": api}, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    return worker.stdout[-3000:] + worker.stderr[-3000:]
+
+
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory):
     """A real Prefect server for the session (`prefect server start`, its own database in a temp
     dir, with its services: a killed run's lock lease expires), stopped by its PID at the end."""
-    import socket
-
     from prefect.context import refresh_global_settings_context
 
     from infra.sandbox import sandbox as sb
 
     home = tmp_path_factory.mktemp("prefect-home")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     pidfile = home / "server.pid"
     url = sb.start_prefect_server(home, port, pidfile, home / "server.log")
     # for every thread and child process: the process's settings, not a context-local override

@@ -7,17 +7,14 @@ beside the shared one."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
 from deployments.setup import main
 from infra.sandbox import sandbox as sb
+from tests.conftest import run_worker_once
 
 
 def test_a_deployment_runs_in_the_flows_image_on_a_docker_work_pool(sandbox, prefect_api, tmp_path):
@@ -37,15 +34,9 @@ def test_a_deployment_runs_in_the_flows_image_on_a_docker_work_pool(sandbox, pre
     }
 
     run = run_deployment(f"list-backups/{store}", timeout=0)
-    worker = subprocess.run(
-        [str(Path(sys.executable).with_name("prefect")), "worker", "start",
-         "--pool", pool, "--type", "docker", "--run-once"],
-        env={**os.environ, "PREFECT_API_URL": prefect_api}, capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
+    log = run_worker_once(pool, "docker", prefect_api, timeout=600)
     with get_client(sync_client=True) as client:
         finished = client.read_flow_run(run.id)
-    log = worker.stdout[-3000:] + worker.stderr[-3000:]
     assert finished.state.is_completed(), (finished.state, log)
     # it ran in a container of the flows' image (the worker records the container as the run's
     # infrastructure), not on this machine

@@ -5,7 +5,6 @@ summary artifact lists both. Then the store's metrics say when that backup finis
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import uuid
 
@@ -17,7 +16,7 @@ from blocks.backup_store import BackupStore
 from blocks.sentry_host import SentryHost
 from flows.fleet import fleet_backup
 from flows.metrics import backup_metrics
-from tests.conftest import SHARED
+from tests.conftest import SHARED, free_port
 
 pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
 
@@ -25,9 +24,7 @@ pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
 def test_one_unreachable_host_does_not_stop_the_others_and_metrics_show_the_backup(
     saved_host, store_name, sandbox, tmp_path
 ):
-    with socket.socket() as sock:  # a 127.0.0.1 port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     gone = f"gone-{uuid.uuid4().hex[:6]}"
     SentryHost.load(saved_host).model_copy(update={"ssh_port": port}).save(gone)
     state = fleet_backup([gone, saved_host], store_name, max_parallel=2, return_state=True)

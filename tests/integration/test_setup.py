@@ -6,15 +6,11 @@ runs in the process beside the shared one."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -23,6 +19,7 @@ from blocks.backup_store import BackupStore
 from blocks.sentry_host import SentryHost
 from deployments.setup import main, templates
 from infra.sandbox import sandbox as sb
+from tests.conftest import free_port, run_worker_once
 
 
 class Receiver(ThreadingHTTPServer):
@@ -141,28 +138,19 @@ def test_a_real_worker_picks_up_a_deployment_run_and_completes_it(configured, pr
     from prefect.deployments import run_deployment
 
     run = run_deployment(f"list-backups/{configured['store']}", timeout=0)
-    worker = subprocess.run(
-        [str(Path(sys.executable).with_name("prefect")), "worker", "start",
-         "--pool", configured["pool"], "--type", "process", "--run-once"],
-        env={**os.environ, "PREFECT_API_URL": prefect_api}, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
+    log = run_worker_once(configured["pool"], "process", prefect_api, timeout=300)
     with get_client(sync_client=True) as client:
         finished = client.read_flow_run(run.id)
-    assert finished.state.is_completed(), (
-        finished.state,
-        worker.stdout[-3000:],
-        worker.stderr[-3000:],
-    )
+    assert finished.state.is_completed(), (finished.state, log)
 
 
 def test_a_failed_backup_delivers_one_webhook(configured, receiver):
     from flows.backup import backup
 
     host = next(iter(configured["hosts"]))
-    with socket_closed() as port:  # nothing listens there: the backup fails at its first step
-        SentryHost.load(host).model_copy(update={"ssh_port": port}).save(host, overwrite=True)
-        state = backup(host, configured["store"], return_state=True)
+    port = free_port()  # nothing listens there: the backup fails at its first step
+    SentryHost.load(host).model_copy(update={"ssh_port": port}).save(host, overwrite=True)
+    state = backup(host, configured["store"], return_state=True)
     assert state.is_failed()
     run_name = f"backup-{host}"
     deadline = time.monotonic() + 90
@@ -192,17 +180,3 @@ def test_a_host_taken_out_of_the_config_loses_its_deployments_and_alert(configur
     assert f"sentry-ops: no backup of {b} in 26 h" not in automations
     assert not [x for x in automations if x.startswith(f"restore-drill/{b} ")]  # its trigger
     assert f"sentry-ops: no backup of {a} in 26 h" in automations
-
-
-class socket_closed:
-    """A 127.0.0.1 port nobody listens on (bound, then closed)."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
-
-    def __exit__(self, *exc) -> None:
-        pass
