@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, Field, ValidationError
 
 from blocks.backup_store import BackupStore, HashingReader, StoreError
+from blocks.result import Result
 
 FORMAT = 2
 MANIFEST = "manifest.json"
@@ -660,6 +661,25 @@ def choose(sets: list[SetListing], backup_id: str | None) -> str:
             + (f" (refused: {refused[:400]})" if refused else "")
         )
     return max(usable, key=lambda s: s.when or dt.datetime.min).backup_id
+
+
+def pick(store: BackupStore, host_id: str, label: str, backup_id: str | None) -> BackupManifest:
+    """The asked set of this host (default its newest complete, trusted, full one), loaded: its
+    seal checked and its manifest naming this host. `label` names the host in errors."""
+    try:
+        chosen = choose(list_sets(store, host_id), backup_id)
+    except SetError as exc:
+        raise SetError(f"{label} in {store.where}: {exc}") from None
+    return load(store, host_id, chosen)
+
+
+def verify_objects(store: BackupStore, manifest: BackupManifest) -> list[Result]:
+    """Re-read every stored object; size and sha256 against the (sealed) manifest."""
+    results = []
+    for obj in manifest.objects:
+        problem = check_object(store, obj)
+        results.append(Result.check(obj.name, problem is None, problem or "matches"))
+    return results
 
 
 def delete_set(store: BackupStore, listing: SetListing) -> None:

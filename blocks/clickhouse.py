@@ -126,6 +126,13 @@ def connect(host: SentryHost) -> Iterator[tuple[Client, str]]:
         yield (ModernClient(port) if major >= 20 else LegacyHTTPClient(port)), version
 
 
+def ping(host: SentryHost) -> str:
+    """ClickHouse answers a query; its version."""
+    with connect(host) as (client, version):
+        client.rows("SELECT 1")
+    return version
+
+
 def quoted(database: str, table: str) -> str:
     for name in (database, table):
         if not SAFE_NAME.match(name):

@@ -9,6 +9,8 @@ does not change, in order.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from blocks.layouts import ENV_NAME
 
@@ -80,3 +82,30 @@ def render_env(current: str, wanted: dict[str, str]) -> str:
 def conflicts(current: dict[str, str], wanted: dict[str, str], keep: set[str]) -> list[str]:
     """Keys in `keep` that `current` already sets to something other than `wanted`."""
     return sorted(k for k in keep if current.get(k) and k in wanted and current[k] != wanted[k])
+
+
+@dataclass(frozen=True)
+class EnvChange:
+    """What setting keys in a .env text would do."""
+
+    text: str  # the file afterwards (== the current text when nothing changes)
+    changed: list[str]  # keys whose value changes
+    conflicts: list[str]  # kept keys the file already sets to another value
+    generated: list[str]  # keys that were empty and got a generated value
+
+
+def settle(
+    current: str,
+    wanted: dict[str, str],
+    keep: set[str],
+    generate: dict[str, Callable[[], str]],
+) -> EnvChange:
+    """`wanted` set in `current`, the `keep` keys never changed (listed as conflicts when they
+    would be), and each `generate` key given a new value only where the file has none."""
+    have = parse_env(current)
+    wanted = dict(wanted)
+    differ = conflicts(have, wanted, keep)
+    made = [key for key in generate if not have.get(key)]
+    wanted |= {key: generate[key]() for key in made}
+    changed = sorted(k for k in wanted if have.get(k) != wanted[k])
+    return EnvChange(render_env(current, wanted), changed, differ, made)

@@ -40,6 +40,12 @@ class Job:
     def ok(self) -> bool:
         return self.exit_code == 0
 
+    def failure(self, what: str) -> str | None:
+        """None when the step succeeded; else one sentence: `what` exited N: its last lines."""
+        if self.ok:
+            return None
+        return f"{what} exited {self.exit_code}: " + " | ".join(self.tail[-5:])
+
 
 def container_name(host: SentryHost, job: str) -> str:
     return f"sentry-ops-{job}-{host.project}"

@@ -2,7 +2,8 @@
 
 Flows speak roles (web, worker, postgres, ...); compose knows service and volume names. A
 `StackLayout` maps one to the other for one install layout. The presets are defaults taken from
-the real projects (shared/LAYOUTS.md); every name is per-host data that a host block can override
+the real projects (the guide's docker-compose.yml; getsentry/self-hosted docker-compose.yml and
+.env at the 26.x tags); every name is per-host data that a host block can override
 (`StackLayout.customized`), because real installs rename things.
 """
 

@@ -405,7 +405,7 @@ def vacuum_statements(full_tables: list[str]) -> list[str]:
     ]
 
 
-def vacuum_job_argv(
+def vacuum_job(
     host: SentryHost, where: Target, statements: list[str]
 ) -> Callable[[str, dict[str, str]], list[str]]:
     """How to start the statements as a detached job (blocks/jobs.py) next to the database:

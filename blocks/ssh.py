@@ -158,7 +158,7 @@ class _PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):
             "connect. If this host is the one you mean, verify the fingerprint out of band "
             f"(`ssh-keygen -lf /etc/ssh/ssh_host_{key.get_name().removeprefix('ssh-')}_key.pub` "
             "on the host) and put its public key ('ssh-... AAAA...', from `ssh-keyscan`) in the "
-            "block's ssh_host_key field",
+            "block's ssh.host_key field",
         )
 
 
@@ -193,13 +193,13 @@ def _connect(target: SSHTarget) -> paramiko.SSHClient:
             target.known_hosts_name,
             f"host key changed: offered {exc.key.get_name()} {fingerprint(exc.key)}, pinned "
             f"{fingerprint(exc.expected_key)}. Refusing to connect. If the host was rebuilt, "
-            "verify the new key out of band and update the block's ssh_host_key field",
+            "verify the new key out of band and update the block's ssh.host_key field",
         ) from None
     except paramiko.AuthenticationException:
         client.close()
         raise SSHAuthError(
             target.label,
-            "authentication with the block's private key failed: check ssh_user and that the "
+            "authentication with the block's private key failed: check ssh.user and that the "
             "matching public key is in that user's authorized_keys on the host",
         ) from None
     except (TimeoutError, OSError, paramiko.SSHException) as exc:
@@ -207,7 +207,7 @@ def _connect(target: SSHTarget) -> paramiko.SSHClient:
         raise SSHConnectError(
             target.label,
             f"cannot reach sshd within {target.connect_timeout:g}s ({exc.__class__.__name__}: "
-            f"{exc}): check ssh_host/ssh_port, that sshd runs there and that the path is open",
+            f"{exc}): check ssh.host/ssh.port, that sshd runs there and that the path is open",
         ) from None
     transport = client.get_transport()
     assert transport is not None

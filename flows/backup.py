@@ -33,15 +33,23 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.events import emit_event
 
 from blocks import backup_set, clickhouse, postgres
-from blocks.backup_set import BackupManifest, ClickHouseSnapshot, Kind, SetError, SetWriter
+from blocks.backup_set import BackupManifest, ClickHouseSnapshot, Kind, SetWriter
 from blocks.backup_store import BackupStore, StoreError
 from blocks.layouts import DataVolume, Role
 from blocks.sentry_host import SentryHost
-from flows.retention import apply_retention
-from flows.shared import HOUR, MINUTE, Progress, Result, host_lock, load_block, results_artifact
+from flows.shared import (
+    HOUR,
+    MINUTE,
+    Progress,
+    apply_retention,
+    emit,
+    host_lock,
+    load_block,
+    results_artifact,
+    verify_objects,
+)
 
 PAUSE_DEADLINE = 3600  # s: a paused service is unpaused by the host itself after this
 
@@ -78,8 +86,7 @@ def preflight(host: SentryHost, store: BackupStore) -> dict[str, str]:
     postgres.check_tool_image(host, host.tool_image)
     images = host.service_images()
     if has_clickhouse(host, images):
-        with clickhouse.connect(host) as (client, _):
-            client.rows("SELECT 1")
+        clickhouse.ping(host)
     return images
 
 
@@ -99,13 +106,11 @@ def backup_clickhouse(
             snapshot = clickhouse.freeze(host, client, version, name)
             obj = None
             if any(t.parts for t in snapshot.tables):
-                argv = host.volume_tar_argv(
-                    DataVolume.CLICKHOUSE, host.tool_image, clickhouse.shadow_path(name)
-                )
                 how = "ALTER TABLE ... FREEZE per MergeTree table (hard links of immutable parts), "
                 how += "merges stopped until the frozen rows were counted and checksummed"
                 progress = Progress(f"clickhouse of {host.label}", expected.get("clickhouse"))
-                with host.stream(argv, timeout=300, stdin=b"\n") as tar:
+                parts = clickhouse.shadow_path(name)
+                with host.stream_volume(DataVolume.CLICKHOUSE, parts) as tar:
                     obj = writer.put(
                         Kind.CLICKHOUSE, tar, "zstd", consistency=how, on_progress=progress.update
                     )
@@ -180,12 +185,11 @@ def backup_volume(
         how = f"SQLite online backup of {db} (.backup), while its writers go on"
     else:
         how = "live copy (files are written once, never changed)"
-    argv = host.volume_tar_argv(volume, host.tool_image)
     paused = host.pause(role, PAUSE_DEADLINE) if role else []
     started = time.monotonic()
     try:
         progress = Progress(f"volume {volume} of {host.label}", expected.get(f"volume:{volume}"))
-        with host.stream(argv, timeout=300, stdin=b"\n") as tar:
+        with host.stream_volume(volume) as tar:
             obj = writer.put(
                 Kind.VOLUME, tar, "zstd", part=str(volume), consistency=how,
                 on_progress=progress.update,
@@ -213,8 +217,9 @@ def backup_config(host: SentryHost, writer: SetWriter):
             "keep the stack's secrets in your secret manager"
         )
         return None
-    config = host.run(host.config_tar_argv(), timeout=60).stdout
-    return writer.put_bytes(Kind.CONFIG, config, consistency="the files as read, in one tar")
+    return writer.put_bytes(
+        Kind.CONFIG, host.config_tar(), consistency="the files as read, in one tar"
+    )
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])
@@ -225,7 +230,7 @@ def sentry_version(host: SentryHost) -> str:
 def previous_sizes(store: BackupStore, host: SentryHost) -> dict[str, int]:
     """Object name -> stored bytes in the host's newest complete full set ({} for the first)."""
     try:
-        manifest = pick_set(store, host, None)
+        manifest = backup_set.pick(store, host.identity, host.label, None)
     except Exception:  # only an estimate: the backup does not depend on it
         return {}
     return {o.name: o.size for o in manifest.objects}
@@ -402,21 +407,13 @@ def backup(host: SentryHost | str, store: BackupStore | str, retries: int = 2) -
         lambda writer: take_set(host, sentry_host, writer, images, retries),
     )  # fmt: skip
     report(manifest, backup_store)
-    emit_event(
-        event="sentry.backup.completed",
-        resource={
-            "prefect.resource.id": f"sentry-ops.backup.{manifest.backup_id}",
-            "prefect.resource.name": manifest.backup_id,
-            "sentry-ops.host": host,
-        },
-        payload={
-            "backup_id": manifest.backup_id,
-            "host": host,
-            "store": store,
-            "manifest": manifest_key,
-            "bytes": sum(o.size for o in manifest.objects),
-        },
-    )
+    emit("sentry.backup.completed", manifest.backup_id, host, {
+        "backup_id": manifest.backup_id,
+        "host": host,
+        "store": store,
+        "manifest": manifest_key,
+        "bytes": sum(o.size for o in manifest.objects),
+    })  # fmt: skip
     apply_retention(backup_store, sentry_host.identity)
     return {
         "backup_id": manifest.backup_id,
@@ -452,26 +449,6 @@ def report(manifest: BackupManifest, store: BackupStore) -> None:
     )
 
 
-@task(cache_policy=NO_CACHE)
-def verify_objects(store: BackupStore, manifest: BackupManifest) -> list[Result]:
-    """Re-read every stored object; size and sha256 against the (sealed) manifest."""
-    results = []
-    for obj in manifest.objects:
-        problem = backup_set.check_object(store, obj)
-        results.append(Result.check(obj.name, problem is None, problem or "matches"))
-    return results
-
-
-def pick_set(store: BackupStore, host: SentryHost, backup_id: str | None) -> BackupManifest:
-    """The asked set of this host (default its newest complete, trusted one), loaded: its seal
-    checked and its manifest naming this host."""
-    try:
-        chosen = backup_set.choose(backup_set.list_sets(store, host.identity), backup_id)
-    except SetError as exc:
-        raise SetError(f"{host.label} in {store.where}: {exc}") from None
-    return backup_set.load(store, host.identity, chosen)
-
-
 @flow(name="verify-backup", flow_run_name="verify-backup-{host}", timeout_seconds=6 * HOUR)
 def verify_backup(
     host: SentryHost | str, store: BackupStore | str, backup_id: str | None = None
@@ -486,7 +463,7 @@ def verify_backup(
     """
     host, sentry_host = load_block(host, SentryHost)
     store, backup_store = load_block(store, BackupStore)
-    manifest = pick_set(backup_store, sentry_host, backup_id)
+    manifest = backup_set.pick(backup_store, sentry_host.identity, sentry_host.label, backup_id)
     results = verify_objects(backup_store, manifest)
     bad = [r for r in results if not r.ok]
     detail = "; ".join(f"{r.name}: {r.detail}" for r in bad) or f"{len(results)} objects match"

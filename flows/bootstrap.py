@@ -24,14 +24,13 @@ from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from blocks.dotenv import conflicts, parse_env, render_env
 from blocks.layouts import Role
 from blocks.sentry_host import SentryHost
-from flows.health import check_web
 from flows.shared import (
     HOUR,
     Result,
     Status,
+    check_web,
     failed,
     host_lock,
     load_block,
@@ -92,8 +91,7 @@ def preflight(
         steps += [Result("names", Status.FAILED, p) for p in problems] or [
             Result("names", Status.OK, f"project {host.project}: every role's service found")
         ]
-    running = set(host.run(host.compose_argv("ps", "-q"), timeout=60, check=False).text.split())
-    if not running:  # our stack holds its own ports once it runs
+    if not host.project_containers():  # our stack holds its own ports once it runs
         taken = facts.listening & set(ports)
         steps.append(
             Result.check(
@@ -129,6 +127,10 @@ def put_stack(host: SentryHost, stack_files: str | None) -> Result:
     return Result("stack files", Status.DONE, f"uploaded {len(files)} files from {stack_files}")
 
 
+def new_secret_key() -> str:
+    return secrets.token_urlsafe(50)
+
+
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, timeout_seconds=120)
 def write_env(host: SentryHost, settings: dict[str, str]) -> Result:
     """The secret key is generated here once and never leaves the host's .env again; an existing
@@ -139,8 +141,7 @@ def write_env(host: SentryHost, settings: dict[str, str]) -> Result:
             f"layout {stack.name!r} keeps its secret key in sentry/config.yml; "
             "bootstrap it with its own ./install.sh"
         )
-    current = host.get(path).decode() if host.exists(path) else ""
-    have = parse_env(current)
+    current = host.read_env()
     wanted = dict(settings)
     if stack.postgres_password_env and host.postgres_password is not None:
         wanted[stack.postgres_password_env] = host.postgres_password.get_secret_value()
@@ -148,40 +149,31 @@ def write_env(host: SentryHost, settings: dict[str, str]) -> Result:
         stack.secret_key_env,
         *([stack.postgres_password_env] * bool(stack.postgres_password_env)),
     }
-    differ = conflicts(have, wanted, kept)
-    if differ:
+    env = host.settle_env(current, wanted, kept, {stack.secret_key_env: new_secret_key})
+    if env.conflicts:
         raise BootstrapError(
-            f"{host.label}: {path} already sets {', '.join(differ)} to another value than this "
-            "run would write; refusing to change a secret that existing data depends on. Put "
-            "the existing value in the block (or settings), or remove it from .env on purpose"
+            f"{host.label}: {path} already sets {', '.join(env.conflicts)} to another value than "
+            "this run would write; refusing to change a secret that existing data depends on. "
+            "Put the existing value in the block (or settings), or remove it from .env on purpose"
         )
-    key_note = "secret key kept"
-    if not have.get(stack.secret_key_env):
-        wanted[stack.secret_key_env] = secrets.token_urlsafe(50)
-        key_note = "secret key generated"
-    rendered = render_env(current, wanted)
+    key_note = "secret key generated" if env.generated else "secret key kept"
+    rendered = env.text
     if rendered == current:
-        mode = host.transport.stat_mode(path)
+        mode = host.file_mode(path)
         if mode & 0o077:
             host.chmod(path, 0o600)
             return Result(".env", Status.DONE, f"{key_note}; mode {mode:o} -> 600")
         return Result(".env", Status.ALREADY, f"{key_note}; nothing to change")
     host.put(path, rendered.encode(), mode=0o600)
-    changed = sorted(k for k in wanted if have.get(k) != wanted[k])
-    return Result(".env", Status.DONE, f"{key_note}; wrote {len(changed)} settings (mode 600)")
-
-
-def _running(host: SentryHost) -> set[str]:
-    out = host.run(host.compose_argv("ps", "--status", "running", "--services"), timeout=60)
-    return set(out.text.split())
+    return Result(".env", Status.DONE, f"{key_note}; wrote {len(env.changed)} settings (mode 600)")
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, timeout_seconds=900)
 def start_services(host: SentryHost, roles: list[Role], name: str) -> Result:
-    defined = set(host.run(host.services_argv(), timeout=60).text.split())
+    defined = host.defined_services()
     services = [host.stack.service(r) for r in roles if host.stack.services.get(r) in defined]
-    before = _running(host)
-    host.run(host.compose_argv("up", "-d", "--wait", *services), timeout=600)
+    before = host.running_services()
+    host.compose_up(*services, wait=True)
     if set(services) <= before:
         return Result(name, Status.ALREADY, f"running: {', '.join(services)}")
     return Result(name, Status.DONE, f"started and healthy: {', '.join(services)}")

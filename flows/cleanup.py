@@ -38,22 +38,23 @@ from dataclasses import dataclass, field
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from blocks import clickhouse, jobs, postgres
+from blocks import scratch as scratch_stack
 from blocks.backup_store import BackupStore
 from blocks.clickhouse import ClickHouseError
 from blocks.layouts import DataVolume, Role
+from blocks.scratch import DrillError, DrillStack, scratch_of
 from blocks.sentry_host import SentryHost
-from flows.restore_drill import DrillError, DrillStack, scratch_of, teardown
-from flows.retention import apply_retention
 from flows.shared import (
     HOUR,
     LockTimeout,
     Result,
     Status,
+    apply_retention,
     artifact_slug,
+    emit,
     host_lock,
     load_block,
     lock_holder,
@@ -97,7 +98,8 @@ def split_ref(ref: str) -> tuple[str, str]:
     return repo, tag
 
 
-def version_key(tag: str) -> tuple[int, ...] | None:
+def tag_version(tag: str) -> tuple[int, ...] | None:
+    """A version tag as numbers to compare (None: the tag is not a version, e.g. `latest`)."""
     match = VERSION_TAG.match(tag)
     return tuple(int(g) for g in match.groups()) if match else None
 
@@ -110,7 +112,7 @@ def plan_images(
     target); newer versions (a pre-pulled upgrade) and tags that are not versions stay."""
     current: dict[str, tuple[int, ...]] = {}
     for repo, tag in map(split_ref, in_use):
-        key = version_key(tag)
+        key = tag_version(tag)
         if key is not None:
             current[repo] = min(current.get(repo, key), key)
     remove, keep = [], []
@@ -120,7 +122,7 @@ def plan_images(
             (
                 (key, tag)
                 for r, tag in images
-                if r == repo and (key := version_key(tag)) is not None and key < running
+                if r == repo and (key := tag_version(tag)) is not None and key < running
             ),
         )
         for i, (_, tag) in enumerate(older):
@@ -234,17 +236,12 @@ def sentry_cleanup(host: SentryHost, days: int, dry_run: bool) -> list[Result]:
     job = jobs.run(
         host,
         "cleanup",
-        lambda cname, labels: host.sentry_job_argv(
-            cname, labels, role, "cleanup", "--days", str(days)
-        ),
+        host.sentry_job(role, "cleanup", "--days", str(days)),
         run_id=run_id(),
         on_line=lambda line: logger.info("sentry cleanup: %s", line),
     )
-    if not job.ok:
-        raise CleanupError(
-            f"{host.label}: `{name}` in {service} exited {job.exit_code}: "
-            + " | ".join(job.tail[-5:])
-        )
+    if problem := job.failure(f"{host.label}: `{name}` in {service}"):
+        raise CleanupError(problem)
     with postgres.psql(host) as db:
         left = postgres.older_than(db, days, in_postgres)
     gone = ", ".join(f"{what} {old[what]} -> {left.get(what, 0)}" for what in old)
@@ -306,15 +303,13 @@ def vacuum_postgres(host: SentryHost, full_tables: list[str], dry_run: bool) -> 
     job = jobs.run(
         host,
         "vacuum",
-        postgres.vacuum_job_argv(host, where, statements),
+        postgres.vacuum_job(host, where, statements),
         run_id=run_id(),
         on_line=lambda line: logger.info("vacuum: %s", line),
         stdin=postgres.password_env(where),
     )
-    if not job.ok:
-        raise CleanupError(
-            f"{host.label}: VACUUM exited {job.exit_code}: " + " | ".join(job.tail[-5:])
-        )
+    if problem := job.failure(f"{host.label}: VACUUM"):
+        raise CleanupError(problem)
     with postgres.psql(host, where) as db:
         after_db = postgres.database_bytes(db)
         after = postgres.relation_bytes(db, fits)
@@ -373,7 +368,7 @@ def drill_leftovers(host: SentryHost, dry_run: bool, now: dt.datetime) -> Result
         return Result(name, Status.OK, f"would remove it ({len(volumes)} volumes)", reclaimed=size)
     try:
         with host_lock(scratch, "cleanup of a drill's leftovers", wait_seconds=0):
-            detail = teardown.fn(scratch, host)
+            detail = scratch_stack.teardown(scratch, host)
     except LockTimeout:
         return Result(name, Status.WARNING, "kept: a drill holds its lock")
     return Result(name, Status.DONE, f"removed; {detail}", reclaimed=size)
@@ -502,14 +497,8 @@ def retention_cleanup(
     )
     logger.info("%s%s: %s reclaimed", head, sentry_host.label, human(reclaimed))
     if not dry_run:
-        emit_event(
-            event="sentry.cleanup.completed",
-            resource={
-                "prefect.resource.id": f"sentry-ops.host.{sentry_host.identity}",
-                "sentry-ops.host": host,
-            },
-            payload={"reclaimed_bytes": reclaimed, "days": event_retention_days},
-        )
+        emit("sentry.cleanup.completed", sentry_host.identity, host,
+             {"reclaimed_bytes": reclaimed, "days": event_retention_days}, kind="host")  # fmt: skip
     return {
         "dry_run": dry_run,
         "reclaimed": reclaimed,

@@ -12,7 +12,6 @@ even when another fails; the flow then fails naming each failed check.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 import uuid
 
@@ -21,14 +20,17 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 
+from blocks.host_docker import parse_df
 from blocks.layouts import Role, StackLayout
-from blocks.sentry_host import SentryHost, parse_df, parse_ps
+from blocks.poll import poll
+from blocks.sentry_host import SentryHost
 from blocks.ssh import RemoteCommandError
 from flows.shared import (
     MINUTE,
     Result,
     Status,
     artifact_slug,
+    check_web,
     failed,
     load_block,
     results_artifact,
@@ -127,20 +129,6 @@ def assess_forecast(name: str, series: list[list[float]], now: float, fail_days:
                         f"(alert below {fail_days:g})")  # fmt: skip
 
 
-def assess_full_health(status: int, body: bytes) -> Result:
-    """`/_health/?full`: 200 and no problems; else the problems Sentry names."""
-    name = f"{Role.WEB}: /_health/?full"
-    text = body.decode("utf-8", "replace")
-    try:
-        problems = json.loads(text).get("problems", [])
-    except (ValueError, AttributeError):
-        return Result.check(name, False, f"{status} {text[:200]}")
-    messages = [f"{p.get('id', '?')}: {p.get('message', '')}"[:200] for p in problems]
-    if status == 200 and not problems:
-        return Result.check(name, True, "200, no problems")
-    return Result.check(name, False, f"{status}: " + ("; ".join(messages) or text[:200]))
-
-
 # -- tasks --------------------------------------------------------------------------------------
 @task(cache_policy=NO_CACHE, timeout_seconds=120)
 def check_names(host: SentryHost) -> list[Result]:
@@ -152,31 +140,14 @@ def check_names(host: SentryHost) -> list[Result]:
 
 @task(cache_policy=NO_CACHE, timeout_seconds=120)
 def check_containers(host: SentryHost) -> list[Result]:
-    defined = set(host.run(host.services_argv(), timeout=60).text.split())
-    rows = parse_ps(host.run(host.ps_argv(), timeout=60).text)
-    return assess_containers(rows, defined, host.stack)
-
-
-def probe_web(host: SentryHost) -> Result:
-    """GET /_health/ (plain function: pollable). Like Sentry's, it does not touch the database."""
-    status, body = host.web_request("/_health/")
-    text = body.decode("utf-8", "replace").strip()[:200]
-    return Result.check(
-        f"{Role.WEB}: /_health/", status == 200 and "ok" in text, f"{status} {text}"
-    )
-
-
-@task(cache_policy=NO_CACHE, timeout_seconds=120)
-def check_web(host: SentryHost) -> list[Result]:
-    """/_health/ (the process answers) and /_health/?full (its status checks)."""
-    return [probe_web(host), assess_full_health(*host.web_request("/_health/?full"))]
+    return assess_containers(host.ps(), host.defined_services(), host.stack)
 
 
 @task(cache_policy=NO_CACHE, timeout_seconds=60)
 def check_service(host: SentryHost, role: Role) -> Result:
     name = {Role.POSTGRES: "pg_isready", Role.REDIS: "PING", Role.CLICKHOUSE: "SELECT 1"}[role]
     try:
-        out = host.run(host.probe_argv(role), timeout=30).text.strip()
+        out = host.probe(role)
     except RemoteCommandError as exc:
         return Result.check(f"{role}: {name}", False, exc.stderr_tail.strip()[-300:] or str(exc))
     return Result.check(f"{role}: {name}", True, out[-200:])
@@ -186,13 +157,13 @@ def check_service(host: SentryHost, role: Role) -> Result:
 def check_disk(host: SentryHost, min_free_gb: float, forecast_days: float) -> list[Result]:
     """Free space where Docker keeps its data, and on the filesystem of each data volume; each
     recorded (a JSON block per host) and forecast: days until full at the recent trend."""
-    df = host.run(host.disk_argv(), timeout=30).text
+    df = host.docker_df()
     results = assess_disk(df, min_free_gb, ["docker"])
     free = {"docker": parse_df(df)[0][1]}
     volumes = [v for v in host.stack.volumes if host.volume_exists(v)]
     image = host.service_images().get(host.stack.service(Role.WEB), "")
     if volumes and image:
-        df = host.run(host.volume_df_argv(volumes, image), timeout=60).text
+        df = host.volumes_df(volumes, image)
         names = [f"volume {v} ({host.volume_name(v)})" for v in volumes]
         results += assess_disk(df, min_free_gb, names)
         free.update({str(v): avail for v, (_, avail) in zip(volumes, parse_df(df), strict=True)})
@@ -244,19 +215,22 @@ def probe_ingestion(host: SentryHost, within: float) -> Result:
         event_id = host.send_event(event)
     except RemoteCommandError as exc:
         return Result.check(name, False, f"store endpoint refused the event: {exc}"[:300])
-    while True:
-        found = host.lookup_event(event_id)
-        waited = time.monotonic() - started
-        if found and found.get("groupId") and found.get("event"):
-            return Result.check(
-                name, True, f"processed in {waited:.2f}s (issue {found['groupId']})", waited
-            )
-        if waited > within:
-            state = "stored without an issue" if found else "never processed"
-            return Result.check(
-                name, False, f"event {event_id} {state} after {within:g}s: ingestion is stuck"
-            )
-        time.sleep(0.25)
+    found, processed = poll(
+        lambda: host.lookup_event(event_id),
+        lambda found: bool(found and found.get("groupId") and found.get("event")),
+        timeout=max(0.0, within - (time.monotonic() - started)),
+        interval=0.25,
+    )
+    waited = time.monotonic() - started
+    if processed:
+        assert found is not None
+        return Result.check(
+            name, True, f"processed in {waited:.2f}s (issue {found['groupId']})", waited
+        )
+    state = "stored without an issue" if found else "never processed"
+    return Result.check(
+        name, False, f"event {event_id} {state} after {within:g}s: ingestion is stuck"
+    )
 
 
 @task(cache_policy=NO_CACHE, timeout_seconds=300)

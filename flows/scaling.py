@@ -31,6 +31,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 
+from blocks.poll import poll
 from blocks.sentry_host import SentryHost
 from flows.shared import (
     HOUR,
@@ -78,23 +79,20 @@ def running(rows: list[dict]) -> list[dict]:
 
 @task(cache_policy=NO_CACHE, timeout_seconds=900)
 def apply_scale(host: SentryHost, service: str, replicas: int, stop_timeout: int) -> list[dict]:
-    argv = host.compose_argv(
-        "up", "-d", "--no-deps", "--no-recreate",
-        "--scale", f"{service}={replicas}", "--timeout", str(stop_timeout), service,
-    )  # fmt: skip
-    host.run(argv, timeout=stop_timeout + 600)
-    deadline = time.monotonic() + 300
-    while True:
-        rows = host.service_containers(service)
-        if len(running(rows)) == replicas and len(rows) == replicas:
-            return rows
-        if time.monotonic() > deadline:
-            states = [f"{r.get('Name')} {r.get('State')} {r.get('Health', '')}" for r in rows]
-            raise ScalingError(
-                f"{host.label}: {service} did not settle at {replicas} running replicas within "
-                f"300 s: {states}"
-            )
-        time.sleep(1)
+    host.compose_up(service, no_deps=True, no_recreate=True, scale={service: replicas},
+                    stop_timeout=stop_timeout)  # fmt: skip
+    rows, settled = poll(
+        lambda: host.service_containers(service),
+        lambda rows: len(running(rows)) == replicas and len(rows) == replicas,
+        timeout=300,
+    )
+    if not settled:
+        states = [f"{r.get('Name')} {r.get('State')} {r.get('Health', '')}" for r in rows]
+        raise ScalingError(
+            f"{host.label}: {service} did not settle at {replicas} running replicas within "
+            f"300 s: {states}"
+        )
+    return rows
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, timeout_seconds=120)

@@ -8,25 +8,31 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
-from enum import StrEnum
 from typing import TypeVar
 
-from prefect import get_run_logger
+from prefect import get_run_logger, task
 from prefect.artifacts import (
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
 from prefect.blocks.core import Block
+from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
+from prefect.events import emit_event
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import flow_run
 from prefect.variables import Variable
 
+from blocks import backup_set, restore, retention, sentry_web
+from blocks.backup_set import BackupManifest, ObjectReader, open_object
+from blocks.backup_store import BackupStore
+from blocks.result import Report, Result, Status, failed, summary
 from blocks.sentry_host import SentryHost
+
+__all__ = ["Report", "Result", "Status", "failed", "summary"]  # the one result type, re-exported
 
 B = TypeVar("B", bound=Block)
 
@@ -34,50 +40,6 @@ B = TypeVar("B", bound=Block)
 # remote call has its own deadline below it. The upgrade has none: a timeout in the middle of
 # its migrations or its rollback would leave the host half-changed; its steps are bounded.
 MINUTE, HOUR = 60, 3600
-
-
-class Status(StrEnum):
-    OK = "ok"  # a check passed
-    DONE = "done"  # a step changed something
-    ALREADY = "already done"  # a step found nothing to change
-    WARNING = "warning"  # worth a look; does not fail the run
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class Result:
-    """One check or one step of a flow: what, how it went, and the detail a person reads."""
-
-    name: str
-    status: Status
-    detail: str = ""
-    seconds: float | None = None
-    reclaimed: int | None = None  # bytes a step gave back, where it measures them
-
-    @property
-    def ok(self) -> bool:
-        return self.status is not Status.FAILED
-
-    @classmethod
-    def check(cls, name: str, ok: bool, detail: str, seconds: float | None = None) -> Result:
-        return cls(name, Status.OK if ok else Status.FAILED, detail, seconds)
-
-    def row(self) -> dict:
-        row = {
-            k: v
-            for k, v in asdict(self).items()
-            if k not in ("seconds", "reclaimed") or v is not None
-        }
-        row["status"] = str(self.status)
-        return row
-
-
-def failed(results: list[Result]) -> list[Result]:
-    return [r for r in results if not r.ok]
-
-
-def summary(results: list[Result]) -> str:
-    return "; ".join(f"{r.name}: {r.detail}" for r in failed(results))
 
 
 def artifact_slug(name: str) -> str:
@@ -125,6 +87,32 @@ class Progress:
             stop.set()
             watcher.join()
         self.finish(done())
+
+
+@contextlib.contextmanager
+def reading(
+    store: BackupStore, manifest: BackupManifest, name: str, what: str
+) -> Iterator[ObjectReader]:
+    """Object `name` of the set, decrypted and hashed as it is read, with a progress artifact
+    against its stored size; its size and sha256 are checked against the manifest at the end
+    (the one way a flow restores an object)."""
+    reader = open_object(store, manifest, name)
+    with Progress(what, reader.obj.size).watching(lambda: reader.stored_bytes_read):
+        yield reader
+    reader.verify()
+
+
+def emit(event: str, subject: str, host: str, payload: dict, kind: str = "backup") -> None:
+    """A `sentry.*` event about `subject` (a set, a host) that automations can trigger on."""
+    emit_event(
+        event=event,
+        resource={
+            "prefect.resource.id": f"sentry-ops.{kind}.{subject}",
+            "prefect.resource.name": subject,
+            "sentry-ops.host": host,
+        },
+        payload=payload,
+    )
 
 
 def load_block(value: B | str, block_type: type[B]) -> tuple[str, B]:
@@ -250,3 +238,49 @@ def host_lock(
                 exc,
                 LOCK_LEASE_SECONDS,
             )
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])
+def apply_retention(
+    store: BackupStore,
+    host_id: str | None = None,
+    now: dt.datetime | None = None,
+    dry_run: bool = False,
+) -> tuple[retention.RetentionPlan, int]:
+    """The store's retention (blocks/retention.py) applied to one host's sets, or to every
+    host's (after each backup, and by cleanup and backup-retention); a table of what it did."""
+    logger = get_run_logger()
+    plan, aborted = retention.apply(
+        store, host_id, now or dt.datetime.now(dt.UTC), dry_run, logger.info
+    )
+    create_table_artifact(
+        key="backup-retention",
+        table=retention.rows(plan, dry_run),
+        description=f"Retention{' (dry run: nothing deleted)' if dry_run else ''}: "
+        f"{len(plan.delete)} to delete, {len(plan.keep)} kept, {aborted} stale multipart uploads",
+    )
+    return plan, aborted
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=120)
+def check_web(host: SentryHost) -> list[Result]:
+    """/_health/ (the process answers) and /_health/?full (its status checks)."""
+    return [sentry_web.probe_web(host), sentry_web.full_health(host)]
+
+
+@task(cache_policy=NO_CACHE)
+def verify_objects(store: BackupStore, manifest: BackupManifest) -> list[Result]:
+    """Re-read every stored object; size and sha256 against the (sealed) manifest."""
+    return backup_set.verify_objects(store, manifest)
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
+def restore_clickhouse(
+    host: SentryHost, store: BackupStore, manifest: BackupManifest
+) -> list[Result]:
+    """Tables from the recorded DDL, the frozen parts attached, rows and checksums compared."""
+    assert manifest.clickhouse is not None
+    has_parts = any(o.name == "clickhouse" for o in manifest.objects)
+    what = f"restore clickhouse of {manifest.backup_id}"
+    parts = (lambda: reading(store, manifest, "clickhouse", what)) if has_parts else None
+    return restore.restore_clickhouse(host, manifest.clickhouse, manifest.backup_id, parts)

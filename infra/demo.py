@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from infra.sandbox import sandbox
+from infra import sandbox
 
 
 def send_events(host, count: int, within: float = 60) -> list:
@@ -100,7 +100,9 @@ def main() -> int:
 
     from blocks import backup_set
     from blocks.backup_store import BackupStore
-    from deployments.setup import host_from_connection, load_config, setup
+    from deployments.config import load_config
+    from deployments.setup import setup
+    from infra.sandbox.prefect_blocks import host_from_connection
 
     hosts = {"sandbox": "guide", "sandbox-self-hosted": "self-hosted"}
 

@@ -37,7 +37,7 @@ test)
     "$venv/bin/ruff" check .
     "$venv/bin/ruff" format --check .
     "$venv/bin/python" -m infra.sandbox up
-    # two pytest processes side by side (tests/conftest.py): the tests sharing the sandbox's
+    # two pytest processes side by side (tests/helpers.py, SHARED): the tests sharing the sandbox's
     # stacks in this one, the unit tests and those on a stack of their own in the other
     other_log=$(mktemp)
     "$venv/bin/python" -m pytest -m "not shared_sandbox" --durations=10 "${@:2}" >"$other_log" 2>&1 &

@@ -6,13 +6,11 @@ Nothing here skips: if the sandbox cannot come up, every integration test errors
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
+
+from tests.helpers import EVENTS, LAYOUTS, free_port
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "0")
 # a killed run's host lock (a 60 s lease, Prefect's minimum) is freed by the server's repossessor
@@ -22,27 +20,9 @@ os.environ.setdefault("PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS", "5")
 
 @pytest.fixture(scope="session")
 def sandbox() -> dict:
-    from infra.sandbox import sandbox as sb
+    from infra import sandbox as sb
 
     return sb.up()
-
-
-def free_port() -> int:
-    """A 127.0.0.1 port nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def run_worker_once(pool: str, kind: str, api: str, timeout: float) -> str:
-    """A real Prefect worker of `kind` on `pool`: one poll, its runs to their end; its output."""
-    worker = subprocess.run(
-        [str(Path(sys.executable).with_name("prefect")), "worker", "start",
-         "--pool", pool, "--type", kind, "--run-once"],
-        env={**os.environ, "PREFECT_API_URL": api}, capture_output=True, text=True,
-        timeout=timeout,
-    )  # fmt: skip
-    return worker.stdout[-3000:] + worker.stderr[-3000:]
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +31,7 @@ def prefect_api(tmp_path_factory):
     dir, with its services: a killed run's lock lease expires), stopped by its PID at the end."""
     from prefect.context import refresh_global_settings_context
 
-    from infra.sandbox import sandbox as sb
+    from infra import sandbox as sb
 
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
@@ -68,26 +48,17 @@ def prefect_api(tmp_path_factory):
         sb.stop_pid(pidfile, "the tests' Prefect server")
 
 
-LAYOUTS = ["guide", "self-hosted"]
-
-
-# `bash infra/run.sh test` runs two pytest processes side by side: `-m shared_sandbox` (the
-# integration tests that share the sandbox's stacks, ports and slots: one process, file order) and
-# `-m "not shared_sandbox"` (unit tests, and the guide upgrade tests on a stack of their own).
-SHARED = pytest.mark.shared_sandbox
-
-
 @pytest.fixture()
 def sentry_host(sandbox):
     """The guide-layout sandbox host."""
-    from deployments.setup import host_from_connection
+    from infra.sandbox.prefect_blocks import host_from_connection
 
     return host_from_connection(sandbox, "guide")
 
 
 @pytest.fixture()
 def saved_host(sandbox, prefect_api) -> str:
-    from deployments.setup import save_blocks
+    from infra.sandbox.prefect_blocks import save_blocks
 
     save_blocks(sandbox, "test-sandbox", "guide")
     return "test-sandbox"
@@ -101,31 +72,24 @@ def layout(request) -> str:
 @pytest.fixture()
 def layout_host(sandbox, layout):
     """The sandbox host of the parametrized layout."""
-    from deployments.setup import host_from_connection
+    from infra.sandbox.prefect_blocks import host_from_connection
 
     return host_from_connection(sandbox, layout)
 
 
 @pytest.fixture()
 def saved_layout_host(sandbox, prefect_api, layout) -> str:
-    from deployments.setup import save_blocks
+    from infra.sandbox.prefect_blocks import save_blocks
 
     name = f"test-{layout}"
     save_blocks(sandbox, name, layout)
     return name
 
 
-def expect_failure_until(request, layout: str, cases: dict[str, str]) -> None:
-    """Mark this layout's case as an expected failure naming the issue that makes it pass. Strict:
-    the case still runs, and once it passes the run fails until the mark is removed."""
-    if layout in cases:
-        request.applymarker(pytest.mark.xfail(reason=cases[layout], strict=True))
-
-
 @pytest.fixture()
 def store_name(sandbox, prefect_api) -> str:
     """A store block with a prefix of its own, so tests never see each other's backups."""
-    from deployments.setup import store_from_connection
+    from infra.sandbox.prefect_blocks import store_from_connection
 
     name = f"test-{uuid.uuid4().hex[:8]}"
     store_from_connection(sandbox, prefix=name).save(name, overwrite=True)
@@ -139,8 +103,8 @@ def bare_host(sandbox, prefect_api):
 
     from prefect.blocks.system import Secret
 
-    from deployments.setup import host_from_connection
-    from infra.sandbox import sandbox as sb
+    from infra import sandbox as sb
+    from infra.sandbox.prefect_blocks import host_from_connection
 
     name = f"boot{uuid.uuid4().hex[:6]}"
     stack = sb.stack_info("guide", name, 2)
@@ -152,15 +116,12 @@ def bare_host(sandbox, prefect_api):
     sb.remove_stack(name)
 
 
-EVENTS = 120_000
-
-
 @pytest.fixture(scope="session")
 def seeded(sandbox) -> int:
     """The guide stack with >= 100k event payloads in its Postgres nodestore (unicode, large ones,
     incompressible ones, all within 30 days) and 500 issues, where real Sentry keeps them."""
     from blocks import postgres
-    from deployments.setup import host_from_connection
+    from infra.sandbox.prefect_blocks import host_from_connection
 
     host = host_from_connection(sandbox, "guide")
     with postgres.psql(host) as db:

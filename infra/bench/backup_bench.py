@@ -4,9 +4,9 @@
     .venv/bin/python -m infra.bench.backup_bench --scale 1.0 --layout self-hosted
     .venv/bin/python -m infra.bench.backup_bench --scale 0.1 --layout guide        # ~0.1 GiB
 
-The Sentry-like data of shared/bench/sentry_like_db.sql is loaded in schema `bench` (guide: a
+The Sentry-like data of infra/bench/sentry_like_db.sql is loaded in schema `bench` (guide: a
 "bench" stack of its own, slot 2; self-hosted: the sandbox's self-hosted stack, dropped after).
-Then, with shared/bench/paired.py (A B A B, a warm-up pair, medians, per-pair ratios), whole
+Then, with infra/bench/paired.py (A B A B, a warm-up pair, medians, per-pair ratios), whole
 processes each time:
   A  = the backup flow end to end in a fresh Python process (manifest included);
   B1 = the limit: `pg_dump -Fc -Z0 > /dev/null` inside the postgres container;
@@ -25,16 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from infra.sandbox import sandbox as sb
+from infra import sandbox as sb
+from infra.bench.paired import compare
 
-SQL = sb.REPO.parent / "shared" / "bench" / "sentry_like_db.sql"
-PAIRED = sb.REPO.parent / "shared" / "bench" / "paired.py"
+SQL = Path(__file__).with_name("sentry_like_db.sql")
 NODES, GROUPS = 260_000, 1_000_000
 
 
@@ -66,8 +66,7 @@ def load(name: str, layout: str, scale: float) -> int:
         started = time.monotonic()
         psql(name, layout, "-q", "-c", "DROP SCHEMA IF EXISTS bench CASCADE; CREATE SCHEMA bench")
         service, user = pg(layout)
-        # the file reports the size of a database named `sentry`; self-hosted's is `postgres`
-        sql = SQL.read_text().replace("'sentry')", "current_database())")
+        sql = SQL.read_text()
         sb.compose(name, "exec", "-T", "-e", "PGOPTIONS=-csearch_path=bench", service,
                    "psql", "-q", "-v", "ON_ERROR_STOP=1", "-v", f"nodes={nodes}",
                    "-v", f"groups={groups}", "-U", user, "-d", user, input=sql)  # fmt: skip
@@ -76,24 +75,10 @@ def load(name: str, layout: str, scale: float) -> int:
 
 
 def paired(a: str, b: str, n: int) -> dict:
-    out = subprocess.run(
-        [sys.executable, str(PAIRED), "-n", str(n), "--a", a, "--b", b],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    print(out, flush=True)
-    num = r"([\d.]+)"
-    a_row = re.search(
-        rf"^A wall s\s+min {num}\s+median {num}\s+max {num}\s+peak RSS {num}", out, re.M
-    )
-    b_row = re.search(rf"^B wall s\s+min {num}\s+median {num}\s+max {num}", out, re.M)
-    ratio = re.search(rf"A/B wall\s+median {num}\s+\(min {num}, max {num}", out)
-    return {
-        "a_median_s": float(a_row[2]),
-        "a_peak_rss_MiB": float(a_row[4]),
-        "b_median_s": float(b_row[2]),
-        "a_over_b_median": float(ratio[1]),
-        "a_over_b_range": [float(ratio[2]), float(ratio[3])],
-    }
+    """A against B with infra/bench/paired.py: its report printed, its figures returned."""
+    result = compare(a, b, n)
+    print(result.report(), flush=True)
+    return result.as_dict()
 
 
 def main() -> int:
@@ -112,7 +97,8 @@ def main() -> int:
     conn = {**info, "stack": stack, "stacks": {args.layout: stack}}
     env = {**os.environ, "PREFECT_API_URL": info["prefect_api_url"]}
     setup = (
-        "import json, sys; from deployments.setup import save_blocks, store_from_connection; "
+        "import json, sys; "
+        "from infra.sandbox.prefect_blocks import save_blocks, store_from_connection; "
         f"c = json.load(sys.stdin); save_blocks(c, 'bench', {args.layout!r}); "
         "store = store_from_connection(c, prefix='bench'); store.save('bench', overwrite=True); "
         "store.model_copy(update={'backup_key': None, 'allow_unencrypted': True})"

@@ -3,7 +3,7 @@
     .venv/bin/python -m infra.bench.clickhouse_bench --rows 5000000
 
 A guide "bench" stack of its own (slot 2) gets a Snuba-like MergeTree table of `--rows` events.
-Then, with shared/bench/paired.py (A B A B, a warm-up pair, medians), whole processes:
+Then, with infra/bench/paired.py (A B A B, a warm-up pair, medians), whole processes:
   A = `clickhouse_snapshot` (FREEZE with merges stopped, frozen rows counted and checksummed,
       tar | zstd on the host, SSH, encrypted, S3, unfreeze) in a fresh Python process; ClickHouse
       keeps serving;
@@ -21,8 +21,8 @@ import shlex
 import subprocess
 import sys
 
+from infra import sandbox as sb
 from infra.bench.backup_bench import bench_stack, paired
-from infra.sandbox import sandbox as sb
 
 TABLE = "sentry.bench_events"
 
@@ -66,7 +66,8 @@ def main() -> int:
     conn = {**info, "stack": stack, "stacks": {"guide": stack}}
     env = {**os.environ, "PREFECT_API_URL": info["prefect_api_url"]}
     setup = (
-        "import json, sys; from deployments.setup import save_blocks, store_from_connection; "
+        "import json, sys; "
+        "from infra.sandbox.prefect_blocks import save_blocks, store_from_connection; "
         "c = json.load(sys.stdin); save_blocks(c, 'bench', 'guide'); "
         "store_from_connection(c, prefix='bench-ch').save('bench-ch', overwrite=True)"
     )

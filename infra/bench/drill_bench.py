@@ -2,7 +2,7 @@
 
     .venv/bin/python -m infra.bench.drill_bench --scale 1.0
 
-On the guide layout's bench stack with the Sentry-like data of shared/bench/sentry_like_db.sql
+On the guide layout's bench stack with the Sentry-like data of infra/bench/sentry_like_db.sql
 (~1.1 GiB at scale 1.0), in one run: a backup; the raw baseline, `pg_restore` (the tool image's,
 as the drill uses) of that same dump from a local file into an empty Postgres; and the restore
 drill's RTO. Target: RTO <= 1.3 x raw + 30 s.
@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from infra import sandbox as sb
 from infra.bench.backup_bench import bench_stack, load
-from infra.sandbox import sandbox as sb
 
 RAW_PORT = 15995
 
@@ -36,9 +36,9 @@ def main() -> int:
     db_bytes = load(name, "guide", args.scale)
 
     from blocks import backup_set
-    from deployments.setup import save_blocks, store_from_connection
     from flows.backup import backup
     from flows.restore_drill import DrillStack, restore_drill
+    from infra.sandbox.prefect_blocks import save_blocks, store_from_connection
 
     save_blocks({**info, "stacks": {"guide": stack}}, "bench", "guide")
     store = store_from_connection(info, prefix="bench")

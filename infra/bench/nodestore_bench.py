@@ -3,7 +3,7 @@
     .venv/bin/python -m infra.bench.nodestore_bench --objects 20000
 
 The stack's SeaweedFS gets `--objects` event payloads (~4 KB of JSON each) in the stand-in's
-nodestore bucket, through its S3 API. Then, with shared/bench/paired.py (A B A B, medians):
+nodestore bucket, through its S3 API. Then, with infra/bench/paired.py (A B A B, medians):
   A = the backup's way: `docker pause` SeaweedFS, `tar | zstd -1` of its whole volume (objects,
       indexes, filer metadata, `.mini_sse_kek`) to /dev/null, `docker unpause`. A's time is the
       ingestion stall: writes to the nodestore wait while it is paused;
@@ -22,8 +22,8 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+from infra import sandbox as sb
 from infra.bench.backup_bench import bench_stack, paired
-from infra.sandbox import sandbox as sb
 
 BUCKET, PREFIX = "nodestore", "nodestore/bench-"
 

@@ -4,7 +4,7 @@ import argparse
 import json
 import sys
 
-from infra.sandbox import sandbox
+from infra import sandbox
 
 
 def main() -> int:

@@ -26,18 +26,17 @@ from blocks import backup_set
 from blocks.backup_set import SetError
 from blocks.backup_store import BackupStore
 from blocks.layouts import DataVolume
-from deployments.setup import host_from_connection, save_blocks, store_from_connection
-from flows.backup import BackupError, backup, list_backups, pick_set, verify_backup
+from flows.backup import BackupError, backup, list_backups, verify_backup
 from flows.bootstrap import bootstrap
 from flows.cleanup import CleanupError, retention_cleanup
 from flows.restore_drill import DrillError, DrillStack, restore_drill
-from flows.retention import apply_retention
-from flows.shared import LOCK_POLL_SECONDS
-from infra.sandbox import sandbox as sb
-from tests.conftest import SHARED
+from flows.shared import LOCK_POLL_SECONDS, apply_retention
+from infra import sandbox as sb
+from infra.sandbox.prefect_blocks import host_from_connection, save_blocks, store_from_connection
+from tests.helpers import SHARED
 from tests.integration.test_bootstrap import SMALL, run, run_texts
 
-pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
+pytestmark = SHARED  # the sandbox's shared stacks (tests/helpers.py)
 
 DRILL = DrillStack(port_offset=100, suffix="sets")
 
@@ -65,7 +64,7 @@ def test_two_hosts_in_one_store_keep_and_drill_their_own(sandbox, prefect_api, s
     guide_host = host_from_connection(sandbox, "guide")
 
     # each host sees only its own sets; another host's set is refused by id
-    assert pick_set(store, guide_host, None).backup_id == guide[1]["backup_id"]
+    assert backup_set.pick(store, guide_host.identity, "", None).backup_id == guide[1]["backup_id"]
     with pytest.raises(SetError, match="not among this host's backups"):
         verify_backup("sets-guide", store_name, other["backup_id"])
     with pytest.raises(SetError, match="not among this host's backups"):

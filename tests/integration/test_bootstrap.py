@@ -18,10 +18,10 @@ from prefect.client.schemas.filters import (
 from blocks import postgres
 from flows.bootstrap import BootstrapError, HostRequirements, bootstrap
 from flows.shared import Status
-from infra.sandbox import sandbox as sb
-from tests.conftest import SHARED
+from infra import sandbox as sb
+from tests.helpers import SHARED
 
-pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
+pytestmark = SHARED  # the sandbox's shared stacks (tests/helpers.py)
 
 STACK = str(Path(sb.HERE, "stacks", "guide"))
 ALREADY = str(Status.ALREADY)
@@ -119,7 +119,7 @@ def test_an_existing_database_password_is_never_replaced(bare_host):
 
 
 def test_self_hosted_is_refused_pointing_to_its_install_sh(sandbox, prefect_api):
-    from deployments.setup import save_blocks
+    from infra.sandbox.prefect_blocks import save_blocks
 
     save_blocks(sandbox, "test-boot-self-hosted", "self-hosted")
     secret = "test-boot-self-hosted-admin"

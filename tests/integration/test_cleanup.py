@@ -12,13 +12,14 @@ import pytest
 
 from blocks import backup_set, clickhouse, jobs, postgres
 from blocks.layouts import DataVolume
-from deployments.setup import store_from_connection
+from blocks.ssh import RemoteCommandError
 from flows.cleanup import CleanupError, retention_cleanup
-from tests.conftest import SHARED
+from infra.sandbox.prefect_blocks import store_from_connection
+from tests.helpers import SHARED
 from tests.integration.test_backup import cut_ssh_when
 from tests.integration.test_scaling import wait_processed
 
-pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
+pytestmark = SHARED  # the sandbox's shared stacks (tests/helpers.py)
 
 OLD_VERSIONS = ("23.1.0", "23.2.0")  # older than the sandbox's running 24.1.0
 
@@ -130,7 +131,8 @@ def test_a_detached_step_survives_a_cut_connection_and_is_reattached(sentry_host
                 'echo "started $(date +%s%N)"; sleep 6; echo finished']  # fmt: skip
 
     watcher, cut = cut_ssh_when(lambda: any(line.startswith("started") for line in lines))
-    with pytest.raises(Exception):  # noqa: B017  (the SSH session dies under the follower)
+    # the SSH session dies under the follower (`docker logs -f`): it ends with no exit status
+    with pytest.raises(RemoteCommandError):
         jobs.run(host, "test-job", start, run_id="run-1", on_line=lines.append)
     watcher.join()
     assert cut.is_set(), "the connection was never cut: the test did not test anything"

@@ -12,13 +12,13 @@ import pytest
 
 from blocks import backup_set, clickhouse
 from blocks.layouts import Role
-from deployments.setup import store_from_connection
 from flows.backup import BackupError, backup, clickhouse_snapshot, list_backups, verify_backup
 from flows.restore_drill import DrillError, restore_drill
-from tests.conftest import SHARED
+from infra.sandbox.prefect_blocks import store_from_connection
+from tests.helpers import SHARED
 from tests.integration.test_backup import cut_ssh_when, kill_ssh_sessions
 
-pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
+pytestmark = SHARED  # the sandbox's shared stacks (tests/helpers.py)
 
 
 def ch(host, sql: str) -> str:

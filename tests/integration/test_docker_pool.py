@@ -13,8 +13,8 @@ from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
 from deployments.setup import main
-from infra.sandbox import sandbox as sb
-from tests.conftest import run_worker_once
+from infra import sandbox as sb
+from tests.helpers import run_worker_once
 
 
 def test_a_deployment_runs_in_the_flows_image_on_a_docker_work_pool(sandbox, prefect_api, tmp_path):

@@ -16,9 +16,9 @@ from blocks.backup_store import BackupStore
 from blocks.sentry_host import SentryHost
 from flows.fleet import fleet_backup
 from flows.metrics import backup_metrics
-from tests.conftest import SHARED, free_port
+from tests.helpers import SHARED, free_port, with_ssh
 
-pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
+pytestmark = SHARED  # the sandbox's shared stacks (tests/helpers.py)
 
 
 def test_one_unreachable_host_does_not_stop_the_others_and_metrics_show_the_backup(
@@ -26,7 +26,7 @@ def test_one_unreachable_host_does_not_stop_the_others_and_metrics_show_the_back
 ):
     port = free_port()
     gone = f"gone-{uuid.uuid4().hex[:6]}"
-    SentryHost.load(saved_host).model_copy(update={"ssh_port": port}).save(gone)
+    with_ssh(SentryHost.load(saved_host), port=port).save(gone)
     state = fleet_backup([gone, saved_host], store_name, max_parallel=2, return_state=True)
 
     assert state.is_failed()

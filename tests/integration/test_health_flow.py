@@ -6,9 +6,9 @@ import pytest
 
 from blocks.layouts import Role
 from flows.health import UnhealthyError, health_check, probe_ingestion
-from tests.conftest import SHARED
+from tests.helpers import SHARED
 
-pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
+pytestmark = SHARED  # the sandbox's shared stacks (tests/helpers.py)
 
 
 def test_health_passes_with_ingestion_proven(saved_layout_host, layout_host):
@@ -63,7 +63,7 @@ def test_health_fails_naming_postgres_when_it_is_stopped(saved_host, sentry_host
 
 
 def test_names_the_host_lacks_fail_naming_the_field_to_set(sandbox, prefect_api, layout):
-    from deployments.setup import host_from_connection
+    from infra.sandbox.prefect_blocks import host_from_connection
 
     host = host_from_connection(sandbox, layout)
     renamed = host.model_copy(update={"service_names": {Role.WORKER: "no-such-worker"}})

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import urllib.request
 
-from tests.conftest import SHARED
+from tests.helpers import SHARED
 
-pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
+pytestmark = SHARED  # the sandbox's shared stacks (tests/helpers.py)
 
 
 def test_the_ui_is_told_the_api_address_of_this_server(prefect_api):

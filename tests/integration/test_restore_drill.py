@@ -14,19 +14,20 @@ import time
 from pathlib import Path
 
 import pytest
+from prefect.exceptions import ParameterTypeError
 
 from blocks import backup_set, metrics, postgres
 from blocks.backup_set import SetError
 from blocks.backup_store import BackupStore
-from deployments.setup import store_from_connection
 from flows.backup import backup
 from flows.health import health_check
 from flows.restore_drill import DrillError, DrillStack, restore_drill
-from infra.sandbox import sandbox as sb
-from tests.conftest import SHARED
+from infra import sandbox as sb
+from infra.sandbox.prefect_blocks import store_from_connection
+from tests.helpers import SHARED
 from tests.integration.test_scaling import wait_processed
 
-pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
+pytestmark = SHARED  # the sandbox's shared stacks (tests/helpers.py)
 
 DRILL = DrillStack(web_timeout=20)  # ports: production's + 100, computed by the drill
 BROKEN = "sentry-ops-sandbox/sentry:24.3.0-broken"
@@ -219,7 +220,8 @@ def test_a_hostile_manifest_image_is_refused_before_anything_is_written(
 def test_bad_drill_parameters_are_refused_before_anything_is_written(
     sentry_host, saved_host, store_name, drill, message
 ):
-    with pytest.raises(Exception, match=message):
+    # Prefect validates the parameters against DrillStack's fields before the flow's body runs
+    with pytest.raises(ParameterTypeError, match=message):
         restore_drill(saved_host, store_name, drill=drill)
     assert not Path(f"{sentry_host.project_dir}-drill").exists()
     assert leftovers(f"{sentry_host.project}-drill") == []

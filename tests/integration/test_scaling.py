@@ -7,13 +7,14 @@ import threading
 import time
 
 import pytest
+from prefect.variables import Variable
 
+from blocks.host_project import SCALE_FILE
 from blocks.layouts import Role
-from blocks.sentry_host import SCALE_FILE
-from flows.scaling import ScalingError, autoscale, running, scale_workers
-from tests.conftest import SHARED
+from flows.scaling import ScalingError, autoscale, running, scale_workers, state_name
+from tests.helpers import SHARED
 
-pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
+pytestmark = SHARED  # the sandbox's shared stacks (tests/helpers.py)
 
 
 def workers(host) -> list[str]:
@@ -105,7 +106,10 @@ def test_autoscale_scales_up_on_backlog_and_down_after_cooldown(one_worker, save
     assert host.queue_backlog() == 0
     held = autoscale(saved_layout_host, cooldown_seconds=8, **policy)
     assert held["after"] == 3 and "cooldown" in held["why"], held
-    time.sleep(8)
+    # the cooldown's clock is the last change's time the autoscaler keeps: moved 8 s back
+    # instead of waiting 8 s
+    state = Variable.get(state_name(host))
+    Variable.set(state_name(host), {**state, "changed_at": state["changed_at"] - 8}, overwrite=True)
     down = autoscale(saved_layout_host, cooldown_seconds=8, **policy)
     assert (down["before"], down["after"]) == (3, 1), down
     assert len(workers(host)) == 1

@@ -14,10 +14,10 @@ import pytest
 from pydantic import SecretStr
 
 from blocks.ssh import HostKeyError, RemoteCommandError, SSHAuthError, SSHConnectError
-from tests.conftest import SHARED
+from tests.helpers import SHARED, with_ssh
 from tests.unit.test_sentry_host_block import keypair
 
-pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
+pytestmark = SHARED  # the sandbox's shared stacks (tests/helpers.py)
 
 MiB = 1 << 20
 
@@ -46,17 +46,17 @@ def test_command_timeout(sentry_host):
 
 def test_unknown_host_key_is_refused_naming_host_and_how_to_pin(sentry_host):
     _, other_public = keypair()
-    stranger = sentry_host.model_copy(update={"ssh_host_key": other_public})
+    stranger = with_ssh(sentry_host, host_key=other_public)
     with pytest.raises(HostKeyError) as info:
         stranger.run(["true"])
     message = str(info.value)
     assert "[127.0.0.1]:22022" in message
-    assert "ssh_host_key" in message and "SHA256:" in message
+    assert "ssh.host_key" in message and "SHA256:" in message
 
 
 def test_wrong_client_key_gives_auth_error(sentry_host):
     other_private, _ = keypair()
-    wrong = sentry_host.model_copy(update={"ssh_private_key": SecretStr(other_private)})
+    wrong = with_ssh(sentry_host, private_key=SecretStr(other_private))
     with pytest.raises(SSHAuthError, match="authentication with the block's private key failed"):
         wrong.run(["true"])
 
@@ -65,7 +65,7 @@ def test_closed_port_fails_clearly_within_timeout(sentry_host):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    closed = sentry_host.model_copy(update={"ssh_port": port, "connect_timeout": 3})
+    closed = with_ssh(sentry_host, port=port, connect_timeout=3)
     started = time.monotonic()
     with pytest.raises(SSHConnectError, match="cannot reach sshd within 3s"):
         closed.run(["true"])

@@ -1,5 +1,6 @@
-"""The sandbox's Sentry stand-in behaves like real Sentry where sentry-ops depends on it
-(shared/LAYOUTS.md, "How real Sentry behaves"), on both layouts."""
+"""The sandbox's Sentry stand-in behaves like real Sentry where sentry-ops depends on it (as read
+in getsentry/sentry: src/sentry/middleware/health.py, src/sentry/runner/commands/; and in
+getsentry/self-hosted's docker-compose.yml), on both layouts."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import datetime as dt
 import time
 
 from blocks.layouts import Role
-from tests.conftest import SHARED
+from tests.helpers import SHARED
 
-pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
+pytestmark = SHARED  # the sandbox's shared stacks (tests/helpers.py)
 
 
 def psql(host, query: str) -> str:

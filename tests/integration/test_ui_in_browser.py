@@ -17,10 +17,10 @@ from prefect.client.orchestration import get_client
 from deployments.setup import main
 from flows.backup import backup
 from flows.restore_drill import restore_drill
-from infra.sandbox import sandbox as sb
-from tests.conftest import SHARED
+from infra import sandbox as sb
+from tests.helpers import SHARED
 
-pytestmark = SHARED  # the sandbox's shared stacks (tests/conftest.py)
+pytestmark = SHARED  # the sandbox's shared stacks (tests/helpers.py)
 
 ERROR_PAGE = ("Oops", "Something went wrong", "Page not found")
 

@@ -19,10 +19,10 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.flow_runs import resume_flow_run
 
 from blocks import backup_set, jobs, postgres
-from deployments.setup import host_from_connection, store_from_connection
 from flows.upgrade import upgrade
-from infra.sandbox import sandbox as sb
-from tests.conftest import SHARED
+from infra import sandbox as sb
+from infra.sandbox.prefect_blocks import host_from_connection, store_from_connection
+from tests.helpers import SHARED
 from tests.integration.test_bootstrap import run_texts
 from tests.integration.test_scaling import wait_processed
 
@@ -225,7 +225,7 @@ def test_a_migration_job_of_another_run_is_waited_for_never_doubled(stack):
 def test_self_hosted_hop_is_its_install_sh_at_the_release_tag(sandbox, prefect_api, store_name):
     """Leaves the sandbox's self-hosted stack at 24.2.0: the next `sandbox.up()` installs it anew
     (Sentry has no downgrade), so it runs last."""
-    from deployments.setup import save_blocks
+    from infra.sandbox.prefect_blocks import save_blocks
 
     name = "test-self-hosted-upgrade"
     save_blocks(sandbox, name, "self-hosted")

@@ -11,6 +11,7 @@ from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 from blocks.backup_store import BackupStore
 from blocks.sentry_host import SentryHost
+from blocks.ssh_connection import SSHConnection
 
 
 class TestSentryHost(BlockStandardTestSuite):
@@ -28,13 +29,21 @@ class TestBackupStore(TestSentryHost):
         return BackupStore
 
 
+class TestSSHConnection(TestSentryHost):
+    @pytest.fixture
+    def block(self) -> type[Block]:
+        return SSHConnection
+
+
 def test_the_block_forms_check_what_the_schema_can():
     """The UI validates a form against the block's schema before saving it."""
     schema = SentryHost.model_json_schema()
     props = schema["properties"]
     assert props["layout"]["enum"] == ["guide", "self-hosted"]  # a select, not free text
     assert props["project_dir"]["pattern"] == "^/"
-    for port in ("ssh_port", "web_port", "redis_port", "clickhouse_port", "clickhouse_http_port"):
+    ssh = SSHConnection.model_json_schema()["properties"]
+    assert (ssh["port"]["minimum"], ssh["port"]["maximum"]) == (1, 65535)
+    for port in ("web_port", "redis_port", "clickhouse_port", "clickhouse_http_port"):
         assert (props[port]["minimum"], props[port]["maximum"]) == (1, 65535), port
     store = BackupStore.model_json_schema()["properties"]
     assert store["retention_days"]["minimum"] == 1 and store["min_keep"]["minimum"] == 1

@@ -5,8 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from blocks.dotenv import EnvFileError, conflicts, parse_env, render_env
+from blocks.scratch import drill_override
 from flows.bootstrap import HostRequirements, assess_resources
-from flows.restore_drill import drill_override
 from flows.shared import Status
 
 FAILED, OK, WARNING = Status.FAILED, Status.OK, Status.WARNING
@@ -69,7 +69,7 @@ def test_drill_override_pins_each_service_image():
 
 
 def test_same_host_drill_of_a_layout_with_external_volumes_is_refused():
-    from flows.restore_drill import DrillError, DrillStack, scratch_of
+    from blocks.scratch import DrillError, DrillStack, scratch_of
     from tests.unit.test_sentry_host_block import make_host
 
     with pytest.raises(DrillError, match="external volumes"):

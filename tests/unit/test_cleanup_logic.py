@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from blocks import postgres
 from blocks.layouts import Role
 from blocks.sentry_host import ComposeContext
-from flows.cleanup import parameter_problems, parse_time, plan_images, split_ref, version_key
+from flows.cleanup import parameter_problems, parse_time, plan_images, split_ref, tag_version
 from tests.unit.test_sentry_host_block import make_host
 
 
@@ -65,10 +65,10 @@ versions = st.tuples(*(st.integers(0, 30),) * 3).map(lambda v: ".".join(map(str,
 def test_never_the_running_one_nor_newer_nor_the_previous(tags, running):
     images = [("r", t) for t in tags]
     remove, _ = plan_images(images, {f"r:{running}"})
-    removed = [version_key(r.split(":")[1]) for r, _ in remove]
-    run = version_key(running)
+    removed = [tag_version(r.split(":")[1]) for r, _ in remove]
+    run = tag_version(running)
     assert all(v < run for v in removed)
-    older = sorted(version_key(t) for t in tags if version_key(t) < run)
+    older = sorted(tag_version(t) for t in tags if tag_version(t) < run)
     if older:  # the newest older version is kept for a rollback
         assert older[-1] not in removed and len(removed) == len(older) - 1
 
@@ -114,7 +114,7 @@ def test_cleanup_runs_in_self_hosted_cleanup_service_with_sentrys_entrypoint():
 def test_a_vacuum_jobs_password_goes_through_stdin_never_argv():
     host = make_host(project_dir="/opt/sentry", project_name="sentry-g")
     where = postgres.Target("pgcontainer", 5432, "sentry", "sentry", "s3cr3t:pw")
-    argv = postgres.vacuum_job_argv(host, where, ["VACUUM (ANALYZE)"])("job", {})
+    argv = postgres.vacuum_job(host, where, ["VACUUM (ANALYZE)"])("job", {})
     assert "s3cr3t:pw" not in " ".join(argv)
     assert argv[argv.index("--env-file") + 1] == "/dev/stdin"
     assert "container:pgcontainer" in argv

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from flows.restore_drill import (
+from blocks.scratch import (
     DrillError,
     DrillStack,
     check_images,

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import json
 
+from blocks.host_compose import parse_ps
 from blocks.layouts import GUIDE
-from flows.health import assess_containers, assess_disk, assess_full_health, parse_ps
+from blocks.sentry_web import assess_full_health
+from flows.health import assess_containers, assess_disk
 
 DEFINED = {
     "sentry",

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blocks.backup_set import SetListing, new_backup_id
-from flows.retention import INCOMPLETE_GRACE, plan_retention
+from blocks.retention import INCOMPLETE_GRACE, plan_retention
 
 NOW = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)
 HOSTS = ["10-0-0-1-22-sentry", "10-0-0-2-22-sentry", "10-0-0-2-22-other"]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blocks.sentry_host import SCALE_FILE, compose_files_with_scale
+from blocks.host_project import SCALE_FILE, compose_files_with_scale
 from flows.scaling import (
     AutoscalePolicy,
     ScalingError,

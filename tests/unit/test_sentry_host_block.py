@@ -7,15 +7,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
+from blocks.host_compose import name_problems
+from blocks.host_docker import listening_ports
 from blocks.layouts import GUIDE, SELF_HOSTED, DataVolume, Role, default_project_name, get_layout
-from blocks.sentry_host import (
-    ComposeContext,
-    SentryHost,
-    listening_ports,
-    name_problems,
-    resolve_context,
-)
+from blocks.sentry_host import ComposeContext, SentryHost, resolve_context
 from blocks.ssh import quote
+from blocks.ssh_connection import SSHConnection
 
 
 def keypair() -> tuple[str, str]:
@@ -34,20 +31,18 @@ def keypair() -> tuple[str, str]:
 
 
 def make_host(**overrides) -> SentryHost:
+    """A host block; `ssh.<field>` overrides go to its SSH Connection block."""
     private, public = keypair()
-    fields = dict(
-        ssh_host="sentry-1.example.internal",
-        ssh_private_key=private,
-        ssh_host_key=public,
-        project_dir="/opt/sentry",
-    )
-    fields.update(overrides)
-    return SentryHost(**fields)
+    ssh = {"host": "sentry-1.example.internal", "private_key": private, "host_key": public}
+    ssh |= {k.removeprefix("ssh."): v for k, v in overrides.items() if k.startswith("ssh.")}
+    fields = {"project_dir": "/opt/sentry"}
+    fields |= {k: v for k, v in overrides.items() if not k.startswith("ssh.")}
+    return SentryHost(ssh=SSHConnection(**ssh), **fields)
 
 
 def test_defaults_are_the_guide_layout():
     host = make_host()
-    assert host.ssh_port == 22 and host.layout == "guide"
+    assert host.ssh.port == 22 and host.layout == "guide"
     assert host.stack == GUIDE
 
 
@@ -111,32 +106,32 @@ def test_name_problems_name_the_missing_service_or_volume_and_the_field():
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("ssh_host", "", "ssh_host must be a non-empty word"),
-        ("ssh_host", "  ", "ssh_host must be a non-empty word"),
-        ("ssh_port", 0, "ssh_port must be a TCP port 1-65535"),
-        ("ssh_port", 70000, "ssh_port must be a TCP port 1-65535"),
+        ("ssh.host", "", "ssh host must be a non-empty word"),
+        ("ssh.host", "  ", "ssh host must be a non-empty word"),
+        ("ssh.port", 0, "ssh port must be a TCP port 1-65535"),
+        ("ssh.port", 70000, "ssh port must be a TCP port 1-65535"),
         ("layout", "kubernetes", "Input should be 'guide' or 'self-hosted'"),
         ("project_dir", "sentry", "project_dir must be an absolute path"),
-        ("ssh_host_key", "not-a-key", "a pinned host key looks like 'ssh-ed25519"),
+        ("ssh.host_key", "not-a-key", "a pinned host key looks like 'ssh-ed25519"),
     ],
 )
 def test_bad_fields_are_rejected_with_a_message(field, value, message):
     with pytest.raises(ValidationError) as info:
         make_host(**{field: value})
     assert message in str(info.value)
-    assert field in str(info.value)
+    assert field.removeprefix("ssh.") in str(info.value)
 
 
 def test_secret_key_is_not_in_repr():
     host = make_host()
-    secret = host.ssh_private_key.get_secret_value()
+    secret = host.ssh.private_key.get_secret_value()
     assert secret.splitlines()[1] not in repr(host)
     assert secret.splitlines()[1] not in str(host.model_dump())
 
 
 def test_known_hosts_line_is_accepted_as_pin():
     _, public = keypair()
-    assert make_host(ssh_host_key=f"[10.0.0.5]:2222 {public}").ssh_host_key
+    assert make_host(**{"ssh.host_key": f"[10.0.0.5]:2222 {public}"}).ssh.host_key
 
 
 def test_compose_and_probe_argv():

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from deployments.setup import ConfigError, as_refs, load_config, plan_deployments, templates
+from deployments.config import ConfigError, load_config
+from deployments.deploy import as_refs, plan_deployments, templates
 
-HOST = """
+PINNED = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILq2jpTrU6H31jVfJ/y/b491m480Mxrr69IiPK4bmBH5"
+HOST = f"""
 [hosts.sentry-1]
 store = "main"
-ssh_host = "sentry-1.internal"
-ssh_private_key_file = "key"
-ssh_host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILq2jpTrU6H31jVfJ/y/b491m480Mxrr69IiPK4bmBH5"
+ssh = {{ host = "sentry-1.internal", private_key_file = "key", host_key = "{PINNED}" }}
 project_dir = "/opt/sentry"
 """
 STORE = """
@@ -37,7 +37,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_a_valid_config_reads_secrets_from_files_into_secret_fields(tmp_path):
     config = load_config(write(tmp_path, STORE + HOST + '[alerts]\nwebhook_url_file = "hook"\n'))
     host = config.hosts["sentry-1"]
-    assert host.ssh_private_key.get_secret_value().startswith("-----BEGIN")
+    assert host.ssh.private_key.get_secret_value().startswith("-----BEGIN")
     assert "BEGIN" not in repr(host)
     assert config.webhook_url.get_secret_value() == "http://127.0.0.1:1/hook"
     assert config.host_store == {"sentry-1": "main"}
@@ -51,7 +51,18 @@ def test_a_valid_config_reads_secrets_from_files_into_secret_fields(tmp_path):
             "[hosts.sentry-1]: unknown key 'projectdir'",
         ),
         (STORE + HOST + 'postgres_password = "x"\n', "postgres_password: secrets are not written"),
-        (STORE + HOST.replace('"key"', '"nope"'), "ssh_private_key_file: cannot read"),
+        (
+            STORE + HOST.replace('"key"', '"nope"'),
+            "[hosts.sentry-1].ssh.private_key_file: cannot read",
+        ),
+        (
+            STORE + HOST.replace('private_key_file = "key"', 'private_key = "k"'),
+            "[hosts.sentry-1].ssh.private_key: secrets are not written",
+        ),
+        (
+            STORE + HOST.replace("host = ", "hostname = "),
+            "[hosts.sentry-1].ssh: unknown key 'hostname'",
+        ),
         (STORE + HOST + 'layout = "selfhosted"\n', "[hosts.sentry-1]: layout:"),
         (STORE + HOST + 'project_dir = "opt"\n', "Cannot overwrite"),
         (HOST, "store = 'main' is not one of [stores.*] (none)"),

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flows.upgrade import HARD_STOPS, UpgradePlanError, plan_upgrade, version_key
+from blocks.upgrade_plan import HARD_STOPS, UpgradePlanError, plan_upgrade, version_key
 
 
 def test_a_jump_over_hard_stops_becomes_one_hop_per_stop():
@@ -73,13 +73,13 @@ def test_hops_climb_and_never_skip_a_stop(a, b):
     ],
 )  # fmt: skip
 def test_the_env_variable_that_sets_the_version(raw, resolved, expected):
-    from blocks.sentry_host import image_setting
+    from blocks.host_sentry import image_setting
 
     assert image_setting(raw, resolved, "24.8.0") == expected
 
 
 def test_a_web_with_a_fixed_port_or_name_cannot_roll():
-    from blocks.sentry_host import rolling_problem
+    from blocks.host_sentry import rolling_problem
 
     assert rolling_problem({"image": "x", "network_mode": "host"}) is None
     assert "9000" in rolling_problem({"ports": [{"target": 9000, "published": "9000"}]})
@@ -98,7 +98,7 @@ def test_a_web_with_a_fixed_port_or_name_cannot_roll():
     ],
 )
 def test_bad_parameters_are_named(args, named):
-    from flows.upgrade import parameter_problems
+    from blocks.upgrade_plan import parameter_problems
 
     problems = parameter_problems(*args)
     assert len(problems) == 1 and problems[0].startswith(named), problems

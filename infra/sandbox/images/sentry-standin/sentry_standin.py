@@ -3,7 +3,9 @@
 
 Sentry itself cannot run on the sandbox machines, so this small program answers the same CLI verbs
 and HTTP endpoints against real Postgres/Redis/ClickHouse/SeaweedFS, behaving like real Sentry
-wherever sentry-ops depends on it (shared/LAYOUTS.md, "How real Sentry behaves"):
+wherever sentry-ops depends on it, as read in getsentry/sentry (src/sentry/middleware/health.py,
+src/sentry/runner/commands/createuser.py, upgrade.py, cleanup.py) and getsentry/self-hosted
+(docker-compose.yml, install.sh); README, "The sandbox", lists what it does:
 
   sentry --version                 "sentry, version X"
   sentry upgrade --noinput         idempotent migrations (pending ones only); refuses a jump over a

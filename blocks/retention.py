@@ -1,0 +1,109 @@
+"""Retention of backup sets, per host: which to delete, decided by a pure function
+(`plan_retention`), then applied (`apply`).
+
+Rules, applied to each host's folder on its own (a backup exists only once its manifest is
+written; retention never deletes the newest `min_keep` complete backups, whatever the clock says):
+- complete, sealed sets older than `retention_days` are deleted, but never the host's newest
+  `min_keep` of them, nor its newest verified one;
+- incomplete sets (no manifest) older than 24 h are deleted (newer ones may be in progress);
+- a set whose manifest is refused (seal missing or wrong) is left for inspection and not counted;
+- anything that is not a set sentry-ops writes is never deleted;
+- multipart uploads left open for more than 24 h are aborted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from blocks import backup_set
+from blocks.backup_set import SetListing
+from blocks.backup_store import BackupStore
+
+INCOMPLETE_GRACE = dt.timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    delete: tuple[SetListing, ...]
+    keep: tuple[SetListing, ...]
+    reasons: dict[str, str] = field(default_factory=dict)  # backup id -> why
+
+
+def plan_retention(
+    sets: list[SetListing], now: dt.datetime, retention_days: int, min_keep: int
+) -> RetentionPlan:
+    cutoff = now - dt.timedelta(days=retention_days)
+    protected: set[str] = set()
+    for host in {s.host_id for s in sets if s.when}:
+        usable = sorted(
+            (
+                s
+                for s in sets
+                if s.host_id == host and s.when and s.complete and s.trusted and s.scope == "full"
+            ),  # a ClickHouse snapshot alone restores no install
+            key=lambda s: s.when,  # type: ignore[arg-type, return-value]
+        )
+        protected |= {s.backup_id for s in usable[-min_keep:]}
+        verified = [s for s in usable if s.verified]
+        if verified:
+            protected.add(verified[-1].backup_id)
+    delete, keep, reasons = [], [], {}
+    for s in sets:
+        if s.when is None:
+            keep.append(s)
+            reasons[s.backup_id] = "not a set sentry-ops writes: left alone"
+        elif s.complete and not s.trusted:
+            keep.append(s)
+            reasons[s.backup_id] = f"manifest refused, left for inspection: {s.problem}"[:300]
+        elif s.backup_id in protected:
+            keep.append(s)
+            reasons[s.backup_id] = (
+                f"one of the host's newest {min_keep} complete, or its newest verified"
+            )
+        elif s.complete and s.when < cutoff:
+            delete.append(s)
+            reasons[s.backup_id] = f"complete, older than {retention_days} days"
+        elif not s.complete and s.when < now - INCOMPLETE_GRACE:
+            delete.append(s)
+            reasons[s.backup_id] = "incomplete (no manifest), older than 24 h"
+        else:
+            keep.append(s)
+            reasons[s.backup_id] = "within retention" if s.complete else "incomplete, < 24 h old"
+    return RetentionPlan(tuple(delete), tuple(keep), reasons)
+
+
+def apply(
+    store: BackupStore,
+    host_id: str | None,
+    now: dt.datetime,
+    dry_run: bool,
+    say: Callable[[str], None],
+) -> tuple[RetentionPlan, int]:
+    """Apply the store's retention to one host's sets, or to every host's; with `dry_run`, only
+    plan it. -> (the plan, stale multipart uploads aborted or found)."""
+    sets = backup_set.list_sets(store, host_id)
+    plan = plan_retention(sets, now, store.retention_days, store.min_keep)
+    for s in plan.delete:
+        if not dry_run:
+            backup_set.delete_set(store, s)
+        say(f"{'would delete' if dry_run else 'deleted'} backup {s.backup_id}: "
+            f"{plan.reasons[s.backup_id]}")  # fmt: skip
+    where = backup_set.folder(store, host_id) if host_id else f"{store.prefix}/"
+    aborted = store.abort_uploads(where, older_than=now - INCOMPLETE_GRACE, dry_run=dry_run)
+    return plan, aborted
+
+
+def rows(plan: RetentionPlan, dry_run: bool) -> list[dict]:
+    """The plan as table rows, deletions first."""
+    return [
+        {
+            "host": s.host_id,
+            "backup": s.backup_id,
+            "status": s.status,
+            "action": ("would delete" if dry_run else "delete") if s in plan.delete else "keep",
+            "why": plan.reasons[s.backup_id],
+        }
+        for s in (*plan.delete, *plan.keep)
+    ]

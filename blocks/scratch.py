@@ -1,0 +1,296 @@
+"""The scratch stack of a restore drill: a copy of production's stack beside it (or on a drill
+host) with its own directory, compose project, ports and the images the backup recorded, checked
+for isolation from production before anything runs, and torn down after. Used by the drill, and
+by cleanup (leftovers of killed drills)."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+import yaml
+from pydantic import BaseModel, Field
+
+from blocks.dotenv import parse_env, render_env
+from blocks.sentry_host import ComposeContext, SentryHost
+
+DRILL_COMPOSE = "docker-compose.drill.yml"
+DRILL_LABEL = "sentry-ops.drill"
+# a Docker image reference: [registry[:port]/]path[:tag][@digest], nothing YAML could misread
+IMAGE_REF = re.compile(
+    r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+)
+PORT_KEY = re.compile(r"(PORT|^SENTRY_BIND)$")
+
+
+class DrillStack(BaseModel):
+    """Where the scratch stack lives beside production on the drill host."""
+
+    suffix: str = Field(
+        default="drill",
+        pattern=r"^[a-z0-9][a-z0-9_-]*$",
+        description="Appended to the project dir's and project's names.",
+    )
+    port_offset: int = Field(
+        default=100,
+        ge=1,
+        le=30000,
+        description="Scratch ports = production's ports + this offset (every *_PORT and "
+        "SENTRY_BIND of .env, and the block's ports).",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra .env settings of the scratch stack."
+    )
+    web_timeout: float = Field(default=300, description="Seconds to wait for /_health/ ok.")
+    allowed_images: list[str] = Field(
+        default_factory=list,
+        description="Images the drill may run besides those production's compose file uses "
+        "(a backup taken before an upgrade recorded older tags).",
+    )
+
+
+class DrillError(Exception):
+    pass
+
+
+def check_images(images: dict[str, str], production: dict[str, str], allowed: set[str]) -> None:
+    """Each image the manifest pins must be a plain image reference, and the one production's
+    compose file uses for that service (or explicitly allowed)."""
+    for service, image in images.items():
+        if not IMAGE_REF.match(image or ""):
+            raise DrillError(f"the manifest's image for {service} is not an image name: {image!r}")
+        if image != production.get(service) and image not in allowed:
+            raise DrillError(
+                f"the manifest's image for {service}, {image}, is not the one production's "
+                f"compose file uses for it ({production.get(service)}): refusing to run it "
+                "(add it to drill.allowed_images if it is yours)"
+            )
+
+
+def shifted(value: str, offset: int) -> str:
+    """'9000' -> '9100'; '127.0.0.1:9000' -> '127.0.0.1:9100'."""
+    host, sep, port = value.rpartition(":")
+    if not port.isdigit():
+        raise DrillError(f"cannot shift the port setting {value!r}")
+    new = int(port) + offset
+    if not 0 < new < 65536:
+        raise DrillError(f"port {port} + offset {offset} is not a TCP port")
+    return f"{host}{sep}{new}"
+
+
+def scratch_env(current: dict[str, str], drill: DrillStack) -> dict[str, str]:
+    """The scratch stack's own ports: every port setting of production's .env, shifted."""
+    ports = {k: shifted(v, drill.port_offset) for k, v in current.items() if PORT_KEY.search(k)}
+    return {**ports, **drill.env}
+
+
+def scratch_of(prod: SentryHost, target: SentryHost | None, drill: DrillStack) -> SentryHost:
+    """The scratch stack's host block: production's layout and names, the drill host's SSH,
+    its own project dir and name, shifted ports. Validated like any block."""
+    same = target is None or prod.transport.target == target.transport.target
+    external = [v for v in prod.stack.volumes.values() if v.external]
+    if same and external:
+        raise DrillError(
+            f"layout {prod.layout!r} uses external volumes ({', '.join(v.name for v in external)})"
+            " that a scratch stack on the same Docker host would share with production; run the "
+            "drill on another host (drill_host=...)"
+        )
+    base = posixpath.dirname(prod.project_dir) if same else target.project_dir
+    where = target or prod
+    update: dict = {"ssh": where.ssh}
+    o = drill.port_offset
+    update |= {
+        "project_dir": posixpath.join(
+            base, f"{posixpath.basename(prod.project_dir)}-{drill.suffix}"
+        ),
+        "project_name": f"{prod.project}-{drill.suffix}",
+        "web_port": int(shifted(str(prod.web_port), o)),
+        "postgres_port": int(shifted(str(prod.postgres_port), o)) if prod.postgres_port else None,
+        "redis_port": int(shifted(str(prod.redis_port), o)),
+        "clickhouse_port": int(shifted(str(prod.clickhouse_port), o)),
+        "clickhouse_http_port": int(shifted(str(prod.clickhouse_http_port), o)),
+    }
+    return SentryHost.model_validate({**dict(prod), **update})
+
+
+def _ports(config: dict) -> set[str]:
+    """Host ports a resolved compose project takes: published ones, and for host-network services
+    the *_PORT / SENTRY_BIND settings of their environment."""
+    taken = set()
+    for svc in (config.get("services") or {}).values():
+        for port in svc.get("ports") or []:
+            taken.add(str(port.get("published")))
+        if svc.get("network_mode") == "host":
+            for key, value in (svc.get("environment") or {}).items():
+                if PORT_KEY.search(key) and value and str(value).rpartition(":")[2].isdigit():
+                    taken.add(str(value).rpartition(":")[2])
+    return taken
+
+
+def isolation_problems(prod: dict, scratch: dict, same_engine: bool) -> list[str]:
+    """What the scratch project would share with production (empty: isolated)."""
+    problems = []
+    if prod.get("name") == scratch.get("name"):
+        problems.append(f"the same compose project name {scratch.get('name')!r}")
+    if shared := _ports(prod) & _ports(scratch):
+        problems.append(f"host ports {sorted(shared)}")
+    if same_engine:
+        names = [
+            {v.get("name") for v in (c.get("volumes") or {}).values()} for c in (prod, scratch)
+        ]
+        if shared := names[0] & names[1]:
+            problems.append(f"volumes {sorted(shared)}")
+        containers = [
+            {s.get("container_name") for s in (c.get("services") or {}).values()} - {None}
+            for c in (prod, scratch)
+        ]
+        if shared := containers[0] & containers[1]:
+            problems.append(f"container names {sorted(shared)}")
+    binds = [
+        {
+            v.get("source")
+            for s in (c.get("services") or {}).values()
+            for v in s.get("volumes") or []
+            if v.get("type") == "bind"
+        }
+        for c in (prod, scratch)
+    ]
+    if shared := binds[0] & binds[1]:
+        problems.append(f"bind-mount sources {sorted(shared)}")
+    return problems
+
+
+class _OverrideDumper(yaml.SafeDumper):
+    pass
+
+
+class Override(list):
+    """A YAML sequence tagged `!override`: compose replaces the base file's list with it."""
+
+
+_OverrideDumper.add_representer(
+    Override, lambda d, data: d.represent_sequence("!override", list(data))
+)
+
+
+def drill_override(images: dict[str, str], ports: dict[str, list[str]] | None = None) -> str:
+    """A compose override pinning every service to the image the manifest recorded, and moving
+    literal published ports; written by a YAML serializer, never by string pasting."""
+    services: dict = {service: {"image": image} for service, image in sorted(images.items())}
+    for service, published in (ports or {}).items():
+        services.setdefault(service, {})["ports"] = Override(published)
+    header = "# written by sentry-ops restore_drill: the backup's images, the scratch ports\n"
+    return header + yaml.dump({"services": services}, Dumper=_OverrideDumper, sort_keys=True)
+
+
+def moved_ports(config: dict, offset: int) -> dict[str, list[str]]:
+    """Published ports of production's resolved config, each moved by `offset`."""
+    moved = {}
+    for name, svc in (config.get("services") or {}).items():
+        ports = [
+            f"{p.get('host_ip') + ':' if p.get('host_ip') else ''}"
+            f"{shifted(str(p['published']), offset)}:{p['target']}/{p.get('protocol', 'tcp')}"
+            for p in svc.get("ports") or []
+            if p.get("published")
+        ]
+        if ports:
+            moved[name] = ports
+    return moved
+
+
+def prepare(
+    prod: SentryHost,
+    scratch: SentryHost,
+    config: bytes | None,
+    images: dict[str, str],
+    drill: DrillStack,
+) -> str:
+    """Scratch project dir with the backup's config (or production's), pinned images, its own
+    ports; then its resolved config checked against production's, before anything runs."""
+    prod_config = prod.compose_config()
+    prod_images = {name: svc.get("image") for name, svc in prod_config["services"].items()}
+    check_images(images, prod_images, set(drill.allowed_images))
+    d = scratch.project_dir
+    scratch.makedirs(d)
+    if config is not None:
+        scratch.extract_tar(d, config)
+        source = "the backup's (decrypted) config"
+    else:
+        for name in ("docker-compose.yml", ".env"):
+            scratch.put(f"{d}/{name}", prod.get(f"{prod.project_dir}/{name}"), mode=0o600)
+        source = "production's compose file and .env (the backup has no config)"
+    names = set(scratch.listdir(d))
+    files = ["docker-compose.yml"]
+    if "docker-compose.override.yml" in names:
+        files.append("docker-compose.override.yml")
+    override = drill_override(images, moved_ports(prod_config, drill.port_offset))
+    scratch.put(f"{d}/{DRILL_COMPOSE}", override.encode(), mode=0o644)
+    current = scratch.get(f"{d}/.env").decode()
+    custom: dict[str, str] = {}
+    if ".env.custom" in names:
+        # compose would read it after .env and let it win: fold it into .env (as self-hosted's
+        # install.sh merges them), so the scratch's own ports, project and files below win
+        custom = parse_env(scratch.get(f"{d}/.env.custom").decode())
+        scratch.remove_tree(f"{d}/.env.custom")
+    scratch.use_context(ComposeContext(scratch.project, ()))
+    wanted = {
+        **custom,
+        **scratch_env({**parse_env(current), **custom}, drill),
+        "COMPOSE_PROJECT_NAME": scratch.project,
+        # absolute: compose resolves COMPOSE_FILE against its working dir, not the project dir
+        "COMPOSE_FILE": ":".join(f"{d}/{f}" for f in [*files, DRILL_COMPOSE]),
+    }
+    scratch.put(f"{d}/.env", render_env(current, wanted).encode(), mode=0o600)
+    same_engine = scratch.transport.target == prod.transport.target
+    clashes = isolation_problems(prod_config, scratch.compose_config(), same_engine)
+    if clashes:
+        scratch.remove_tree(d)
+        raise DrillError(
+            f"refusing to start the scratch stack: it would share with production "
+            f"{'; '.join(clashes)} (nothing was started)"
+        )
+    return source
+
+
+def external_volumes(config: dict) -> list[str]:
+    """Names of the external volumes a resolved compose project needs."""
+    return sorted(
+        v.get("name") or key
+        for key, v in (config.get("volumes") or {}).items()
+        if v.get("external")
+    )
+
+
+def create_external_volumes(scratch: SentryHost) -> list[str]:
+    """External volumes (self-hosted's) on the drill host: created for the drill, labelled,
+    removed after; refused if the host already has one (it would be someone's data)."""
+    names = external_volumes(scratch.compose_config())
+    for name in names:
+        if scratch.volume_named_exists(name):
+            raise DrillError(
+                f"{scratch.label}: volume {name} already exists on the drill host: refusing to "
+                "restore into it (use a drill host without a Sentry install)"
+            )
+    for name in names:
+        scratch.create_volume(name, {DRILL_LABEL: scratch.project})
+    return names
+
+
+def teardown(scratch: SentryHost, prod: SentryHost) -> str:
+    """Remove the scratch stack's containers, volumes (external ones it made too) and directory;
+    report any leftover."""
+    d = scratch.project_dir
+    if d == prod.project_dir or scratch.project == prod.project or d.count("/") < 2:
+        raise DrillError(f"refusing to remove {d}: not a scratch stack")
+    if scratch.exists(f"{d}/docker-compose.yml"):
+        scratch.compose_down(remove_volumes=True, stop_timeout=5)
+    scratch.remove_volumes(scratch.volumes_labelled(f"{DRILL_LABEL}={scratch.project}"))
+    scratch.remove_tree(d)
+    left = scratch.leftovers()
+    return f"leftovers: {left}" if left else "no containers or volumes left"
+
+
+def has_leftovers(scratch: SentryHost) -> bool:
+    """A scratch stack (its directory, containers or volumes) is still there."""
+    return scratch.exists(scratch.project_dir) or bool(scratch.leftovers())

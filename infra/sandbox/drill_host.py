@@ -1,0 +1,81 @@
+"""The drill host: a second Docker engine with its own images and volumes, for restore drills."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from infra.sandbox.common import (
+    STANDIN_VERSIONS,
+    STATE,
+    TOOL_IMAGE,
+    log,
+    pid_alive,
+    sh,
+    spawn,
+    stop_pid,
+    wait_for,
+)
+
+
+def drill_engine() -> Path:
+    return STATE / "drill-engine"
+
+
+def drill_docker_host() -> str:
+    return f"unix://{drill_engine() / 'docker.sock'}"
+
+
+def drill_docker(*args: str, **kw) -> subprocess.CompletedProcess:
+    return sh("docker", "-H", drill_docker_host(), *args, **kw)
+
+
+def ensure_drill_engine() -> str:
+    """A second dockerd (own data root, exec root, socket, pidfile; no bridge, no iptables):
+    another "Docker host" with its own images and volumes, for restore drills. Returns its
+    DOCKER_HOST. The sandbox's images are copied into it (docker save | load) when they differ."""
+    d = drill_engine()
+    d.mkdir(parents=True, exist_ok=True)
+    pidfile = d / "docker.pid"
+    if drill_docker("info", check=False).returncode != 0:
+        if pid_alive(pidfile):
+            stop_pid(pidfile, "the drill host's dockerd")
+        log("starting the drill host's dockerd (a second Docker engine)")
+        argv = ["dockerd", "--data-root", str(d / "data"), "--exec-root", str(d / "exec"),
+                "--pidfile", str(pidfile), "-H", drill_docker_host(), "--bridge=none",
+                "--iptables=false", "--ip-masq=false"]  # fmt: skip
+        spawn(argv, d / "dockerd.log", d / "spawn.pid")
+        wait_for(
+            "the drill host's dockerd",
+            lambda: drill_docker("info", check=False).returncode == 0,
+            60,
+        )
+    images = [
+        TOOL_IMAGE,
+        "sentry-ops-sandbox/services:latest",
+        "sentry-ops-sandbox/seaweedfs:latest",
+        *(f"sentry-ops-sandbox/sentry:{v}" for v in STANDIN_VERSIONS),
+    ]
+    for ref in images:
+        want = sh("docker", "image", "inspect", "-f", "{{.Id}}", ref).stdout.strip()
+        have = drill_docker("image", "inspect", "-f", "{{.Id}}", ref, check=False).stdout.strip()
+        if have != want:
+            log(f"copying {ref} to the drill host")
+            sh("bash", "-c", f"set -o pipefail; docker save {ref} | docker -H "
+               f"{drill_docker_host()} load -q")  # fmt: skip
+    return drill_docker_host()
+
+
+def stop_drill_engine() -> None:
+    d = drill_engine()
+    if drill_docker("info", check=False).returncode == 0:
+        ids = drill_docker("ps", "-aq").stdout.split()
+        if ids:
+            drill_docker("rm", "-f", *ids, check=False)
+        vols = drill_docker("volume", "ls", "-q").stdout.split()
+        if vols:
+            drill_docker("volume", "rm", "-f", *vols, check=False)
+    stop_pid(d / "docker.pid", "the drill host's dockerd")
+    netns = d / "exec" / "netns" / "default"
+    if netns.exists():
+        sh("umount", str(netns), check=False)

@@ -1,0 +1,60 @@
+"""Helpers and constants the tests import (fixtures stay in tests/conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blocks.sentry_host import SentryHost
+
+LAYOUTS = ["guide", "self-hosted"]
+
+# `bash infra/run.sh test` runs two pytest processes side by side: `-m shared_sandbox` (the
+# integration tests that share the sandbox's stacks, ports and slots: one process, file order) and
+# `-m "not shared_sandbox"` (unit tests, and the guide upgrade tests on a stack of their own).
+SHARED = pytest.mark.shared_sandbox
+
+EVENTS = 120_000  # event payloads the `seeded` fixture keeps in the guide stack's nodestore
+
+
+def free_port() -> int:
+    """A 127.0.0.1 port nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_worker_once(pool: str, kind: str, api: str, timeout: float) -> str:
+    """A real Prefect worker of `kind` on `pool`: one poll, its runs to their end; its output."""
+    worker = subprocess.run(
+        [str(Path(sys.executable).with_name("prefect")), "worker", "start",
+         "--pool", pool, "--type", kind, "--run-once"],
+        env={**os.environ, "PREFECT_API_URL": api}, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    return worker.stdout[-3000:] + worker.stderr[-3000:]
+
+
+def expect_failure_until(
+    request: pytest.FixtureRequest, layout: str, cases: dict[str, str]
+) -> None:
+    """Mark this layout's case as an expected failure naming the issue that makes it pass. Strict:
+    the case still runs, and once it passes the run fails until the mark is removed."""
+    if layout in cases:
+        request.applymarker(pytest.mark.xfail(reason=cases[layout], strict=True))
+
+
+def with_ssh(host: SentryHost, **changes: Any) -> SentryHost:
+    """A copy of a host block whose SSH Connection has `changes` (another port, key, ...). The
+    copy is a new SSH Connection: saving the host saves it, instead of referring to the one the
+    loaded host was saved with (Prefect saves a nested block that has a document as a reference)."""
+    ssh = host.ssh.model_copy(update=changes)
+    ssh._block_document_id = None
+    ssh._block_document_name = None
+    return host.model_copy(update={"ssh": ssh})

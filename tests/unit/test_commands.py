@@ -1,0 +1,64 @@
+"""Remote commands as data (blocks/commands.py): each builder's exact argv."""
+
+from __future__ import annotations
+
+from blocks import commands
+
+
+def test_git_modified_lists_tracked_changes_only():
+    assert commands.git_modified("/opt/sentry") == [
+        "git", "-C", "/opt/sentry", "status", "--porcelain", "--untracked-files=no"
+    ]  # fmt: skip
+
+
+def test_compose_runs_one_project_as_in_its_directory():
+    assert commands.compose("/opt/s", ["/opt/s/.env", "/opt/s/.env.custom"], "sentry", "ps") == [
+        "docker", "compose", "--project-directory", "/opt/s", "--env-file", "/opt/s/.env",
+        "--env-file", "/opt/s/.env.custom", "-p", "sentry", "ps",
+    ]  # fmt: skip
+    assert commands.compose("/opt/s", [], "p") == [
+        "docker", "compose", "--project-directory", "/opt/s", "-p", "p",
+    ]  # fmt: skip
+
+
+def test_up_flags_counts_and_services_in_compose_order():
+    assert commands.up() == ["up", "-d"]
+    assert commands.up("postgres", wait=True) == ["up", "-d", "--wait", "postgres"]
+    assert commands.up(
+        "worker", no_deps=True, no_recreate=True, scale={"worker": 3}, stop_timeout=60
+    ) == [
+        "up", "-d", "--no-deps", "--no-recreate", "--scale", "worker=3", "--timeout", "60",
+        "worker",
+    ]  # fmt: skip
+
+
+def test_down_removes_volumes_only_when_asked():
+    assert commands.down(True, 5) == ["down", "-v", "--remove-orphans", "-t", "5"]
+    assert commands.down(False) == ["down", "--remove-orphans", "-t", "10"]
+
+
+def test_volume_commands():
+    assert commands.volume_create("v", {"a": "b", "c": "d"}) == [
+        "docker", "volume", "create", "--label", "a=b", "--label", "c=d", "v",
+    ]  # fmt: skip
+    assert commands.volume_inspect("v") == ["docker", "volume", "inspect", "v"]
+    assert commands.volumes_labelled("k=v") == [
+        "docker", "volume", "ls", "-q", "--filter", "label=k=v",
+    ]  # fmt: skip
+    assert commands.containers_labelled("k") == ["docker", "ps", "-aq", "--filter", "label=k"]
+    assert commands.volume_rm(["a", "b"], force=True) == ["docker", "volume", "rm", "-f", "a", "b"]
+    assert commands.volume_rm(["a"]) == ["docker", "volume", "rm", "a"]
+
+
+def test_git_checkout_is_detached_and_quiet():
+    assert commands.checkout("/opt/s", "26.1.0") == [
+        "git", "-C", "/opt/s", "-c", "advice.detachedHead=false", "checkout", "--quiet", "26.1.0",
+    ]  # fmt: skip
+
+
+def test_tar_both_ways():
+    assert commands.tar_out("/opt/s", [".env", "sentry"]) == [
+        "tar", "-C", "/opt/s", "--ignore-failed-read", "-cf", "-", ".env", "sentry",
+    ]  # fmt: skip
+    assert commands.tar_in("/d") == ["tar", "-C", "/d", "-xf", "-"]
+    assert commands.docker_rm("a", "b") == ["docker", "rm", "-f", "a", "b"]
