@@ -92,24 +92,28 @@ def wait_processed(host, events: list[str], seconds: float = 120) -> None:
 
 def test_autoscale_scales_up_on_backlog_and_down_after_cooldown(one_worker, saved_layout_host):
     host = one_worker
-    policy = {"min_replicas": 1, "max_replicas": 3, "backlog_per_worker": 10}
+    # a cooldown no run of this test outlasts (processing the backlog took over 8 s on a loaded
+    # machine): the wait is then injected, by moving the autoscaler's last change back
+    cooldown = 3600
+    policy = {"min_replicas": 1, "max_replicas": 3, "backlog_per_worker": 10,
+              "cooldown_seconds": cooldown}  # fmt: skip
     with pytest.raises(ScalingError, match="min_replicas=4 and max_replicas=3"):
         autoscale(saved_layout_host, min_replicas=4, max_replicas=3)
     assert len(workers(host)) == 1
     scale_workers(saved_layout_host, 0)  # nobody takes work: a backlog builds up
     sent = [host.send_event({"message": f"backlog {i}", "level": "error"}) for i in range(30)]
     assert host.queue_backlog() >= 30
-    up = autoscale(saved_layout_host, cooldown_seconds=8, **policy)
+    up = autoscale(saved_layout_host, **policy)
     assert (up["before"], up["after"]) == (0, 3) and up["backlog"] >= 30, up
     assert len(workers(host)) == 3
     wait_processed(host, sent)
     assert host.queue_backlog() == 0
-    held = autoscale(saved_layout_host, cooldown_seconds=8, **policy)
+    held = autoscale(saved_layout_host, **policy)
     assert held["after"] == 3 and "cooldown" in held["why"], held
-    # the cooldown's clock is the last change's time the autoscaler keeps: moved 8 s back
-    # instead of waiting 8 s
+    # the cooldown's clock is the last change's time the autoscaler keeps: moved a cooldown back
     state = Variable.get(state_name(host))
-    Variable.set(state_name(host), {**state, "changed_at": state["changed_at"] - 8}, overwrite=True)
-    down = autoscale(saved_layout_host, cooldown_seconds=8, **policy)
+    moved = {**state, "changed_at": state["changed_at"] - cooldown}
+    Variable.set(state_name(host), moved, overwrite=True)
+    down = autoscale(saved_layout_host, **policy)
     assert (down["before"], down["after"]) == (3, 1), down
     assert len(workers(host)) == 1
