@@ -128,17 +128,11 @@ class DataVerbs:
     def pull_argv(self) -> list[str]:
         return [] if self.pull_images else ["--pull", "never"]
 
-    def config_tar_argv(self) -> list[str]:
-        """tar of the stack's configuration files that exist (they hold secrets)."""
-        return [
-            "tar",
-            "-C",
-            self.project_dir,
-            "--ignore-failed-read",
-            "-cf",
-            "-",
-            *self.stack.config_files,
-        ]
+    def config_tar_argv(self, paths: Sequence[str] = ()) -> list[str]:
+        """tar of the stack's configuration files that exist (they hold secrets), and `paths`."""
+        files = list(dict.fromkeys([*self.stack.config_files, *paths]))
+        return ["tar", "-C", self.project_dir, "--ignore-failed-read", "--exclude=.git", "-cf",
+                "-", "--", *files]  # fmt: skip
 
     @contextlib.contextmanager
     def stream_volume(self, volume: DataVolume, path: str = ".") -> Iterator[BinaryIO]:
@@ -154,8 +148,27 @@ class DataVerbs:
         self.run(argv, stdin=Prefixed(NO_SECRET, data), timeout=6 * 3600)
 
     def config_tar(self) -> bytes:
-        """A tar of the stack's configuration files that exist (they hold secrets)."""
-        return self.run(self.config_tar_argv(), timeout=60).stdout
+        """A tar of the stack's configuration files that exist (they hold secrets) and of every
+        file or folder of the project dir a service bind-mounts (read from the resolved compose
+        config, not a list: self-hosted mounts redis.conf, clickhouse/, taskbroker/, geoip/, ...,
+        which a rebuilt host needs)."""
+        binds = project_binds(self.compose_config(), self.project_dir)
+        return self.run(self.config_tar_argv(binds), timeout=120).stdout
+
+
+def project_binds(config: dict, project_dir: str) -> list[str]:
+    """The bind-mount sources of a resolved compose config that lie inside `project_dir`, relative
+    to it (the project dir itself, and anything outside it such as the Docker socket, left out)."""
+    root = posixpath.normpath(project_dir)
+    found = []
+    for service in (config.get("services") or {}).values():
+        for mount in service.get("volumes") or []:
+            if not isinstance(mount, dict) or mount.get("type") != "bind":
+                continue
+            source = posixpath.normpath(str(mount.get("source", "")))
+            if source.startswith(root + "/"):
+                found.append(posixpath.relpath(source, root))
+    return sorted(set(found))
 
 
 def _inside(path: str) -> str:

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from blocks import commands
+from blocks.backup_store import HashingReader
 from blocks.layouts import DataVolume, Role
 from blocks.ssh import CommandResult, RemoteCommandError
 
 if TYPE_CHECKING:
-    from blocks.sentry_host import SentryHost  # noqa: F401
+    from blocks.sentry_host import SentryHost
 FACT_ARGV = {
     "docker": ["docker", "version", "--format", "{{.Server.Version}}"],
     "compose": ["docker", "compose", "version", "--short"],
@@ -153,6 +154,21 @@ class DockerVerbs:
     def image_tags(self, repository: str) -> list[str]:
         argv = ["docker", "image", "ls", repository, "--format", "{{.Tag}}"]
         return [t for t in self.run(argv, timeout=60).text.split() if t != "<none>"]
+
+    def image_id(self, ref: str) -> str | None:
+        """The image's ID on this engine; None when the engine does not have it."""
+        result = self.run(["docker", "image", "inspect", "-f", "{{.Id}}", ref], check=False,
+                          timeout=60)  # fmt: skip
+        return result.text.strip() if result.exit_code == 0 else None
+
+    def copy_images_to(self, other: SentryHost, refs: Sequence[str]) -> int:
+        """`docker save` of `refs` on this engine (one archive: layers they share go once)
+        streamed into `docker load` on `other`'s, each over its own SSH session, nothing on disk
+        between; the bytes moved."""
+        with self.stream(["docker", "save", *refs], timeout=3600) as tar:
+            counted = HashingReader(tar)
+            other.run(["docker", "load", "-q"], stdin=counted, timeout=6 * 3600)
+        return counted.size
 
     def image_size(self, ref: str) -> int | None:
         result = self.run(["docker", "image", "inspect", "-f", "{{.Size}}", ref], check=False,

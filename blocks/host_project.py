@@ -45,6 +45,16 @@ class ProjectVerbs:
         self._compose_context = None  # COMPOSE_PROJECT_NAME or the env files may have changed
         return path, before
 
+    def env_setting(self, key: str) -> tuple[str, str] | None:
+        """(value, file) of `key` as compose reads the project's env files (`.env`, then
+        `.env.custom` when the stack uses it: a later file wins); None when none sets it."""
+        names = [posixpath.basename(f) for f in self.context.env_files] or [".env"]
+        found = None
+        for name in names:
+            if value := parse_env(self.read_env(name)).get(key):
+                found = (value, name)
+        return found
+
     @staticmethod
     def settle_env(
         current: str, wanted: dict[str, str], keep: set[str], generate: dict[str, Callable[[], str]]
@@ -73,13 +83,16 @@ class ProjectVerbs:
 
     def persist_scale(self, service: str, replicas: int) -> str:
         """Keep `replicas` of `service` across a plain `docker compose up -d` of the stack: the
-        count goes into sentry-ops' own compose file (SCALE_FILE), which COMPOSE_FILE in the
+        count goes into sentry-ops' own compose file (SCALE_FILE, as `scale` and
+        `deploy.replicas`, whichever the project's files set), which COMPOSE_FILE in the
         operator's env file lists after the project's files. Returns what was changed."""
         d = self.project_dir
         path = f"{d}/{SCALE_FILE}"
         current = yaml.safe_load(self.get(path)) if self.exists(path) else None
         services = dict((current or {}).get("services") or {})
-        services[service] = {"scale": replicas}
+        # both keys, equal: compose refuses distinct `scale` and `deploy.replicas` across the
+        # merged files, and the guide's HA recipe sets `deploy.replicas` in the project's own
+        services[service] = {"scale": replicas, "deploy": {"replicas": replicas}}
         body = yaml.safe_dump({"services": dict(sorted(services.items()))}, sort_keys=True)
         self.put(path, (SCALE_HEADER + body).encode(), mode=0o644)
         env_path = f"{d}/{self.stack.operator_env_file}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from blocks import commands
@@ -115,7 +116,7 @@ class SentryVerbs:
     def upgrade(self, timeout: float = 3600) -> tuple[bool, str]:
         """`sentry upgrade --noinput` (idempotent: pending migrations only) -> (applied, log)."""
         out = self.run(self.sentry_argv("upgrade", "--noinput"), timeout=timeout).text
-        return bool(re.search(r"\b(Applying|Applied)\b", out)), out
+        return migrations_applied(out), out
 
     def create_superuser(self, email: str, password: str) -> bool:
         """`sentry createuser --superuser`; True when created, False when the user exists.
@@ -125,7 +126,7 @@ class SentryVerbs:
         """
         argv = self.sentry_argv("createuser", "--email", email, "--superuser")
         result = self.run(argv, stdin=f"{password}\n{password}\n".encode(), check=False)
-        if "exists" in result.text or (result.exit_code != 0 and "exists" in result.stderr):
+        if user_exists(result.text, result.stderr):
             return False
         if result.exit_code != 0:
             raise RemoteCommandError(
@@ -135,9 +136,7 @@ class SentryVerbs:
 
     def running_version(self) -> str:
         """The version `sentry --version` of the running web reports."""
-        out = self.run(self.sentry_version_argv(), timeout=120).text
-        match = re.search(r"version\s+(\S+)", out)
-        return match.group(1) if match else out.strip()
+        return parse_version(self.run(self.sentry_version_argv(), timeout=120).text)
 
     def sentry_services(self) -> list[str]:
         """The compose services running the web's image (web first): what an upgrade changes."""
@@ -185,11 +184,30 @@ class SentryVerbs:
             )
         return setting
 
-    def queue_backlog(self) -> int:
+    def event_retention(self) -> tuple[int, str]:
+        """The days of events this install keeps, and where that was read: the variable its own
+        cleanup cron reads (SENTRY_EVENT_RETENTION_DAYS) in its env files, else the layout's
+        default."""
+        key = "SENTRY_EVENT_RETENTION_DAYS"
+        setting = self.env_setting(key)
+        if setting is None:
+            days = self.stack.event_retention_days
+            return days, f"the {self.stack.name} layout's default ({key} is not set)"
+        value, name = setting
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(
+                f"{self.label}: {key}={value!r} in {self.project_dir}/{name} is not a number of "
+                "days: fix the file (compose and Sentry's own cleanup read it too)"
+            )
+        return int(value), f"{key} in {name}"
+
+    def queue_backlog(self) -> BacklogCount:
         """Tasks waiting for a worker, counted where the layout keeps them (StackLayout.backlog):
         Celery's Redis lists summed in one EVAL, or the taskbroker's pending activations read
-        from its SQLite store by sqlite3 of the tool image, beside the taskbroker's volume."""
+        from its SQLite store by sqlite3 of the tool image, beside the taskbroker's volume (a
+        count, with the broker's cap: at the cap, more waits in Kafka)."""
         backlog = self.stack.backlog
+        cap = backlog.max_pending
         if backlog.kind == "redis-lists":
             argv = self.exec_argv(
                 Role.REDIS, "redis-cli", "-p", str(self.redis_port), "EVAL", COUNT_LISTS,
@@ -207,13 +225,56 @@ class SentryVerbs:
                     "--entrypoint", "sqlite3", self.tool_image, "-readonly", backlog.db_path,
                     PENDING_ACTIVATIONS]  # fmt: skip
             where = f"{service}'s {backlog.db_path}"
+            environment = self.compose_config().get("services", {}).get(service, {})
+            setting = str((environment.get("environment") or {}).get(backlog.max_pending_env, ""))
+            cap = int(setting) if setting.isdigit() else cap
         out = self.run(argv, timeout=60).text.strip()
         if not out.isdigit():
             raise RemoteCommandError(
                 self.label, f"read the backlog from {where}", None, "",
                 why=f"answered {out[:200]!r}, not a count",
             )  # fmt: skip
-        return int(out)
+        return BacklogCount(int(out), cap)
+
+
+@dataclass(frozen=True)
+class BacklogCount:
+    """Waiting tasks as counted, and the most the place they were counted in holds (0: no cap)."""
+
+    count: int
+    cap: int = 0
+
+    @property
+    def capped(self) -> bool:
+        return bool(self.cap) and self.count >= self.cap
+
+    def __str__(self) -> str:
+        if self.capped:
+            cap = f"the taskbroker holds at most {self.cap}; the rest waits in Kafka"
+            return f"at least {self.count} ({cap})"
+        return str(self.count)
+
+
+def parse_version(out: str) -> str:
+    """The release in `sentry --version`'s "sentry, version 25.10.0+<sha>": official images set
+    SENTRY_BUILD, which click prints after a `+` (getsentry/sentry src/sentry/__init__.py
+    __semantic_version__; fixture sentry_cli_outputs.json); the build is not the release."""
+    match = re.search(r"version\s+(\S+)", out)
+    return (match.group(1) if match else out.strip()).split("+", 1)[0]
+
+
+def migrations_applied(out: str) -> bool:
+    """`sentry upgrade` ran a migration: Django's "  Applying <app>.<name>... OK" lines
+    (fixture sentry_cli_outputs.json; "No migrations to apply." when there was none)."""
+    return bool(re.search(r"^\s*Applying \S+\.\S+\.\.\.", out, re.M))
+
+
+def user_exists(stdout: str, stderr: str) -> bool:
+    """`sentry createuser` refused an existing user: "User: E exists, use --force-update to
+    force." on stdout and exit 0 today, exit 3 (no period) or "Error: ..." on stderr and exit 1
+    in older releases (src/sentry/runner/commands/createuser.py; fixture
+    sentry_cli_outputs.json)."""
+    return any(re.search(r"User: \S+ exists, use --force-update", t) for t in (stdout, stderr))
 
 
 def image_setting(raw: str, resolved: str, version: str) -> tuple[str, str] | None:

@@ -48,6 +48,7 @@ class DataVolume(StrEnum):
     CLICKHOUSE = "clickhouse"
     NODESTORE = "nodestore"
     TASKBROKER = "taskbroker"
+    REDIS = "redis"
 
 
 class VolumeRef(BaseModel):
@@ -87,6 +88,12 @@ class Backlog(BaseModel):
         return value
 
     db_path: str = ""  # taskbroker-sqlite: the database inside the taskbroker's container
+    # taskbroker-sqlite: the broker stops reading Kafka once this many activations are pending
+    # (getsentry/taskbroker src/config/store.rs max_pending_count, 2048 at 25.6.0-26.7.2), so
+    # a count at the cap means "at least": the rest waits in Kafka. 0: no cap (Redis lists).
+    max_pending: int = 0
+    # the taskbroker service's environment variable that overrides it, if the stack sets one
+    max_pending_env: str = "TASKBROKER_MAX_PENDING_COUNT"
 
 
 class StackLayout(BaseModel):
@@ -113,6 +120,10 @@ class StackLayout(BaseModel):
     # The .env file operators edit (compose reads COMPOSE_FILE there): where a persisted worker
     # count is wired in (self-hosted: its git-ignored `.env.custom`, merged over `.env`).
     operator_env_file: str = ".env"
+    # The stack's own event retention when its env files do not set SENTRY_EVENT_RETENTION_DAYS
+    # (the variable self-hosted's cleanup cron, Snuba's TTL and its SeaweedFS lifecycle read):
+    # the guide's `sentry cleanup --days 30`; self-hosted's `.env` ships 90.
+    event_retention_days: int
     # The Sentry image's entrypoint as the layout's compose file sets it for Sentry services
     # (self-hosted: /etc/sentry/entrypoint.sh), used to run `sentry` verbs in the cleanup service,
     # whose own entrypoint is cron's. None: the service's own entrypoint takes `sentry` verbs.
@@ -208,6 +219,7 @@ GUIDE = StackLayout(
         "sentry/sentry.conf.py",
         "sentry-ops.scale.yml",
     ),
+    event_retention_days=30,
     # Sentry's Celery queues that hold event work (sentry/conf/server.py), summed
     backlog=Backlog(
         kind="redis-lists",
@@ -245,6 +257,7 @@ SELF_HOSTED = StackLayout(
         DataVolume.CLICKHOUSE: VolumeRef(name="sentry-clickhouse", external=True),
         DataVolume.NODESTORE: VolumeRef(name="sentry-seaweedfs", external=True),
         DataVolume.TASKBROKER: VolumeRef(name="sentry-taskbroker"),
+        DataVolume.REDIS: VolumeRef(name="sentry-redis", external=True),
     },
     required=frozenset(
         {
@@ -264,7 +277,14 @@ SELF_HOSTED = StackLayout(
     postgres_user="postgres",
     postgres_db="postgres",
     clickhouse_database="default",
-    backup_volumes=(DataVolume.FILES, DataVolume.NODESTORE, DataVolume.TASKBROKER),
+    # the docs' full backup (develop-docs/self-hosted/backup.mdx) includes sentry-redis: the
+    # taskbroker's activations point into it
+    backup_volumes=(
+        DataVolume.FILES,
+        DataVolume.NODESTORE,
+        DataVolume.TASKBROKER,
+        DataVolume.REDIS,
+    ),
     # self-hosted keeps its secret key in sentry/config.yml (system.secret-key) and runs
     # Postgres with trust auth; its ./install.sh bootstraps it.
     secret_key_env=None,
@@ -285,12 +305,18 @@ SELF_HOSTED = StackLayout(
         "sentry-ops.scale.yml",
     ),
     # TASKBROKER_DB_PATH in self-hosted's compose file (volume sentry-taskbroker at /opt/sqlite)
-    backlog=Backlog(kind="taskbroker-sqlite", db_path="/opt/sqlite/taskbroker-activations.sqlite"),
+    backlog=Backlog(
+        kind="taskbroker-sqlite",
+        db_path="/opt/sqlite/taskbroker-activations.sqlite",
+        max_pending=2048,
+    ),
     operator_env_file=".env.custom",
+    event_retention_days=90,  # getsentry/self-hosted .env @ 26.x
     sentry_entrypoint="/etc/sentry/entrypoint.sh",
     # SeaweedFS keeps objects, indexes, filer metadata and its SSE key (/data/.mini_sse_kek) on
     # the volume: paused for the copy (measured against an object-by-object copy: README)
-    paused_for_copy={DataVolume.NODESTORE: Role.NODESTORE},
+    # Redis (its RDB and AOF files) likewise, for the second or so its copy takes
+    paused_for_copy={DataVolume.NODESTORE: Role.NODESTORE, DataVolume.REDIS: Role.REDIS},
     sqlite_copy={DataVolume.TASKBROKER: "taskbroker-activations.sqlite"},
 )
 

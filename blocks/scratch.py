@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import posixpath
 import re
+import time
 
 import yaml
 from pydantic import BaseModel, Field
 
 from blocks.dotenv import parse_env, render_env
+from blocks.result import Result, Status
 from blocks.sentry_host import ComposeContext, SentryHost
 
 DRILL_COMPOSE = "docker-compose.drill.yml"
@@ -242,8 +244,7 @@ def prepare(
         "COMPOSE_FILE": ":".join(f"{d}/{f}" for f in [*files, DRILL_COMPOSE]),
     }
     scratch.put(f"{d}/.env", render_env(current, wanted).encode(), mode=0o600)
-    same_engine = scratch.transport.target == prod.transport.target
-    clashes = isolation_problems(prod_config, scratch.compose_config(), same_engine)
+    clashes = isolation_problems(prod_config, scratch.compose_config(), same_engine(prod, scratch))
     if clashes:
         scratch.remove_tree(d)
         raise DrillError(
@@ -251,6 +252,43 @@ def prepare(
             f"{'; '.join(clashes)} (nothing was started)"
         )
     return source
+
+
+def same_engine(prod: SentryHost, scratch: SentryHost) -> bool:
+    return scratch.transport.target == prod.transport.target
+
+
+def bring_images(prod: SentryHost, scratch: SentryHost) -> Result:
+    """Every image the scratch stack runs, and the tool image, onto the drill engine: one it
+    lacks (or holds under another ID) is copied from production's engine, never pulled, so the
+    drill runs the bytes production runs, locally built ones too (self-hosted's
+    `sentry-self-hosted-local`, `pull_policy: never`), and needs no registry."""
+    if same_engine(prod, scratch):
+        return Result("images", Status.ALREADY, "production's own engine")
+    services = scratch.compose_config().get("services", {})
+    refs = sorted({s["image"] for s in services.values() if s.get("image")} | {scratch.tool_image})
+    started, copied = time.monotonic(), []
+    for ref in refs:
+        want = prod.image_id(ref)
+        if want is None:
+            raise DrillError(
+                f"{prod.label} has no image {ref}, which the scratch stack runs: the drill "
+                "copies images from production (pull or build it there first)"
+            )
+        if scratch.image_id(ref) != want:
+            copied.append(ref)
+    moved = prod.copy_images_to(scratch, copied) if copied else 0
+    seconds = round(time.monotonic() - started, 1)
+    if not copied:
+        return Result("images", Status.ALREADY, f"all {len(refs)} already on the drill engine")
+    rate = moved / 1e6 / max(seconds, 0.001)
+    return Result(
+        "images",
+        Status.DONE,
+        f"{len(copied)} of {len(refs)} copied from production, {moved / 1e6:.0f} MB in "
+        f"{seconds:.1f} s ({rate:.0f} MB/s): {', '.join(copied)}",
+        seconds,
+    )
 
 
 def external_volumes(config: dict) -> list[str]:

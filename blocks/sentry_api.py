@@ -55,11 +55,7 @@ class SentryAPI:
             data=json.dumps(event).encode(),
             headers={"X-Sentry-Auth": auth, "Content-Type": "application/json"},
         )
-        if status != 200:
-            raise RemoteCommandError(
-                self.label, f"POST /api/{project}/store/", status, body.decode("utf-8", "replace")
-            )
-        return json.loads(body)["id"]
+        return store_response_id(self.label, f"POST /api/{project}/store/", status, body)
 
     def lookup_event(self, event_id: str) -> dict | None:
         """The processed event (its issue and payload) through Sentry's API; None: not (yet)."""
@@ -69,14 +65,45 @@ class SentryAPI:
             f"/api/0/organizations/{self.organization}/eventids/{event_id}/",
             headers={"Authorization": f"Bearer {self.api_token.get_secret_value()}"},
         )
-        if status == 404:
-            return None
-        if status != 200:
-            raise RemoteCommandError(
-                self.label, "GET .../eventids/", status, body.decode("utf-8", "replace")[:300]
-            )
-        found = json.loads(body)
-        event = found.get("event") or {}
-        # Sentry still answers for an event whose payload is gone from the nodestore (its row in
-        # Snuba outlives it), with the payload's fields empty: that is not a readable event
-        return found if event.get("message") or event.get("entries") else None
+        return event_lookup_result(self.label, status, body)
+
+
+# What the eventids lookup needs (getsentry/sentry
+# src/sentry/issues/endpoints/organization_eventid.py: OrganizationPermission, GET allowed to
+# org:read, org:write or org:admin)
+LOOKUP_SCOPE = "org:read"
+
+
+def store_response_id(label: str, what: str, status: int, body: bytes) -> str:
+    """The event id Relay's store/envelope endpoint answered: 200 `{"id": "<32 hex>"}`
+    (getsentry/relay relay-server/src/endpoints/store.rs; fixture sentry_store_response.json)."""
+    text = body.decode("utf-8", "replace")
+    try:
+        event_id = json.loads(text).get("id") if status == 200 else None
+    except (ValueError, AttributeError):
+        event_id = None
+    if not isinstance(event_id, str) or not event_id:
+        raise RemoteCommandError(label, what, status, text[:300])
+    return event_id
+
+
+def event_lookup_result(label: str, status: int, body: bytes) -> dict | None:
+    """GET /api/0/organizations/<org>/eventids/<id>/ judged (fixture
+    sentry_eventids_response.json): 200 the event, its issue and project; 404 not (yet)."""
+    text = body.decode("utf-8", "replace")
+    if status == 404:
+        return None
+    if status == 403:
+        raise RemoteCommandError(
+            label, "GET .../eventids/", status, text[:300],
+            why=f"the block's api_token lacks the {LOOKUP_SCOPE} scope the event-ID lookup "
+            f"needs: create a token with {LOOKUP_SCOPE} (Settings > Auth Tokens) and save it in "
+            "the block's api_token",
+        )  # fmt: skip
+    if status != 200:
+        raise RemoteCommandError(label, "GET .../eventids/", status, text[:300])
+    found = json.loads(text)
+    event = found.get("event") or {}
+    # Sentry still answers for an event whose payload is gone from the nodestore (its row in
+    # Snuba outlives it), with the payload's fields empty: that is not a readable event
+    return found if event.get("message") or event.get("entries") else None

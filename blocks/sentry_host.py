@@ -146,8 +146,8 @@ class SentryHost(ComposeVerbs, DockerVerbs, DataVerbs, ProjectVerbs, SentryVerbs
     )
     api_token: SecretStr | None = Field(
         default=None,
-        description="Sentry API token (scope event:read) to confirm the synthetic event was "
-        "processed; needed with probe_dsn.",
+        description="Sentry API token with the org:read scope (the event-ID lookup's "
+        "permission) to confirm the synthetic event was processed; needed with probe_dsn.",
     )
     organization: str = Field(
         default="sentry", description="Organization slug the probe project belongs to."

@@ -9,10 +9,14 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterable
 
-# Sentry's hard stops: releases no self-hosted upgrade may skip (develop.sentry.dev/self-hosted/
-# releases/, "Hard Stops"); the flow's `hard_stops` overrides them
+# Sentry's hard stops: releases no self-hosted upgrade may skip (getsentry/sentry-docs
+# develop-docs/self-hosted/releases.mdx, "Hard Stops", with the stops its merged PRs added:
+# 24.8.0 #11146, 25.5.1 #13783, 26.5.1 #17988 (2026-06), 26.7.0 #18702, 26.5.0 #18747; fixture
+# tests/conformance/fixtures/docs_hard_stops.json). 23.11.0 is kept though only third parties
+# list it: a needless stop costs one hop, a missing one a refused upgrade. The flow's
+# `hard_stops` overrides them.
 HARD_STOPS = ("9.1.2", "21.5.0", "21.6.3", "23.6.2", "23.11.0", "24.8.0", "25.5.1", "26.5.0",
-              "26.7.0")  # fmt: skip
+              "26.5.1", "26.7.0")  # fmt: skip
 VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)(-[A-Za-z0-9.]+)?$")
 FRESH_BACKUP_SECONDS = 1800  # an approval later than this after the pre-backup takes a new one
 STABLE_SECONDS = 5  # a container without a healthcheck must stay running this long

@@ -76,7 +76,9 @@ class CleanupError(Exception):
 # -- pure decisions -------------------------------------------------------------------------------
 def parameter_problems(days: object, vacuum: bool, vacuum_full: list[str]) -> list[str]:
     problems = []
-    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
+    if days is not None and (
+        isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DAYS
+    ):
         problems.append(
             f"event_retention_days={days!r}: must be a whole number of days from 1 to "
             f"{MAX_DAYS} (events older than that are deleted)"
@@ -87,6 +89,22 @@ def parameter_problems(days: object, vacuum: bool, vacuum_full: list[str]) -> li
     if vacuum_full and not vacuum:
         problems.append("vacuum_full names tables but vacuum=false: set vacuum=true")
     return problems
+
+
+def retention_problem(asked: int, kept: int, where: str, shorter: bool) -> str | None:
+    """Why `sentry cleanup --days asked` must not run on a host that keeps `kept` days: Sentry's
+    cleanup deletes Postgres rows (issues, nodestore payloads) while the host's own retention
+    (its cleanup cron, Snuba's TTL, the SeaweedFS lifecycle) keeps their ClickHouse rows and
+    objects, so search would list events whose details are gone."""
+    if asked >= kept or shorter:
+        return None
+    return (
+        f"event_retention_days={asked} is shorter than the host's own retention, {kept} days "
+        f"({where}): Sentry's cleanup would delete Postgres rows aged {asked}-{kept} days whose "
+        f"ClickHouse rows and payloads stay. Leave event_retention_days empty to use {kept}, "
+        "lower the host's retention first, or set shorter_than_host_retention=true to delete "
+        "them anyway"
+    )
 
 
 def split_ref(ref: str) -> tuple[str, str]:
@@ -429,10 +447,11 @@ def orphan_volumes(host: SentryHost, dry_run: bool) -> list[Result]:
 def retention_cleanup(
     host: SentryHost | str,
     store: BackupStore | str,
-    event_retention_days: int = 30,
+    event_retention_days: int | None = None,
     dry_run: bool = False,
     vacuum: bool = True,
     vacuum_full: list[str] | None = None,
+    shorter_than_host_retention: bool = False,
 ) -> dict:
     """Delete events older than N days (`sentry cleanup`), old backups and leftovers, VACUUM
     Postgres, and report the space each step gave back.
@@ -441,12 +460,18 @@ def retention_cleanup(
         host: The Sentry host: a SentryHost block, or its name.
         store: The BackupStore block (or its name) whose retention applies to this host's
             backups.
-        event_retention_days: Keep this many days of events (1..3650).
+        event_retention_days: Keep this many days of events (1..3650). Empty: the host's own
+            retention, SENTRY_EVENT_RETENTION_DAYS in its env files (`.env`, `.env.custom`),
+            else the layout's default (guide: 30 days, its `sentry cleanup --days 30`;
+            self-hosted: 90, its `.env`).
         dry_run: List what would be removed; change nothing.
         vacuum: Run a plain VACUUM (ANALYZE) of the database (online).
         vacuum_full: Tables to rewrite with VACUUM FULL (e.g. nodestore_node), giving their
             space back to the file system; each locks its table for its duration and needs
             free space for the copy (checked first).
+        shorter_than_host_retention: Run even when event_retention_days is below the host's
+            own retention: Postgres rows (issues, payloads) of the days between are deleted
+            while their ClickHouse rows and SeaweedFS objects stay until the host's TTL.
     """
     logger = get_run_logger()
     full = list(vacuum_full or [])
@@ -455,6 +480,15 @@ def retention_cleanup(
         raise CleanupError(f"retention cleanup of {host}: {'; '.join(problems)} (nothing was run)")
     host, sentry_host = load_block(host, SentryHost)
     store, backup_store = load_block(store, BackupStore)
+    try:
+        kept, where = sentry_host.event_retention()
+    except ValueError as e:
+        raise CleanupError(f"{e} (nothing was run)") from None
+    days = kept if event_retention_days is None else event_retention_days
+    if problem := retention_problem(days, kept, where, shorter_than_host_retention):
+        raise CleanupError(f"{sentry_host.label}: {problem} (nothing was run)")
+    logger.info("%s: events older than %d days go (host keeps %d: %s)", sentry_host.label, days,
+                kept, where)  # fmt: skip
     if full:
         with postgres.psql(sentry_host) as db:
             missing = [t for t, size in postgres.relation_bytes(db, full).items() if size is None]
@@ -473,7 +507,7 @@ def retention_cleanup(
     now = dt.datetime.now(dt.UTC)
     with host_lock(sentry_host, "retention cleanup", wait_seconds=1800):
         before = measure(sentry_host)
-        results = sentry_cleanup(sentry_host, event_retention_days, dry_run)
+        results = sentry_cleanup(sentry_host, days, dry_run)
         results.append(old_backups(sentry_host, backup_store, dry_run))
         if vacuum:
             results += vacuum_postgres(sentry_host, full, dry_run)
@@ -488,7 +522,7 @@ def retention_cleanup(
         f"cleanup-{host}",
         results,
         f"{head}Retention cleanup of {sentry_host.label}, events older than "
-        f"{event_retention_days} days: {human(reclaimed)} reclaimed",
+        f"{days} days: {human(reclaimed)} reclaimed",
     )
     create_table_artifact(
         key=artifact_slug(f"cleanup-usage-{host}"),
@@ -498,9 +532,10 @@ def retention_cleanup(
     logger.info("%s%s: %s reclaimed", head, sentry_host.label, human(reclaimed))
     if not dry_run:
         emit("sentry.cleanup.completed", sentry_host.identity, host,
-             {"reclaimed_bytes": reclaimed, "days": event_retention_days}, kind="host")  # fmt: skip
+             {"reclaimed_bytes": reclaimed, "days": days}, kind="host")  # fmt: skip
     return {
         "dry_run": dry_run,
+        "days": days,
         "reclaimed": reclaimed,
         "items": [r.row() for r in results],
     }

@@ -11,18 +11,16 @@ even when another fails; the flow then fails naming each failed check.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
-import uuid
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 
+from blocks import sentry_web
 from blocks.host_docker import parse_df
 from blocks.layouts import Role, StackLayout
-from blocks.poll import poll
 from blocks.sentry_host import SentryHost
 from blocks.ssh import RemoteCommandError
 from flows.shared import (
@@ -191,51 +189,9 @@ def check_disk(host: SentryHost, min_free_gb: float, forecast_days: float) -> li
     return results + forecasts
 
 
-def probe_ingestion(host: SentryHost, within: float) -> Result:
-    """Send a synthetic event; it must come out processed (issue + payload) within `within` s."""
-    name = "ingestion: synthetic event"
-    if host.probe_dsn is None or host.api_token is None:
-        return Result(
-            name,
-            Status.WARNING,
-            "not probed: set probe_dsn and api_token in the host block to prove that events are "
-            "processed, not only that /_health/ answers",
-        )
-    marker = uuid.uuid4().hex
-    event = {
-        "event_id": marker,
-        "message": f"sentry-ops ingestion probe {marker[:8]}",
-        "level": "info",
-        "platform": "other",
-        "timestamp": dt.datetime.now(dt.UTC).isoformat(),
-        "tags": {"sentry-ops": "health-probe"},
-    }
-    started = time.monotonic()
-    try:
-        event_id = host.send_event(event)
-    except RemoteCommandError as exc:
-        return Result.check(name, False, f"store endpoint refused the event: {exc}"[:300])
-    found, processed = poll(
-        lambda: host.lookup_event(event_id),
-        lambda found: bool(found and found.get("groupId") and found.get("event")),
-        timeout=max(0.0, within - (time.monotonic() - started)),
-        interval=0.25,
-    )
-    waited = time.monotonic() - started
-    if processed:
-        assert found is not None
-        return Result.check(
-            name, True, f"processed in {waited:.2f}s (issue {found['groupId']})", waited
-        )
-    state = "stored without an issue" if found else "never processed"
-    return Result.check(
-        name, False, f"event {event_id} {state} after {within:g}s: ingestion is stuck"
-    )
-
-
 @task(cache_policy=NO_CACHE, timeout_seconds=300)
 def check_ingestion(host: SentryHost, within: float) -> Result:
-    return probe_ingestion(host, within)
+    return sentry_web.probe_ingestion(host, within)
 
 
 # -- flow ---------------------------------------------------------------------------------------

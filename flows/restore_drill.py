@@ -36,7 +36,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from blocks import backup_set, postgres, restore
+from blocks import backup_set, nodestore, postgres, restore
 from blocks import scratch as scratch_stack
 from blocks.backup_set import BackupManifest
 from blocks.backup_store import BackupStore
@@ -102,16 +102,17 @@ def assess_data(
         )
     else:
         node_id = manifest.newest_event.split()[0]
-        readable = payload is not None and payload.strip().startswith("{")
-        results.append(
-            Result.check(
-                "newest event payload",
-                readable,
-                f"{node_id}: {len(payload)} bytes readable from the restored nodestore"
-                if readable
-                else f"{node_id}: missing from the restored nodestore",
-            )
-        )
+        if payload is None:
+            missing = f"{node_id}: missing from the restored nodestore"
+            results.append(Result.check("newest event payload", False, missing))
+        else:
+            try:
+                node = nodestore.decode(payload)
+                detail = (f"{node_id}: {len(payload)} bytes, decoded as Sentry reads it (event "
+                          f"{node.get('event_id', '?')})")  # fmt: skip
+                results.append(Result.check("newest event payload", True, detail))
+            except nodestore.NodeFormatError as exc:
+                results.append(Result.check("newest event payload", False, f"{node_id}: {exc}"))
     return results
 
 
@@ -136,6 +137,12 @@ def prepare_scratch(
     ports; then its resolved config checked against production's, before anything runs."""
     config = backup_set.read_object(store, manifest, "config") if manifest.config_included else None
     return scratch_stack.prepare(prod, scratch, config, manifest.images, drill)
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
+def bring_images(prod: SentryHost, scratch: SentryHost) -> Result:
+    """The images the scratch stack runs onto the drill engine, copied from production."""
+    return scratch_stack.bring_images(prod, scratch)
 
 
 @task(cache_policy=NO_CACHE, timeout_seconds=600)
@@ -246,6 +253,7 @@ def restore_and_check(
         t = time.monotonic()
         source = prepare_scratch(prod, scratch, backup_store, manifest, drill)
         out.stage("prepare scratch stack", t, source)
+        out.add(bring_images(prod, scratch))  # timed, with the bytes it moved
         if scratch.stack.volumes[DataVolume.POSTGRES].external:
             t = time.monotonic()
             made = create_external_volumes(scratch)
@@ -369,6 +377,7 @@ def restore_drill(
         "rpo_seconds": rpo,
         "failed": out.failed,
         "checks": [r.row() for r in out.checks],
+        "steps": [r.row() for r in out.steps],
     }
     create_markdown_artifact(
         key="restore-drill",

@@ -31,6 +31,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 
+from blocks.host_sentry import BacklogCount, rolling_problem
 from blocks.poll import poll
 from blocks.sentry_host import SentryHost
 from flows.shared import (
@@ -108,6 +109,14 @@ def checked_service(host: SentryHost, role: str, *counts: int) -> str:
     problems = host.name_problems()
     if problems:
         raise ScalingError(f"{host.label}: nothing was changed: {'; '.join(problems)}")
+    most = max(counts, default=1)
+    config = host.compose_config().get("services", {}).get(service) or {}
+    if most > 1 and (why := rolling_problem(config)):
+        raise ScalingError(
+            f"{host.label}: {service} cannot run {most} replicas: {why}, which two containers "
+            "cannot share; remove it from the compose file (sentry-ops finds containers by "
+            "service) (nothing was changed)"
+        )
     return service
 
 
@@ -192,14 +201,19 @@ class AutoscalePolicy:
 
 
 def autoscale_target(
-    current: int, backlog: int, policy: AutoscalePolicy, since_change: float
+    current: int, counted: BacklogCount | int, policy: AutoscalePolicy, since_change: float
 ) -> tuple[int, str]:
-    """(replicas to run, why) for `backlog` waiting tasks and `current` running replicas.
+    """(replicas to run, why) for `counted` waiting tasks and `current` running replicas.
 
     Up at once to ceil(backlog / per_worker); down only after `cooldown_seconds` since the last
     change, and only to a count whose load stays below (1 - headroom) of capacity; clamped to
-    min..max. A target never makes the next call with the same backlog move the other way.
+    min..max. A target never makes the next call with the same backlog move the other way. A
+    count at its store's cap (the taskbroker stops reading Kafka there) is a floor, not the
+    backlog: up to max_replicas, never down.
     """
+    if isinstance(counted, int):
+        counted = BacklogCount(counted)
+    backlog = counted.count
     lo, hi = policy.min_replicas, policy.max_replicas
 
     def clamp(n: int) -> int:
@@ -207,6 +221,10 @@ def autoscale_target(
 
     if current > hi:
         return hi, f"{current} running is above max_replicas={hi}"
+    if counted.capped:
+        target = max(current, hi)
+        verb = f"up to max_replicas={hi}" if target > current else f"keeping {current}"
+        return target, f"backlog {counted}: {verb}"
     per = policy.backlog_per_worker
     need = clamp(math.ceil(backlog / per))
     if need > current:  # also brings a count below min_replicas up, to at least min
@@ -270,7 +288,7 @@ def autoscale(
                 results.insert(0, Result("decision", Status.DONE, why))
                 Variable.set(
                     state_name(sentry_host),
-                    {"changed_at": time.time(), "replicas": target, "backlog": backlog},
+                    {"changed_at": time.time(), "replicas": target, "backlog": backlog.count},
                     overwrite=True,
                 )
     except LockTimeout as exc:
@@ -279,4 +297,5 @@ def autoscale(
     results_artifact(
         f"autoscale-{host}", results, f"{service} on {sentry_host.label}: {before} -> {target}"
     )
-    return {"service": service, "backlog": backlog, "before": before, "after": target, "why": why}
+    return {"service": service, "backlog": backlog.count, "backlog_capped": backlog.capped,
+            "before": before, "after": target, "why": why}  # fmt: skip

@@ -44,6 +44,7 @@ from blocks.layouts import Role
 from blocks.poll import poll
 from blocks.rollout import RolloutError
 from blocks.sentry_host import SentryHost
+from blocks.sentry_web import probe_ingestion
 from blocks.upgrade_plan import (
     FRESH_BACKUP_SECONDS,
     HARD_STOPS,
@@ -171,7 +172,12 @@ def preflight(host: SentryHost, hops: list[str]) -> list[Result]:
     if host.layout == "guide":
         checked, image_bytes = guide_ready(host, hops)
     else:
-        checked, image_bytes = [checkout_clean(host)], 0
+        # install.sh pulls and builds every image of the stack again at the new release (self-
+        # hosted 26.x: ~8 pulled, ~3 built), and the old ones stay until a cleanup: per hop, as
+        # much again as the images the stack runs now (sizes counted whole: an upper bound)
+        refs = set(host.service_images().values())
+        image_bytes = sum(host.image_size(r) or 0 for r in refs) * len(hops)
+        checked = [checkout_clean(host)]
     results += checked
     results.append(disk_enough(host, image_bytes))
     return results
@@ -329,10 +335,12 @@ def set_version(host: SentryHost, hop: Hop, report: Report) -> None:
 
 
 def require_healthy(host: SentryHost, version: str, timeout: float, report: Report) -> None:
-    checked = verify(host, version, timeout)
-    report.add(checked)
-    if not checked.ok:
-        raise UpgradeError(f"{host.label}: {checked.detail}")
+    """Web answers on the new version, and (with probe credentials) an event goes all the way
+    through: `/_health/?full` of current Sentry checks nothing of the pipeline."""
+    for checked in (verify(host, version, timeout), ingestion(host, timeout)):
+        report.add(checked)
+        if not checked.ok:
+            raise UpgradeError(f"{host.label}: {checked.name}: {checked.detail}")
 
 
 def rollback(
@@ -351,6 +359,9 @@ def rollback(
     restart_previous(host, hop, counts, how.health_timeout, report)
     checked = verify(host, hop.previous, how.health_timeout)
     report.add(Result(f"rollback: {checked.name}", checked.status, checked.detail))
+    if checked.ok:
+        probed = ingestion(host, how.health_timeout)
+        report.add(Result(f"rollback: {probed.name}", probed.status, probed.detail))
     return rollback_state(
         host.label, hop.previous, hop.backup_id, hop.migrated, restoring, checked.ok
     )
@@ -484,6 +495,12 @@ def verify(host: SentryHost, version: str, timeout: float) -> Result:
         ok,
         f"/_health/?full {status}, sentry --version {running}: {body[:200]!r}",
     )
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=3600)
+def ingestion(host: SentryHost, timeout: float) -> Result:
+    """The health check's ingestion probe (a warning, not a pass, without probe credentials)."""
+    return probe_ingestion(host, within=timeout)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=24 * 3600)

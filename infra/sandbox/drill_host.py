@@ -6,9 +6,7 @@ import subprocess
 from pathlib import Path
 
 from infra.sandbox.common import (
-    STANDIN_VERSIONS,
     STATE,
-    TOOL_IMAGE,
     log,
     pid_alive,
     sh,
@@ -50,19 +48,8 @@ def ensure_drill_engine() -> str:
             lambda: drill_docker("info", check=False).returncode == 0,
             60,
         )
-    images = [
-        TOOL_IMAGE,
-        "sentry-ops-sandbox/services:latest",
-        "sentry-ops-sandbox/seaweedfs:latest",
-        *(f"sentry-ops-sandbox/sentry:{v}" for v in STANDIN_VERSIONS),
-    ]
-    for ref in images:
-        want = sh("docker", "image", "inspect", "-f", "{{.Id}}", ref).stdout.strip()
-        have = drill_docker("image", "inspect", "-f", "{{.Id}}", ref, check=False).stdout.strip()
-        if have != want:
-            log(f"copying {ref} to the drill host")
-            sh("bash", "-c", f"set -o pipefail; docker save {ref} | docker -H "
-               f"{drill_docker_host()} load -q")  # fmt: skip
+    # no image is put here: like a freshly installed drill host, its engine starts empty, and a
+    # drill brings what it runs from production (blocks/scratch.py bring_images)
     return drill_docker_host()
 
 

@@ -258,7 +258,7 @@ def create_probe_credentials(layout: str, name: str, slot: int) -> None:
     token = secrets.token_hex(32)
     psql(name, service, user, db,
          "INSERT INTO sentry_apitoken (user_id, token, scope_list) SELECT id, "
-         f"'{token}', 'event:read' FROM auth_user WHERE email = '{ADMIN_EMAIL}'")  # fmt: skip
+         f"'{token}', 'org:read' FROM auth_user WHERE email = '{ADMIN_EMAIL}'")  # fmt: skip
     row = psql(name, service, user, db,
                "SELECT k.public_key, k.project_id FROM sentry_projectkey k JOIN sentry_project p "
                "ON p.id = k.project_id WHERE p.slug = 'internal'")  # fmt: skip

@@ -60,8 +60,11 @@ def test_cleanup_removes_old_events_and_leftovers_and_a_dry_run_nothing(
     store = store_from_connection(sandbox, prefix=store_name)
     tag = uuid.uuid4().hex[:8]
     now = dt.datetime.now(dt.UTC)
+    # the host's own retention: the guide's 30 days, self-hosted's SENTRY_EVENT_RETENTION_DAYS=90
+    keep = {"guide": 30, "self-hosted": 90}[host.layout]
+    assert host.event_retention()[0] == keep
     old = [host.send_event({"message": f"old-{tag} {i}", "level": "error",
-                            "timestamp": (now - dt.timedelta(days=40)).isoformat()})
+                            "timestamp": (now - dt.timedelta(days=keep + 10)).isoformat()})
            for i in range(3)]  # fmt: skip
     new = [host.send_event({"message": f"new-{tag} {i}", "level": "error"}) for i in range(3)]
     wait_processed(host, old + new)
@@ -78,7 +81,7 @@ def test_cleanup_removes_old_events_and_leftovers_and_a_dry_run_nothing(
     oldest, previous = (old_image(host, repo, v) for v in OLD_VERSIONS)
 
     before = state(host, store)
-    dry = retention_cleanup(saved_layout_host, store_name, event_retention_days=30, dry_run=True,
+    dry = retention_cleanup(saved_layout_host, store_name, dry_run=True,
                             vacuum_full=["sentry_groupedmessage"])  # fmt: skip
     assert state(host, store) == before, "a dry run changed something"
     assert dry["dry_run"] and dry["reclaimed"] > 0
@@ -87,14 +90,13 @@ def test_cleanup_removes_old_events_and_leftovers_and_a_dry_run_nothing(
     assert "would remove" in would[f"volume {orphan}"]
     assert all(host.lookup_event(e) for e in old)
 
-    result = retention_cleanup(saved_layout_host, store_name, event_retention_days=30,
-                               vacuum_full=["sentry_groupedmessage"])  # fmt: skip
+    result = retention_cleanup(saved_layout_host, store_name, vacuum_full=["sentry_groupedmessage"])
     items = {r["name"]: r for r in result["items"]}
-    # events: older than 30 days gone (issue, payload), newer kept
+    # events: older than the host's retention gone (issue, payload), newer kept
     assert [host.lookup_event(e) for e in old] == [None] * 3
     assert all(host.lookup_event(e) for e in new)
     assert issues_titled(host, f"old-{tag}") == 0 and issues_titled(host, f"new-{tag}") == 3
-    assert items["sentry cleanup --days 30"]["status"] == "done"
+    assert result["days"] == keep and items[f"sentry cleanup --days {keep}"]["status"] == "done"
     # leftovers gone, with the bytes they took
     assert f"stale_{tag}" not in clickhouse.leftover_freezes(host)
     assert items[f"ClickHouse frozen copy stale_{tag}"]["reclaimed"] > 0
@@ -107,6 +109,19 @@ def test_cleanup_removes_old_events_and_leftovers_and_a_dry_run_nothing(
     assert items[f"image {previous}"]["status"] == "ok"
     assert items["VACUUM (ANALYZE)"]["status"] == "done"
     assert items["VACUUM FULL sentry_groupedmessage"]["status"] == "done"
+
+
+def test_days_below_the_hosts_retention_are_refused_before_anything_runs(
+    layout_host, saved_layout_host, store_name
+):
+    """Self-hosted keeps 90 days (.env.custom here); its cleanup cron, Snuba's TTL and SeaweedFS
+    follow it: a shorter `--days` would delete Postgres rows whose ClickHouse rows stay."""
+    keep, where = layout_host.event_retention()
+    with pytest.raises(CleanupError, match=rf"shorter than the host's own retention, {keep} days"):
+        retention_cleanup(saved_layout_host, store_name, event_retention_days=keep - 1)
+    assert jobs.state(layout_host, jobs.container_name(layout_host, "cleanup")) is None
+    if layout_host.layout == "self-hosted":
+        assert where == "SENTRY_EVENT_RETENTION_DAYS in .env.custom"
 
 
 def test_invalid_days_is_refused_before_anything_runs(saved_host, store_name, sentry_host):

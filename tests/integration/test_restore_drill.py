@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -106,10 +107,21 @@ def test_drill_on_each_layout_as_the_deployment_schedules_it(
     wait_processed(layout_host, [layout_host.send_event({"message": "drill me", "level": "error"})])
     taken = backup(saved_layout_host, store_name)
     drill_host = "drill-host" if layout == "self-hosted" else None
+    if drill_host:  # a clean drill host: its engine starts with no image at all
+        images = sb.drill_docker("image", "ls", "-aq").stdout.split()
+        if images:
+            sb.drill_docker("image", "rm", "-f", *set(images))
+        assert sb.drill_docker("image", "ls", "-aq").stdout.split() == []
     result = restore_drill(saved_layout_host, store_name, drill_host=drill_host)
     assert result["passed"] and result["backup_id"] == taken["backup_id"]
     checks = {c["name"]: c for c in result["checks"]}
     assert checks["newest event through Sentry's API"]["status"] == "ok", checks
+    steps = {s["name"]: s for s in result["steps"]}
+    if drill_host:  # every image it ran came from production, measured
+        assert steps["images"]["status"] == "done"
+        assert re.search(r"copied from production, \d+ MB in", steps["images"]["detail"])
+    else:
+        assert steps["images"]["detail"] == "production's own engine"
     assert leftovers(f"{layout_host.project}-drill") == []
     assert drill_host_leftovers() == []
 

@@ -3,13 +3,15 @@ count kept across a plain `docker compose up -d`; the autoscaler following a rea
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
 import pytest
+import yaml
 from prefect.variables import Variable
 
-from blocks.host_project import SCALE_FILE
+from blocks.host_project import SCALE_FILE, compose_files_with_scale
 from blocks.layouts import Role
 from flows.scaling import ScalingError, autoscale, running, scale_workers, state_name
 from tests.helpers import SHARED
@@ -81,6 +83,52 @@ def test_bad_input_is_refused_and_nothing_changes(
     assert workers(one_worker) == before  # the same container, untouched
 
 
+@contextlib.contextmanager
+def operator_compose_file(host, name: str, services: dict):
+    """An operator's own compose file with `services`, read by compose before sentry-ops' scale
+    file (COMPOSE_FILE in the operator's env file); everything restored afterwards."""
+    env_name = host.stack.operator_env_file
+    env_path = f"{host.project_dir}/{env_name}"
+    before = host.get(env_path) if host.exists(env_path) else None
+    path = f"{host.project_dir}/{name}"
+    host.put(path, yaml.safe_dump({"services": services}).encode(), mode=0o644)
+    setting = host.env_setting("COMPOSE_FILE")
+    files = (setting[0] if setting else compose_files_with_scale(None, host.listdir(
+        host.project_dir), host.project_dir)).split(":")  # fmt: skip
+    ours = [f for f in files if f.endswith(SCALE_FILE)]
+    host.write_env({"COMPOSE_FILE": ":".join([f for f in files if f not in ours] + [path] + ours)},
+                   env_name)  # fmt: skip
+    try:
+        yield
+    finally:
+        if before is None:
+            host.run(["rm", "-f", env_path])
+        else:
+            host.put(env_path, before, mode=0o600)
+        host.run(["rm", "-f", path])
+        host._compose_context = None
+
+
+def test_scaling_beside_the_guides_ha_recipe_and_refused_on_a_container_name(
+    one_worker, saved_layout_host
+):
+    """The guide's HA recipe sets `deploy.replicas`; compose refuses a distinct `scale` beside it
+    (every compose command on the host would then fail). A fixed container_name cannot run twice."""
+    host = one_worker
+    service = host.stack.service(Role.WORKER)
+    with operator_compose_file(host, "ha-recipe.yml", {service: {"deploy": {"replicas": 1}}}):
+        assert scale_workers(saved_layout_host, 2)["after"] == 2
+        host.compose("up", "-d", timeout=600)  # the operator's plain up still works, still 2
+        assert len(workers(host)) == 2
+        assert scale_workers(saved_layout_host, 1)["after"] == 1
+    with operator_compose_file(host, "named.yml", {service: {"container_name": "my-worker"}}):
+        before = workers(host)
+        with pytest.raises(ScalingError, match=r"cannot run 2 replicas: it sets container_name "
+                           r"'my-worker'.*remove it from the compose file"):  # fmt: skip
+            scale_workers(saved_layout_host, 2)
+        assert workers(host) == before
+
+
 def wait_processed(host, events: list[str], seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
     missing = list(events)
@@ -102,12 +150,12 @@ def test_autoscale_scales_up_on_backlog_and_down_after_cooldown(one_worker, save
     assert len(workers(host)) == 1
     scale_workers(saved_layout_host, 0)  # nobody takes work: a backlog builds up
     sent = [host.send_event({"message": f"backlog {i}", "level": "error"}) for i in range(30)]
-    assert host.queue_backlog() >= 30
+    assert host.queue_backlog().count >= 30
     up = autoscale(saved_layout_host, **policy)
     assert (up["before"], up["after"]) == (0, 3) and up["backlog"] >= 30, up
     assert len(workers(host)) == 3
     wait_processed(host, sent)
-    assert host.queue_backlog() == 0
+    assert host.queue_backlog().count == 0
     held = autoscale(saved_layout_host, **policy)
     assert held["after"] == 3 and "cooldown" in held["why"], held
     # the cooldown's clock is the last change's time the autoscaler keeps: moved a cooldown back

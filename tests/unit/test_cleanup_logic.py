@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 from blocks import postgres
 from blocks.layouts import Role
 from blocks.sentry_host import ComposeContext
-from flows.cleanup import parameter_problems, parse_time, plan_images, split_ref, tag_version
+from flows.cleanup import (
+    parameter_problems,
+    parse_time,
+    plan_images,
+    retention_problem,
+    split_ref,
+    tag_version,
+)
 from tests.unit.test_sentry_host_block import make_host
 
 
@@ -23,6 +30,25 @@ def test_days_outside_1_to_3650_are_refused(days):
 @pytest.mark.parametrize("days", [1, 30, 3650])
 def test_days_inside_are_accepted(days):
     assert parameter_problems(days, True, ["nodestore_node", "public.sentry_eventattachment"]) == []
+
+
+def test_empty_days_means_the_hosts_own_retention():
+    assert parameter_problems(None, True, []) == []
+
+
+@pytest.mark.parametrize(
+    ("asked", "kept", "shorter", "refused"),
+    [(30, 90, False, True), (89, 90, False, True), (90, 90, False, False),
+     (120, 90, False, False), (30, 90, True, False)],
+)  # fmt: skip
+def test_a_cleanup_shorter_than_the_hosts_retention_is_refused_unless_asked(
+    asked, kept, shorter, refused
+):
+    problem = retention_problem(asked, kept, "SENTRY_EVENT_RETENTION_DAYS in .env", shorter)
+    assert (problem is not None) == refused
+    if refused:
+        assert f"{kept} days (SENTRY_EVENT_RETENTION_DAYS in .env)" in problem
+        assert "shorter_than_host_retention=true" in problem
 
 
 def test_table_names_and_vacuum_full_without_vacuum_are_refused():

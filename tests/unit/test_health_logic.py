@@ -72,8 +72,12 @@ def test_disk_threshold_per_path():
 
 
 def test_full_health_names_sentrys_problems():
-    body = b'{"problems": [{"id": "DatabaseCheck", "message": "no db"}], "healthy": {}}'
+    body = (
+        b'{"problems":["Background workers haven\'t checked in recently."],'
+        b'"healthy":{"CeleryAliveCheck":false}}'
+    )
     bad = assess_full_health(500, body)
-    assert not bad.ok and "DatabaseCheck: no db" in bad.detail
-    assert assess_full_health(200, b'{"problems": [], "healthy": {"x": true}}').ok
+    assert not bad.ok and "Background workers haven't checked in" in bad.detail
+    assert "failing: CeleryAliveCheck" in bad.detail
+    assert assess_full_health(200, b'{"problems":[],"healthy":{"WarningStatusCheck":true}}').ok
     assert not assess_full_health(502, b"<html>Bad Gateway</html>").ok

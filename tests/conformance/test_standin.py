@@ -1,0 +1,142 @@
+"""The sandbox's Sentry stand-in answers as upstream does (the same fixtures the product is
+replayed against, tests/conformance/fixtures/), on both layouts: a stand-in kinder than Sentry
+would let a flow pass here that fails on a real host."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import secrets
+import time
+
+import pytest
+from pydantic import SecretStr
+
+from blocks import nodestore
+from blocks.layouts import Role
+from blocks.ssh import RemoteCommandError
+from tests.conformance.corpus import sample
+from tests.helpers import SHARED
+
+pytestmark = SHARED  # the sandbox's shared stacks (tests/helpers.py)
+
+
+def psql(host, query: str) -> str:
+    """A query in the stack's Postgres container (local socket), for looking, not for flows."""
+    stack = host.stack
+    argv = host.exec_argv(
+        Role.POSTGRES, "psql", "-U", stack.postgres_user, "-d", stack.postgres_db, "-tAc", query
+    )
+    return host.run(argv, timeout=60).text.strip()
+
+
+def processed(host, event_id: str, within: float = 30) -> dict:
+    deadline = time.monotonic() + within
+    while (found := host.lookup_event(event_id)) is None:
+        assert time.monotonic() < deadline, f"{event_id} was not processed"
+        time.sleep(0.2)
+    return found
+
+
+def test_createuser_reports_an_existing_user_on_stdout_and_exits_0(layout_host):
+    existing = sample("sentry_cli_outputs", "createuser_existing")
+    argv = layout_host.sentry_argv("createuser", "--email", "admin@sentry.local", "--superuser")
+    result = layout_host.run(argv, stdin=b"x\nx\n", check=False)
+    assert result.exit_code == existing["exit_code"]
+    assert result.text == existing["stdout"].replace("admin@example.com", "admin@sentry.local")
+    assert layout_host.create_superuser("admin@sentry.local", "whatever") is False
+
+
+def test_version_prints_the_build_as_official_images_do(layout_host):
+    pattern = sample("sentry_cli_outputs", "version")["stdout_pattern"]
+    out = layout_host.run(layout_host.sentry_version_argv(), timeout=120).text
+    assert re.match(pattern, out), out
+    assert layout_host.running_version() == out.split()[-1].split("+")[0]
+
+
+def test_upgrade_is_idempotent_and_refuses_to_jump_a_hard_stop(layout_host):
+    cli = sample("sentry_cli_outputs")
+    applied, out = layout_host.upgrade()
+    assert not applied and out == cli["upgrade_noinput_up_to_date"]["stdout"].replace(
+        "<comma-separated app labels>", "sentry"
+    )
+    web = layout_host.stack.service(Role.WEB)
+    jump = layout_host.compose_argv(
+        "run", "--rm", "-T", "-e", "SENTRY_STANDIN_VERSION=25.1.0", web, "upgrade", "--noinput"
+    )
+    result = layout_host.run(jump, check=False, timeout=120)
+    refused = cli["upgrade_skipped_hard_stop"]
+    assert result.exit_code == refused["exit_code"] and result.stderr == refused["stderr"]
+
+
+def test_health_answers_as_current_sentry(layout_host):
+    for case in ("plain", "full"):
+        want = sample("sentry_health_full_ok", case)
+        status, body = layout_host.web_request(want["request"].split()[1])
+        assert (status, body.decode()) == (want["status"], want["body"]), case
+
+
+def test_the_event_lookup_wants_org_read_and_answers_as_sentry(layout_host):
+    answers = sample("sentry_eventids_response")
+    event_id = layout_host.send_event({"message": "ValueError: conformance"})
+    found = processed(layout_host, event_id)
+    assert set(answers["ok"]["body"]) <= set(found)
+    assert found["eventId"] == event_id and re.fullmatch(r"[0-9a-f]{32}", event_id)
+    assert isinstance(found["groupId"], str)
+    status, body = layout_host.web_request(
+        f"/api/0/organizations/{layout_host.organization}/eventids/{'0' * 32}/",
+        headers={"Authorization": f"Bearer {layout_host.api_token.get_secret_value()}"},
+    )
+    assert (status, json.loads(body)) == (answers["not_found"]["status"],
+                                          answers["not_found"]["body"])  # fmt: skip
+    # a token of the same user with event:read only (what the README used to ask for)
+    token = secrets.token_hex(32)
+    psql(layout_host, "INSERT INTO sentry_apitoken (user_id, token, scope_list) SELECT user_id, "
+         f"'{token}', 'event:read' FROM sentry_apitoken LIMIT 1")  # fmt: skip
+    narrow = layout_host.model_copy(update={"api_token": SecretStr(token)})
+    with pytest.raises(RemoteCommandError, match="lacks the org:read scope"):
+        narrow.lookup_event(event_id)
+    status, body = narrow.web_request(
+        f"/api/0/organizations/{layout_host.organization}/eventids/{event_id}/",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert (status, json.loads(body)) == (answers["forbidden"]["status"],
+                                          answers["forbidden"]["body"])  # fmt: skip
+
+
+def test_an_event_becomes_an_issue_a_nodestore_payload_and_a_clickhouse_row(layout_host):
+    event_id = layout_host.send_event({"message": "KeyError: 'stand-in' ✓"})
+    found = processed(layout_host, event_id)
+    assert found["groupId"] and found["event"]["message"] == "KeyError: 'stand-in' ✓"
+    title = psql(
+        layout_host, "SELECT title FROM sentry_groupedmessage WHERE id = " + found["groupId"]
+    )
+    assert title == "KeyError: 'stand-in' ✓"
+    assert psql(layout_host, "SELECT count(*) FROM sentry_message") == "0"  # unused, like Sentry
+    # the guide era keeps payloads in Postgres (as Sentry writes them); self-hosted 25.9+ in
+    # SeaweedFS
+    project = int(psql(layout_host, f"SELECT project_id FROM sentry_groupedmessage WHERE id = "
+                       f"{found['groupId']}"))  # fmt: skip
+    key = nodestore.node_id(project, event_id)
+    data = psql(layout_host, f"SELECT data FROM nodestore_node WHERE id = '{key}'")
+    if layout_host.layout == "guide":
+        assert nodestore.decode(data)["message"] == "KeyError: 'stand-in' ✓"
+    else:
+        assert data == ""
+
+
+def test_cleanup_removes_old_issues_and_payloads_and_keeps_new_ones(layout_host):
+    old_when = (dt.datetime.now(dt.UTC) - dt.timedelta(days=40)).isoformat()
+    old = layout_host.send_event({"message": "OldError: 40 days", "timestamp": old_when})
+    new = layout_host.send_event({"message": "NewError: today"})
+    processed(layout_host, old), processed(layout_host, new)
+    out = layout_host.run(layout_host.sentry_argv("cleanup", "--days", "30"), timeout=300).text
+    last = sample("sentry_cli_outputs", "cleanup_silent")["stdout"]
+    assert re.fullmatch(re.sub(r"\d+", r"\\d+", re.escape(last)), out.splitlines(True)[-1])
+    assert layout_host.lookup_event(old) is None  # its payload is gone from the nodestore
+    assert processed(layout_host, new)["event"]["message"] == "NewError: today"
+    titles = psql(
+        layout_host, "SELECT title FROM sentry_groupedmessage WHERE title LIKE '%Error: %'"
+    )
+    assert "OldError: 40 days" not in titles and "NewError: today" in titles
