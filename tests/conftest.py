@@ -5,8 +5,12 @@ Nothing here skips: if the sandbox cannot come up, every integration test errors
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import uuid
+import zlib
 
 import pytest
 
@@ -116,6 +120,26 @@ def bare_host(sandbox, prefect_api):
     sb.remove_stack(name)
 
 
+def insert_nodes(db, rows) -> None:
+    """(node id, payload, hours old) rows into nodestore_node, encoded as Sentry's
+    DjangoNodeStorage writes them (compact sorted JSON, zlib, base64), 2000 per statement."""
+    batch: list[str] = []
+
+    def flush() -> None:
+        if batch:
+            db.rows("INSERT INTO nodestore_node (id, data, timestamp) VALUES " + ", ".join(batch)
+                    + " ON CONFLICT DO NOTHING")  # fmt: skip
+            batch.clear()
+
+    for node_id, payload, hours in rows:
+        raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+        data = base64.b64encode(zlib.compress(raw)).decode()
+        batch.append(f"('{node_id}', '{data}', now() - interval '{int(hours)} hours')")
+        if len(batch) == 2000:
+            flush()
+    flush()
+
+
 @pytest.fixture(scope="session")
 def seeded(sandbox) -> int:
     """The guide stack with >= 100k event payloads in its Postgres nodestore (unicode, large ones,
@@ -143,22 +167,16 @@ def seeded(sandbox) -> int:
                 "now() - interval '20 days', now() FROM generate_series(1, 500) g "
                 "ON CONFLICT DO NOTHING"
             )
-            db.rows(
-                "INSERT INTO nodestore_node (id, data, timestamp) SELECT md5('e' || i), "
-                'CASE WHEN i % 1000 = 0 THEN \'{"blob": "\' || repeat(md5(i::text), 8000) '
-                "|| '\"}' "  # 256 KB payloads
-                "ELSE '{\"exception\": \"ValueError: ' || i || ' ✗ ñ 漢字 ' "
-                "|| repeat('frame ' || i, 20) || '\"}' END, "
-                "now() - (i % 600) * interval '1 hour' "  # within 30 days: cleanup keeps it
-                f"FROM generate_series(1, {EVENTS}) i ON CONFLICT DO NOTHING"
-            )
+            # rows as Sentry writes them (base64 of zlib, tests/conformance/fixtures/
+            # sentry_nodestore_row.json): every 1000th a 256 KB payload of random text
+            insert_nodes(db, ((hashlib.md5(f"e{i}".encode()).hexdigest(), {
+                "blob": os.urandom(128 << 10).hex()} if i % 1000 == 0 else {
+                "exception": f"ValueError: {i} ✗ ñ 漢字 " + f"frame {i}" * 20},
+                i % 600) for i in range(1, EVENTS + 1)))  # fmt: skip
         if int(db.value("SELECT count(*) FROM nodestore_node WHERE id LIKE 'rand-%'")) < 3000:
-            db.rows(  # incompressible payloads: the dump spans several S3 parts
-                "INSERT INTO nodestore_node (id, data, timestamp) SELECT 'rand-' || i, "
-                "(SELECT '{\"r\": \"' || string_agg(md5(random()::text || i || k), '') "
-                "|| '\"}' FROM generate_series(1, 500) k), now() - interval '1 day' "
-                "FROM generate_series(1, 3000) i ON CONFLICT DO NOTHING"
-            )
+            # incompressible payloads: the dump spans several S3 parts
+            insert_nodes(db, ((f"rand-{i}", {"r": os.urandom(8000).hex()}, 24)
+                              for i in range(1, 3001)))  # fmt: skip
         users = int(db.value("SELECT count(*) FROM auth_user"))
     assert users >= 1  # the sandbox's admin, made by the stand-in's `sentry createuser`
     return EVENTS
