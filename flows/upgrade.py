@@ -113,6 +113,7 @@ class Settings:
     auto_restore: bool
     health_timeout: int
     approval_timeout: int
+    ingestion_probe: bool = True
 
 
 @dataclass
@@ -288,7 +289,7 @@ def run_hop(
         if host.layout == "guide":
             apply_guide(host, hop, counts, how, report)
         else:
-            apply_install_sh(host, hop, how.health_timeout, report)
+            apply_install_sh(host, hop, how, report)
     except Exception as exc:
         report.add(Result(f"hop to {hop.version}", Status.FAILED, str(exc)[:500]))
         state = rollback(host, store, hop, counts, how, report)
@@ -312,18 +313,18 @@ def apply_guide(
     report.add(migrate(host, hop.version))
     report.add(*roll_web(host, how.batch_size, how.health_timeout))
     report.add(restart_others(host, counts, how.health_timeout))
-    require_healthy(host, hop.version, how.health_timeout, report)
+    require_healthy(host, hop.version, how, report)
 
 
-def apply_install_sh(host: SentryHost, hop: Hop, timeout: float, report: Report) -> None:
+def apply_install_sh(host: SentryHost, hop: Hop, how: Settings, report: Report) -> None:
     """self-hosted: `git checkout <tag>`, its `./install.sh`, `compose up -d --wait`, health."""
     hop.git_before = host.git_head()
     host.checkout(hop.version)
     report.add(Result("checkout", Status.DONE, f"{hop.version} (was {hop.git_before[:12]})"))
     hop.migrated = True  # install.sh runs the migrations
     report.add(install(host, hop.version))
-    report.add(start_stack(host, timeout))
-    require_healthy(host, hop.version, timeout, report)
+    report.add(start_stack(host, how.health_timeout))
+    require_healthy(host, hop.version, how, report)
 
 
 def set_version(host: SentryHost, hop: Hop, report: Report) -> None:
@@ -334,10 +335,13 @@ def set_version(host: SentryHost, hop: Hop, report: Report) -> None:
     report.add(Result("version setting", Status.DONE, f"{var}={value} in {hop.env_path}"))
 
 
-def require_healthy(host: SentryHost, version: str, timeout: float, report: Report) -> None:
+def require_healthy(host: SentryHost, version: str, how: Settings, report: Report) -> None:
     """Web answers on the new version, and (with probe credentials) an event goes all the way
     through: `/_health/?full` of current Sentry checks nothing of the pipeline."""
-    for checked in (verify(host, version, timeout), ingestion(host, timeout)):
+    checks = [verify(host, version, how.health_timeout)]
+    if how.ingestion_probe:
+        checks.append(ingestion(host, how.health_timeout))
+    for checked in checks:
         report.add(checked)
         if not checked.ok:
             raise UpgradeError(f"{host.label}: {checked.name}: {checked.detail}")
@@ -359,7 +363,7 @@ def rollback(
     restart_previous(host, hop, counts, how.health_timeout, report)
     checked = verify(host, hop.previous, how.health_timeout)
     report.add(Result(f"rollback: {checked.name}", checked.status, checked.detail))
-    if checked.ok:
+    if checked.ok and how.ingestion_probe:
         probed = ingestion(host, how.health_timeout)
         report.add(Result(f"rollback: {probed.name}", probed.status, probed.detail))
     return rollback_state(
@@ -545,6 +549,7 @@ def upgrade(
     hard_stops: list[str] | None = None,
     health_timeout: int = 300,
     approval_timeout: int = 3600,
+    ingestion_probe: bool = True,
 ) -> dict:
     """Upgrade Sentry on `host` to `target_version`, hop by hop over the hard stops, each hop
     after its own verified backup; rolled back on failure.
@@ -564,13 +569,17 @@ def upgrade(
         hard_stops: Versions no upgrade may skip; default: getsentry/self-hosted's list.
         health_timeout: Seconds each health gate waits.
         approval_timeout: Seconds an approval waits before the run ends without a change.
+        ingestion_probe: After each hop (and a rollback), send the health check's synthetic
+            event and require it processed (with probe_dsn and api_token in the block): the
+            health endpoints of current Sentry check nothing of the pipeline. It adds one
+            event and its issue to the probe project.
     """
     problems = parameter_problems(target_version, batch_size, health_timeout, approval_timeout)
     if problems:
         raise UpgradePlanError(f"upgrade of {host}: {'; '.join(problems)} (nothing was changed)")
     host, sentry_host = load_block(host, SentryHost)
     store, backup_store = load_block(store, BackupStore)
-    how = Settings(batch_size, auto_restore, health_timeout, approval_timeout)
+    how = Settings(batch_size, auto_restore, health_timeout, approval_timeout, ingestion_probe)
     report = Report(on_add=log_step)
     outcome = "failed before any change"
     try:

@@ -114,7 +114,9 @@ def test_rejected_changes_nothing_then_approved_rolls_web_without_downtime(stack
     assert len(before["containers"]["sentry"]) == 2
     run_name = f"upgrade-{name}-to-24.2.0"
 
-    rejected = in_thread(host=name, store=store_name, target_version="24.2.0")
+    # the tables must come out as they were: no synthetic event (the jump test proves the probe)
+    rejected = in_thread(host=name, store=store_name, target_version="24.2.0",
+                         ingestion_probe=False)  # fmt: skip
     first = paused_run(run_name)
     resume_flow_run(first.id, run_input={"approve": False, "approver": "test",
                                          "comment": "not tonight"})  # fmt: skip
@@ -126,7 +128,8 @@ def test_rejected_changes_nothing_then_approved_rolls_web_without_downtime(stack
 
     prober = Prober(stack["info"]["web_port"])
     prober.start()
-    approved = in_thread(host=name, store=store_name, target_version="24.2.0")
+    approved = in_thread(host=name, store=store_name, target_version="24.2.0",
+                         ingestion_probe=False)  # fmt: skip
     run = paused_run(run_name, exclude={first.id})
     resume_flow_run(run.id, run_input={"approve": True, "approver": "test", "comment": "go"})
     approved["thread"].join(900)
@@ -164,7 +167,7 @@ def test_broken_version_rolls_back_with_the_database_restored(stack, store_name)
         before = postgres.table_checksums(db)
     final = upgrade(host=name, store=store_name, target_version="24.3.0-broken",
                     require_approval=False, auto_restore=True, health_timeout=60,
-                    return_state=True)  # fmt: skip
+                    ingestion_probe=False, return_state=True)  # fmt: skip
     assert final.is_failed(), final
     assert "rolled back" in str(final.message).lower() or "back on" in str(final.message)
     assert host.running_version() == start
@@ -186,8 +189,13 @@ def test_a_jump_over_a_hard_stop_is_two_hops_each_with_its_own_verified_backup(
     host, name = stack["host"], stack["name"]
     start = host.running_version()
     assert start in ("24.1.0", "24.2.0")
-    result = upgrade(host=name, store=store_name, target_version="24.9.0", require_approval=False)
+    state = upgrade(host=name, store=store_name, target_version="24.9.0", require_approval=False,
+                    return_state=True)  # fmt: skip
+    result = state.result()
     assert result["hops"] == ["24.8.0", "24.9.0"], result
+    # each hop's gate sent the synthetic event through the upgraded stack
+    text = asyncio.run(run_texts(state.state_details.flow_run_id))
+    assert text.count("ingestion: synthetic event: ok") >= 2, text[-2000:]
     assert host.running_version() == "24.9.0"
     store = store_from_connection(sandbox, prefix=store_name)
     verified = {s.backup_id for s in backup_set.list_sets(store, host.identity) if s.verified}
@@ -237,7 +245,7 @@ def test_self_hosted_hop_is_its_install_sh_at_the_release_tag(sandbox, prefect_a
     with postgres.psql(host) as db:
         before = postgres.table_checksums(db)
     state = upgrade(host=name, store=store_name, target_version="24.2.0",
-                    require_approval=False, return_state=True)  # fmt: skip
+                    require_approval=False, ingestion_probe=False, return_state=True)  # fmt: skip
     assert state.is_completed(), state
     assert state.result()["hops"] == ["24.2.0"]
     assert host.running_version() == "24.2.0"
