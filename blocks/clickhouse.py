@@ -46,6 +46,14 @@ FROM_DDL = {
     "Merge": "a Merge table: reads other tables, holds no data",
     "Buffer": "a Buffer table: flushed to its target table, which is copied",
 }
+# Engines a restore does not recreate, though their DDL is kept: in a drill they would reach
+# production (a Kafka consumer reading its topic, a Distributed table its shards); a rollback
+# leaves production's own in place (drop_tables skips them too)
+NOT_RECREATED = {
+    "Kafka": "a Kafka consumer table: not recreated (it would read production's topic)",
+    "Distributed": "a Distributed table: not recreated (it would reach production's shards)",
+}
+VIEWS = ("View", "MaterializedView")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_.$-]+$")
 MERGES_DEADLINE = 900  # s: the host restarts merges by itself after this, whatever happened
 
@@ -213,14 +221,30 @@ def in_parts(parts: Sequence[str] | None) -> str:
     return "" if parts is None else " WHERE _part IN (" + ", ".join(f"'{p}'" for p in parts) + ")"
 
 
+def checksum_expression(columns: Sequence[Sequence[str]]) -> str:
+    """`sum(cityHash64(...))` over the columns `SELECT *` reads ((name, type, default kind) rows
+    of DESCRIBE TABLE; MATERIALIZED, ALIAS and EPHEMERAL ones left out, as `*` does), in order,
+    so a table without aggregate states hashes exactly as `cityHash64(*)`. An aggregate state
+    (Snuba's AggregatingMergeTree tables) is hashed by its finalized value: ClickHouse 18.16
+    refuses cityHash64 of a state (tried), and finalizeAggregation gives the same figure on the
+    backup's and the restore's server of one version."""
+    hashed = []
+    for name, type_, kind, *_ in columns:
+        if kind in ("MATERIALIZED", "ALIAS", "EPHEMERAL"):
+            continue
+        column = "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+        hashed.append(f"finalizeAggregation({column})" if type_.startswith("AggregateFunction(")
+                      else column)  # fmt: skip
+    return f"toString(sum(cityHash64({', '.join(hashed)})))"
+
+
 def count_rows(client: Client, table: ClickHouseTable, parts: Sequence[str] | None) -> tuple:
     """(rows, checksum as text) of a table, or of some of its parts."""
     if parts is not None and not parts:
         return 0, "0"
-    row = client.rows(
-        f"SELECT count(), toString(sum(cityHash64(*))) FROM "
-        f"{quoted(table.database, table.name)}{in_parts(parts)}"
-    )[0]
+    name = quoted(table.database, table.name)
+    checksum = checksum_expression(client.rows(f"DESCRIBE TABLE {name}"))
+    row = client.rows(f"SELECT count(), {checksum} FROM {name}{in_parts(parts)}")[0]
     return int(row[0]), str(row[1])
 
 
@@ -264,19 +288,9 @@ def freeze(host: SentryHost, client: Client, version: str, name: str) -> ClickHo
     ours = re.compile(rf"\d{{8}}T\d{{6}}Z_{freeze_name(host.identity)}")
     for stale in {*(n for n in leftover_freezes(host) if ours.fullmatch(n)), name}:
         unfreeze(host, stale, client)
-    if copied:
-        # merges are stopped only from FREEZE to the counts (seconds); should this process die in
-        # between, the host itself starts them again (ClickHouse keeps them stopped otherwise)
-        port = str(host.clickhouse_port)
-        start = host.exec_argv(
-            Role.CLICKHOUSE, "clickhouse-client", "--port", port, "--query", "SYSTEM START MERGES"
-        )
-        host.run(host.later_argv(MERGES_DEADLINE, start), timeout=30)
-    stopped = []
-    try:
+    # merges are stopped only from FREEZE to the counts (seconds)
+    with merges_stopped(host, client, copied):
         for table in copied:
-            client.command(f"SYSTEM STOP MERGES {quoted(table.database, table.name)}")
-            stopped.append(table)
             client.command(
                 f"ALTER TABLE {quoted(table.database, table.name)} FREEZE WITH NAME '{name}'"
             )
@@ -287,14 +301,34 @@ def freeze(host: SentryHost, client: Client, version: str, name: str) -> ClickHo
         errors = next((t for t in copied if t.name == "errors_local"), None)
         newest = newest_event(client, database, errors.parts) if errors else None
         newest_id = newest_event_id(client, database, errors.parts) if errors else None
-    finally:
-        for table in stopped:
-            with contextlib.suppress(Exception):
-                client.command(f"SYSTEM START MERGES {quoted(table.database, table.name)}")
     return ClickHouseSnapshot(
         version=version, database=database, freeze_name=name, tables=tables,
         newest_event=newest, newest_event_id=newest_id,
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def merges_stopped(host: SentryHost, client: Client, tables: Sequence[ClickHouseTable]):
+    """Merges of `tables` stopped for the block, so their parts stay as they are and counts over
+    them hold (a Replacing or Summing table's merge changes its rows); should this process die
+    meanwhile, the host itself starts them again after MERGES_DEADLINE (ClickHouse would keep
+    them stopped)."""
+    if tables:
+        port = str(host.clickhouse_port)
+        start = host.exec_argv(
+            Role.CLICKHOUSE, "clickhouse-client", "--port", port, "--query", "SYSTEM START MERGES"
+        )
+        host.run(host.later_argv(MERGES_DEADLINE, start), timeout=30)
+    stopped = []
+    try:
+        for table in tables:
+            client.command(f"SYSTEM STOP MERGES {quoted(table.database, table.name)}")
+            stopped.append(table)
+        yield
+    finally:
+        for table in stopped:
+            with contextlib.suppress(Exception):
+                client.command(f"SYSTEM START MERGES {quoted(table.database, table.name)}")
 
 
 def unfreeze(host: SentryHost, name: str, client: Client | None = None) -> None:
@@ -343,19 +377,19 @@ def table_bytes(client: Client, database: str) -> dict[str, int]:
 
 
 # -- restore --------------------------------------------------------------------------------------
-def restore(host: SentryHost, client: Client, snapshot: ClickHouseSnapshot, staged: str) -> None:
-    """Create the snapshot's database and tables from their DDL in `host`'s (empty) ClickHouse,
-    then attach the parts unpacked under `staged` (relative to the volume): moved into each
-    table's detached/ and attached part by part. Views come after the tables they read."""
-    db = snapshot.database
-    client.command(f"CREATE DATABASE IF NOT EXISTS `{db}`")
-    ordered = [t for t in snapshot.tables if t.copied] + [
-        t for t in snapshot.tables if not t.copied and t.engine in ("View", "MaterializedView")
-    ]
-    for table in ordered:
-        create = re.sub(r"^CREATE (TABLE|VIEW|MATERIALIZED VIEW) ", r"CREATE \1 IF NOT EXISTS ",
-                        table.create, count=1)  # fmt: skip
+def create_tables(client: Client, snapshot: ClickHouseSnapshot) -> None:
+    """The snapshot's database and tables from their DDL in an (empty) ClickHouse, each before
+    what reads it (`recreated`)."""
+    client.command(f"CREATE DATABASE IF NOT EXISTS `{snapshot.database}`")
+    for table in recreated(snapshot):
+        create = re.sub(r"^CREATE (TABLE|VIEW|MATERIALIZED VIEW|DICTIONARY) ",
+                        r"CREATE \1 IF NOT EXISTS ", table.create, count=1)  # fmt: skip
         client.command(create)
+
+
+def attach_parts(host: SentryHost, client: Client, snapshot: ClickHouseSnapshot, staged: str):
+    """The parts unpacked under `staged` (relative to the volume) moved into each created
+    table's detached/ and attached part by part; a table that has rows already is refused."""
     for table in (t for t in snapshot.tables if t.copied):
         rows, _ = count_rows(client, table, None)
         if rows:
@@ -379,16 +413,39 @@ def restore(host: SentryHost, client: Client, snapshot: ClickHouseSnapshot, stag
             client.command(f"ALTER TABLE {quoted(table.database, table.name)} ATTACH PART '{part}'")
 
 
+def recreated(snapshot: ClickHouseSnapshot) -> list[ClickHouseTable]:
+    """The tables a restore creates, in an order where each exists before what reads it: the
+    copied (MergeTree) tables, then the other engines (Merge, Null, Buffer, Dictionary: Snuba's
+    `discover_local` reads errors_local and transactions_local), then views and materialized
+    views (a `TO` target must exist). NOT_RECREATED engines are left out."""
+    known = [t for t in snapshot.tables if t.copied or t.engine in FROM_DDL]
+    tables = [t for t in known if t.engine not in NOT_RECREATED]
+    data = [t for t in tables if t.copied]
+    views = [t for t in tables if not t.copied and t.engine in VIEWS]
+    return data + [t for t in tables if t not in data and t not in views] + views
+
+
 def drop_tables(client: Client, snapshot: ClickHouseSnapshot) -> None:
-    """Drop the snapshot's tables (views first) so `restore` can put the snapshot back."""
-    views = [t for t in snapshot.tables if t.engine in ("View", "MaterializedView")]
-    for table in views + [t for t in snapshot.tables if t not in views]:
+    """Drop what `restore` recreates (readers first) so it can put the snapshot back."""
+    for table in reversed(recreated(snapshot)):
         client.command(f"DROP TABLE IF EXISTS {quoted(table.database, table.name)}")
 
 
 def compare(client: Client, snapshot: ClickHouseSnapshot) -> list[tuple[str, bool, str]]:
-    """(table, equal, detail) per copied table: rows and checksum against the manifest."""
+    """(table, equal, detail) per table: a copied one's rows and checksum against the manifest;
+    one recreated from its DDL (a Merge table, a view) must exist; one left out says why."""
     out = []
+    quoted(snapshot.database, "system")  # the name checked before it goes into SQL
+    listed = client.rows(f"SELECT name FROM system.tables WHERE database = '{snapshot.database}'")
+    existing = {str(r[0]) for r in listed}
+    made = {t.name for t in recreated(snapshot)}
+    for table in (t for t in snapshot.tables if not t.copied):
+        if table.name not in made:  # left out on purpose, or an engine without a rule
+            out.append((table.name, True, NOT_RECREATED.get(table.engine, table.why)))
+        else:
+            there = table.name in existing
+            out.append((table.name, there, f"{table.engine} recreated from its DDL"
+                        if there else f"{table.engine} MISSING after the restore"))  # fmt: skip
     for table in (t for t in snapshot.tables if t.copied):
         try:
             rows, checksum = count_rows(client, table, None)
