@@ -38,7 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from blocks.backup_store import BackupStore, HashingReader, StoreError
 from blocks.result import Result
@@ -49,6 +49,12 @@ VERIFICATION = "verification.json"
 STAMP = "%Y%m%dT%H%M%SZ"
 HOST_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,150}$")
 BACKUP_ID = re.compile(r"^(?P<stamp>\d{8}T\d{6}Z)-(?P<host>[a-z0-9][a-z0-9-]*)$")
+# ClickHouse names, parts and paths as a manifest may carry them into SQL or a shell: checked when
+# any manifest is read, sealed or not (an unsealed one is anybody's text)
+CLICKHOUSE_NAME = re.compile(r"^[A-Za-z0-9_.$-]+$")
+PART_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+DATA_PATH = re.compile(r"^(?!/)(?!.*(^|/)\.\.(/|$))[A-Za-z0-9_./%-]+/?$")
+CREATED = ("TABLE", "VIEW", "MATERIALIZED VIEW", "DICTIONARY")
 CHUNK = 1 << 20  # plaintext bytes per encrypted chunk
 TAG = 16
 MAGIC = b"SOPSGCM1"
@@ -142,20 +148,70 @@ class ClickHouseTable(BaseModel):
     parts: list[str] = Field(default_factory=list, description="the frozen parts")
     rows: int | None = None
     checksum: str | None = Field(
-        default=None, description="sum(cityHash64(*)) over the frozen rows (UInt64, as text)"
+        default=None, description="sum(cityHash64(...)) over the frozen rows (UInt64, as text)"
     )
+
+    @field_validator("database", "name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not CLICKHOUSE_NAME.match(value):
+            raise ValueError(f"{value!r} is not a ClickHouse name sentry-ops restores")
+        return value
+
+    @field_validator("parts")
+    @classmethod
+    def _parts(cls, value: list[str]) -> list[str]:
+        bad = [p for p in value if not PART_NAME.match(p)]
+        if bad:
+            raise ValueError(f"part names {bad[:3]} are not ClickHouse part names")
+        return value
+
+    @field_validator("data_path")
+    @classmethod
+    def _data_path(cls, value: str | None) -> str | None:
+        if value is not None and not DATA_PATH.match(value):
+            raise ValueError(f"data_path {value!r} is not a path inside ClickHouse's data dir")
+        return value
+
+    @field_validator("checksum")
+    @classmethod
+    def _checksum(cls, value: str | None) -> str | None:
+        if value is not None and not value.isdigit():
+            raise ValueError(f"checksum {value!r} is not a number")
+        return value
+
+    @model_validator(mode="after")
+    def _creates_only_itself(self) -> ClickHouseTable:
+        """`create` is run on restore: one CREATE of exactly this object, nothing else."""
+
+        def name(x: str) -> str:
+            return f"(?:{re.escape(x)}|`{re.escape(x)}`)"
+
+        kinds = "|".join(CREATED)
+        head = rf"^CREATE (?:{kinds}) {name(self.database)}\.{name(self.name)}(?:\s|\(|$)"
+        # (one statement: ClickHouse refuses multi-statements on every interface we use)
+        if not re.match(head, self.create):
+            raise ValueError(
+                f"create of {self.database}.{self.name} is not one CREATE of that table: "
+                f"{self.create[:80]!r}"
+            )
+        return self
 
 
 class ClickHouseSnapshot(BaseModel):
     version: str
-    database: str
-    freeze_name: str = Field(description="ALTER TABLE ... FREEZE WITH NAME of this snapshot")
+    database: str = Field(pattern=CLICKHOUSE_NAME.pattern)
+    freeze_name: str = Field(
+        description="ALTER TABLE ... FREEZE WITH NAME of this snapshot", pattern=r"^[A-Za-z0-9_]+$"
+    )
     tables: list[ClickHouseTable]
     newest_event: str | None = Field(
         default=None, description="max(timestamp) of Snuba's errors table, if it has one"
     )
     newest_event_id: str | None = Field(
-        default=None, description="the event id of that newest row (a drill reads its payload)"
+        default=None,
+        description="the event id of that newest row (a drill reads its payload)",
+        pattern=r"^[0-9a-fA-F-]{32,36}$",
     )
 
 

@@ -75,8 +75,10 @@ def test_the_checksum_hashes_what_select_star_reads_and_aggregate_states_finaliz
 
 def test_a_restore_creates_each_table_before_what_reads_it_and_never_a_kafka_consumer():
     def t(name: str, engine: str, copied: bool = False, why: str = "") -> ClickHouseTable:
-        return ClickHouseTable(database="default", name=name, engine=engine, create="CREATE ...",
-                               copied=copied, why=why or engine)  # fmt: skip
+        kind = "MATERIALIZED VIEW" if engine == "MaterializedView" else "TABLE"
+        create = f"CREATE {kind} default.{name} (x UInt8)"
+        return ClickHouseTable(database="default", name=name, engine=engine, copied=copied,
+                               create=create, why=why or engine)  # fmt: skip
 
     snapshot = ClickHouseSnapshot(version="25.3", database="default", freeze_name="f", tables=[
         t("outcomes_mv", "MaterializedView"), t("discover_local", "Merge"),
@@ -90,3 +92,34 @@ def test_a_restore_creates_each_table_before_what_reads_it_and_never_a_kafka_con
         "discover_local",
         "outcomes_mv",
     ]
+
+
+GOOD = {"database": "default", "name": "errors_local", "engine": "ReplacingMergeTree",
+        "create": "CREATE TABLE default.errors_local\n(\n    `project_id` UInt64\n) ENGINE = X",
+        "copied": True, "why": "frozen", "data_path": "store/3f2/3f2a-uuid/",
+        "parts": ["20260101_1_1_0", "all_2_2_0"], "rows": 1, "checksum": "123"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("name", "t`; DROP TABLE x", "not a ClickHouse name"),
+        ("database", "default` ", "not a ClickHouse name"),
+        ("parts", ["all_1_1_0'); DROP TABLE x; --"], "not ClickHouse part names"),
+        ("data_path", "../../etc/", "not a path inside"),
+        ("data_path", "/var/lib/clickhouse/data/", "not a path inside"),
+        ("create", "CREATE TABLE default.other (x UInt8) ENGINE = Log", "not one CREATE"),
+        ("create", "DROP TABLE default.errors_local", "not one CREATE"),
+        ("checksum", "1 OR 1", "not a number"),
+    ],
+)
+def test_a_manifest_table_that_would_reach_sql_or_a_shell_unchecked_is_refused(
+    field, value, message
+):
+    """Checked on every manifest read, sealed or not (an unsealed manifest is anybody's text)."""
+    ClickHouseTable(**GOOD)
+    with pytest.raises(ValueError, match=message):
+        ClickHouseTable(**{**GOOD, field: value})
+    with pytest.raises(ValueError):
+        ClickHouseSnapshot(version="18.16.1", database="default", freeze_name="x; rm -rf /",
+                           tables=[])  # fmt: skip
