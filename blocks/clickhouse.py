@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from blocks.backup_set import ClickHouseSnapshot, ClickHouseTable
+from blocks.backup_set import CLICKHOUSE_NAME, ClickHouseSnapshot, ClickHouseTable
 from blocks.layouts import DataVolume, Role
 from blocks.sentry_host import SentryHost
 from blocks.ssh import RemoteCommandError
@@ -54,7 +54,7 @@ NOT_RECREATED = {
     "Distributed": "a Distributed table: not recreated (it would reach production's shards)",
 }
 VIEWS = ("View", "MaterializedView")
-SAFE_NAME = re.compile(r"^[A-Za-z0-9_.$-]+$")
+SAFE_NAME = CLICKHOUSE_NAME  # what a manifest may carry is what we quote
 MERGES_DEADLINE = 900  # s: the host restarts merges by itself after this, whatever happened
 
 
