@@ -17,6 +17,9 @@ from blocks.result import Result, Status
 from blocks.sentry_host import ComposeContext, SentryHost
 
 DRILL_COMPOSE = "docker-compose.drill.yml"
+# written first into every scratch directory: what a teardown may remove carries it
+DRILL_MARKER = ".sentry-ops-drill"
+WORKING_DIR = "com.docker.compose.project.working_dir"
 DRILL_LABEL = "sentry-ops.drill"
 # a Docker image reference: [registry[:port]/]path[:tag][@digest], nothing YAML could misread
 IMAGE_REF = re.compile(
@@ -214,7 +217,9 @@ def prepare(
     prod_images = {name: svc.get("image") for name, svc in prod_config["services"].items()}
     check_images(images, prod_images, set(drill.allowed_images))
     d = scratch.project_dir
+    not_ours(scratch)  # a leftover of ours was removed by now; anything else stays untouched
     scratch.makedirs(d)
+    scratch.put(f"{d}/{DRILL_MARKER}", f"scratch stack of {prod.label}\n".encode(), mode=0o644)
     if config is not None:
         scratch.extract_tar(d, config)
         source = "the backup's (decrypted) config"
@@ -321,12 +326,37 @@ def teardown(scratch: SentryHost, prod: SentryHost) -> str:
     d = scratch.project_dir
     if d == prod.project_dir or scratch.project == prod.project or d.count("/") < 2:
         raise DrillError(f"refusing to remove {d}: not a scratch stack")
+    not_ours(scratch)
     if scratch.exists(f"{d}/docker-compose.yml"):
         scratch.compose_down(remove_volumes=True, stop_timeout=5)
     scratch.remove_volumes(scratch.volumes_labelled(f"{DRILL_LABEL}={scratch.project}"))
     scratch.remove_tree(d)
     left = scratch.leftovers()
     return f"leftovers: {left}" if left else "no containers or volumes left"
+
+
+def not_ours(scratch: SentryHost) -> None:
+    """Refuse, before anything is touched, a scratch name that another stack holds: a directory
+    without the drill's marker (drill.suffix="staging" would name a real /opt/sentry-staging),
+    or containers of the scratch project started from another directory."""
+    d = scratch.project_dir
+    if scratch.exists(d) and not scratch.exists(f"{d}/{DRILL_MARKER}"):
+        raise DrillError(
+            f"refusing to touch {d}: it has no {DRILL_MARKER}, so no drill made it (another "
+            "stack's directory, or one left by a sentry-ops older than the marker: remove that "
+            "yourself); choose another drill.suffix (nothing was changed)"
+        )
+    containers = scratch.leftovers_argv()[0]
+    ids = scratch.run(containers).text.split()
+    if ids:
+        fmt = "{{index .Config.Labels " + f'"{WORKING_DIR}"' + "}}"
+        dirs = set(scratch.run(["docker", "inspect", "-f", fmt, *ids]).text.split())
+        if dirs - {d}:
+            raise DrillError(
+                f"refusing to touch compose project {scratch.project}: its containers were "
+                f"started from {sorted(dirs - {d})}, not by a drill in {d}; choose another "
+                "drill.suffix (nothing was changed)"
+            )
 
 
 def has_leftovers(scratch: SentryHost) -> bool:

@@ -389,6 +389,8 @@ def drill_leftovers(host: SentryHost, dry_run: bool, now: dt.datetime) -> Result
             detail = scratch_stack.teardown(scratch, host)
     except LockTimeout:
         return Result(name, Status.WARNING, "kept: a drill holds its lock")
+    except DrillError as exc:  # another stack holds the name: never ours to remove
+        return Result(name, Status.WARNING, f"kept: {exc}")
     return Result(name, Status.DONE, f"removed; {detail}", reclaimed=size)
 
 

@@ -20,6 +20,7 @@ from prefect.exceptions import ParameterTypeError
 from blocks import backup_set, metrics, postgres
 from blocks.backup_set import SetError
 from blocks.backup_store import BackupStore
+from blocks.scratch import scratch_of
 from flows.backup import backup
 from flows.health import health_check
 from flows.restore_drill import DrillError, DrillStack, restore_drill
@@ -325,3 +326,22 @@ def test_a_killed_drill_is_cleaned_up_by_the_next_one(
     result = restore_drill(saved_host, store_name, backup_id=taken["backup_id"], drill=DRILL)
     assert result["passed"]
     assert leftovers(project) == [] and not Path(f"{sentry_host.project_dir}-drill").exists()
+
+
+def test_a_suffix_naming_another_stack_is_refused_and_that_stack_left_alone(
+    sentry_host, saved_host, store_name
+):
+    """drill.suffix="staging" names `<project dir>-staging`: a real stack's directory (no drill's
+    marker in it) is refused before anything is touched, not torn down."""
+    other = scratch_of(sentry_host, None, DrillStack(suffix="staging")).project_dir
+    assert not sentry_host.exists(other)
+    sentry_host.makedirs(other)
+    sentry_host.put(f"{other}/docker-compose.yml", b"services: {}\n", mode=0o644)
+    try:
+        backup(saved_host, store_name)
+        with pytest.raises(DrillError, match=rf"refusing to touch {re.escape(other)}: it has no "
+                           r"\.sentry-ops-drill"):  # fmt: skip
+            restore_drill(saved_host, store_name, drill=DrillStack(suffix="staging"))
+        assert sentry_host.get(f"{other}/docker-compose.yml") == b"services: {}\n"
+    finally:
+        sentry_host.remove_tree(other)
