@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 from blocks import nodestore
+from blocks.backup_set import ClickHouseSnapshot, ClickHouseTable
+from blocks.clickhouse import checksum_expression, classify, recreated
 from blocks.dotenv import parse_env
 from blocks.host_compose import parse_ps
 from blocks.host_data import project_binds
@@ -231,3 +233,39 @@ def test_every_repo_file_a_service_mounts_goes_into_the_config():
     ]
     config = {"services": {"a": {"volumes": mounts}}}
     assert project_binds(config, "/opt/sentry/") == relative
+
+
+# 6. Snuba's real ClickHouse tables (its migrations at the tag self-hosted 26.8.0 pins)
+def snuba_snapshot() -> ClickHouseSnapshot:
+    snuba = sample("snuba_clickhouse_tables")
+    tables = []
+    for t in snuba["tables"] + [{**v, "engine": "MaterializedView"} for v in snuba["views"]]:
+        copied, why = classify(t["engine"])
+        tables.append(ClickHouseTable(database="default", name=t["name"], engine=t["engine"],
+                                      create=t["create"], copied=copied, why=why))  # fmt: skip
+    return ClickHouseSnapshot(version="25.3", database="default", freeze_name="x", tables=tables)
+
+
+def test_snubas_tables_are_all_known_and_their_ddl_passes_the_manifest_checks():
+    snapshot = snuba_snapshot()  # every create is one CREATE of exactly that table
+    assert not [t.name for t in snapshot.tables if t.why.startswith("UNKNOWN")]
+    assert {t.name for t in snapshot.tables if t.engine == "Merge"} == {"discover_local"}
+
+
+def test_a_restore_creates_snubas_tables_before_what_reads_them():
+    snuba = sample("snuba_clickhouse_tables")
+    order = [t.name for t in recreated(snuba_snapshot())]
+    assert order.index("discover_local") > max(
+        order.index("errors_local"), order.index("transactions_local")
+    )
+    for view in snuba["views"]:
+        assert order.index(view["name"]) > order.index(view["to"].split(".")[-1]), view["name"]
+
+
+def test_aggregate_states_are_finalized_in_the_checksum():
+    snuba = sample("snuba_clickhouse_tables")
+    table = next(t for t in snuba["tables"] if t["engine"] == "AggregatingMergeTree")
+    states = [n for n, type_ in table["columns"] if type_.startswith("AggregateFunction(")]
+    assert states
+    expression = checksum_expression([(n, type_, "") for n, type_ in table["columns"]])
+    assert all(f"finalizeAggregation(`{n}`)" in expression for n in states)
