@@ -212,12 +212,20 @@ def install_files(layout: str, name: str, info: dict) -> None:
         for volume in EXTERNAL_VOLUMES:
             owner = sh("docker", "volume", "inspect", "-f",
                        f'{{{{index .Labels "{SANDBOX_LABEL}"}}}}', volume, check=False)  # fmt: skip
-            if owner.returncode == 0 and owner.stdout.strip() != str(STATE):
-                raise RuntimeError(
-                    f"Docker volume {volume} exists and is not this sandbox's "
-                    f"({owner.stdout.strip() or 'not a sandbox volume'}): a self-hosted install "
-                    "owns it. Run `bash infra/run.sh down` in that checkout, or remove it"
-                )
+            holder = owner.stdout.strip()
+            if owner.returncode == 0 and holder != str(STATE):
+                if not abandoned(holder):
+                    raise RuntimeError(
+                        f"Docker volume {volume} exists and is not this sandbox's "
+                        f"({holder or 'not a sandbox volume'}): a self-hosted install owns it. "
+                        "Run `bash infra/run.sh down` in that checkout, or remove it"
+                    )
+                log(f"Docker volume {volume} was left by a sandbox that is down ({holder}): "
+                    "removing it and the containers that use it")  # fmt: skip
+                users = sh("docker", "ps", "-aq", "--filter", f"volume={volume}").stdout.split()
+                if users:
+                    sh("docker", "rm", "-f", *users)
+                sh("docker", "volume", "rm", "-f", volume)
             sh("docker", "volume", "create", "--label", f"{SANDBOX_LABEL}={STATE}", volume)
         # an operator's override, the way self-hosted documents it: .env.custom wins over .env
         custom = {"SENTRY_BIND": values.pop("SENTRY_BIND"), "SENTRY_EVENT_RETENTION_DAYS": "90"}
@@ -225,6 +233,12 @@ def install_files(layout: str, name: str, info: dict) -> None:
     write_private(env_file, "".join(f"{k}={v}\n" for k, v in values.items()))
     if layout == "self-hosted":
         release_checkout(d, values)
+
+
+def abandoned(owner: str) -> bool:
+    """A sandbox's volume whose sandbox is down (no connection file: it was killed, or its state
+    dir is gone, e.g. another machine's path); a volume without the label is never taken."""
+    return bool(owner) and not (Path(owner) / "connection.json").exists()
 
 
 def release_checkout(d: Path, values: dict) -> None:
