@@ -7,7 +7,9 @@ transport."""
 from __future__ import annotations
 
 import contextlib
+import io
 import posixpath
+import tarfile
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
@@ -51,6 +53,28 @@ if [ "$code" != 0 ]; then
     exit "$code"
 fi
 """
+# Arguments: a `docker create` argv. Its container gets the tar on stdin (a secret file, 0600),
+# then starts; a failed copy removes it (never left "created", which a job would wait on).
+SECRET_FILE_JOB = r"""set -e
+cid=$("$@")
+if ! docker cp - "$cid:/"; then docker rm -f "$cid" >/dev/null; exit 1; fi
+exec docker start "$cid"
+"""
+
+
+def secret_tar(name: str, data: bytes) -> bytes:
+    """A tar of one file `name`, mode 0600, owned by root: what `docker cp - <container>:/`
+    unpacks as /<name> (no directory entries: the image's own keep their modes)."""
+    if "/" in name:
+        raise ValueError(f"a secret file's name, not a path: {name!r}")
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), 0o600
+        tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
 # the transport's stdin convention: a throwaway container's first stdin line is a secret (a
 # pgpass line); an empty line when there is none
 NO_SECRET = b"\n"
@@ -115,15 +139,17 @@ class DataVerbs:
                 *self.pull_argv(), "--entrypoint", tool, image, *args]  # fmt: skip
 
     def tool_job_argv(
-        self, name: str, labels: dict[str, str], netns: str, *command: str, env_stdin: bool = False
+        self, name: str, labels: dict[str, str], netns: str, *command: str, secret_file: str = ""
     ) -> list[str]:
         """`command` of the tool image, detached, named `name`, in the network namespace of the
-        container `netns`; with `env_stdin`, its environment (a secret) is read from this SSH
-        command's stdin by the docker CLI, never argv."""
-        env = ["--env-file", "/dev/stdin"] if env_stdin else []
-        return ["docker", "run", "-d", "--name", name, *commands.labels(labels), *env, "--network",
-                f"container:{netns}", *self.pull_argv(), "--entrypoint", command[0],
-                self.tool_image, *command[1:]]  # fmt: skip
+        container `netns`. With `secret_file`, the container is created, then given that file
+        from this SSH command's stdin (a tar, `secret_tar`) before it starts: the secret is in
+        neither argv nor the container's environment (`docker inspect` shows no secret)."""
+        verb = ["create"] if secret_file else ["run", "-d"]
+        create = ["docker", *verb, "--name", name, *commands.labels(labels), "--network",
+                  f"container:{netns}", *self.pull_argv(), "--entrypoint", command[0],
+                  self.tool_image, *command[1:]]  # fmt: skip
+        return ["sh", "-c", SECRET_FILE_JOB, "sentry-ops", *create] if secret_file else create
 
     def pull_argv(self) -> list[str]:
         return [] if self.pull_images else ["--pull", "never"]

@@ -208,6 +208,14 @@ class DockerVerbs:
         """`docker volume rm` (never forced: a volume in use stays, with an error)."""
         self.run(["docker", "volume", "rm", name], timeout=120)
 
+    def engine_id(self) -> str:
+        """The Docker engine's own ID: one engine however SSH reaches it."""
+        return self.run(["docker", "info", "--format", "{{.ID}}"], timeout=30).text.strip()
+
+    def listening(self) -> frozenset[int]:
+        """TCP ports something listens on, on the host (`ss`)."""
+        return listening_ports(self.run(FACT_ARGV["listening"], timeout=30).text)
+
     def facts(self) -> HostFacts:
         """What bootstrap's preflight judges: versions, CPU, memory, free disk, open ports."""
         text = {name: self.run(argv, timeout=30).text for name, argv in FACT_ARGV.items()}

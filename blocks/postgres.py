@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from blocks.host_data import secret_tar
 from blocks.layouts import Role
 from blocks.sentry_host import SentryHost
 from blocks.ssh import Prefixed, RemoteCommandError
@@ -243,6 +244,10 @@ def check_tool(host: SentryHost, image: str, server: str, tool: str = "pg_dump")
         )
 
 
+# the pgpass file a detached job's psql reads, in its container's root (blocks/host_data.py)
+PGPASS_FILE = "sentry-ops-pgpass"
+
+
 def pgpass(password: str | None) -> bytes:
     """A pgpass line for any host/port/db (stdin of the remote runner, never argv)."""
     if password is None:
@@ -332,13 +337,35 @@ def restore(host: SentryHost, image: str, source: BinaryIO, where: Target | None
     return time.monotonic() - started
 
 
-def recreate_database(host: SentryHost) -> None:
-    """Drop the stack's database (its connections ended) and create it empty, for a restore
-    that puts a whole backup back (an upgrade's rollback). Run from `template1`."""
+def set_aside_database(host: SentryHost, suffix: str) -> str:
+    """Rename the stack's database to `<db>_<suffix>` (its connections ended) and create it
+    empty, for a restore that puts a whole backup back (an upgrade's rollback): the old one
+    stays until the restore is proven (`drop_database`) or is put back (`put_back_database`).
+    Run from `template1`; returns the old database's new name."""
+    where = target(host)
+    aside = f"{where.db}_{suffix}"[:63]
+    with psql(host, dataclasses.replace(where, db="template1")) as db:
+        db.rows(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+            f"{_literal(where.db)} AND pid <> pg_backend_pid()"
+        )
+        db.rows(f"ALTER DATABASE {_ident(where.db)} RENAME TO {_ident(aside)}")
+        db.rows(f"CREATE DATABASE {_ident(where.db)} OWNER {_ident(where.user)}")
+    return aside
+
+
+def put_back_database(host: SentryHost, aside: str) -> None:
+    """Undo `set_aside_database`: the half-restored database goes, the old one is back."""
     where = target(host)
     with psql(host, dataclasses.replace(where, db="template1")) as db:
         db.rows(f"DROP DATABASE IF EXISTS {_ident(where.db)} WITH (FORCE)")
-        db.rows(f"CREATE DATABASE {_ident(where.db)} OWNER {_ident(where.user)}")
+        db.rows(f"ALTER DATABASE {_ident(aside)} RENAME TO {_ident(where.db)}")
+
+
+def drop_database(host: SentryHost, name: str) -> None:
+    where = target(host)
+    with psql(host, dataclasses.replace(where, db="template1")) as db:
+        db.rows(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)")
 
 
 # -- space: what tables hold, what VACUUM gives back ---------------------------------------------
@@ -410,23 +437,23 @@ def vacuum_job(
 ) -> Callable[[str, dict[str, str]], list[str]]:
     """How to start the statements as a detached job (blocks/jobs.py) next to the database:
     psql of the tool image in the postgres container's network namespace; a password reaches it
-    through the docker CLI's stdin (`--env-file /dev/stdin`), never argv."""
-    command = ["psql", "-X", "-e", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p",
+    as a 0600 pgpass file copied into the created container from stdin (`password_file`), never
+    argv or the container's environment."""
+    passfile = ["env", f"PGPASSFILE=/{PGPASS_FILE}"] * (where.password is not None)
+    command = [*passfile, "psql", "-X", "-e", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p",
                str(where.port), "-U", where.user, "-d", where.db, "--no-password"]  # fmt: skip
     command += [a for sql in statements for a in ("-c", sql)]
 
     def start(name: str, labels: dict[str, str]) -> list[str]:
-        return host.tool_job_argv(
-            name, labels, where.container, *command, env_stdin=where.password is not None
-        )
+        secret = PGPASS_FILE if where.password is not None else ""
+        return host.tool_job_argv(name, labels, where.container, *command, secret_file=secret)
 
     return start
 
 
-def password_env(where: Target) -> bytes | None:
-    """The stdin of a detached job's `docker run --env-file /dev/stdin` (None: no password)."""
+def password_file(where: Target) -> bytes | None:
+    """The stdin of a detached job (`tool_job_argv(secret_file=PGPASS_FILE)`): a tar of the
+    pgpass file the job's psql reads (None: no password)."""
     if where.password is None:
         return None
-    if "\n" in where.password:
-        raise PostgresError("the Postgres password contains a newline: it cannot be passed on")
-    return f"PGPASSWORD={where.password}\n".encode()
+    return secret_tar(PGPASS_FILE, pgpass(where.password))

@@ -12,6 +12,7 @@ import time
 import yaml
 from pydantic import BaseModel, Field
 
+from blocks.backup_set import BackupManifest
 from blocks.dotenv import parse_env, render_env
 from blocks.result import Result, Status
 from blocks.sentry_host import ComposeContext, SentryHost
@@ -93,7 +94,7 @@ def scratch_env(current: dict[str, str], drill: DrillStack) -> dict[str, str]:
 def scratch_of(prod: SentryHost, target: SentryHost | None, drill: DrillStack) -> SentryHost:
     """The scratch stack's host block: production's layout and names, the drill host's SSH,
     its own project dir and name, shifted ports. Validated like any block."""
-    same = target is None or prod.transport.target == target.transport.target
+    same = target is None or same_engine(prod, target)
     external = [v for v in prod.stack.volumes.values() if v.external]
     if same and external:
         raise DrillError(
@@ -103,7 +104,12 @@ def scratch_of(prod: SentryHost, target: SentryHost | None, drill: DrillStack) -
         )
     base = posixpath.dirname(prod.project_dir) if same else target.project_dir
     where = target or prod
-    update: dict = {"ssh": where.ssh}
+    # the drill engine's own SSH, data dir (its free space) and socket
+    update: dict = {
+        "ssh": where.ssh,
+        "docker_data_dir": where.docker_data_dir,
+        "docker_socket": where.docker_socket,
+    }
     o = drill.port_offset
     update |= {
         "project_dir": posixpath.join(
@@ -133,13 +139,80 @@ def _ports(config: dict) -> set[str]:
     return taken
 
 
-def isolation_problems(prod: dict, scratch: dict, same_engine: bool) -> list[str]:
-    """What the scratch project would share with production (empty: isolated)."""
+def _overlap(a: set[str], b: set[str]) -> list[str]:
+    """Paths of `a` that are, contain or sit inside a path of `b`."""
+
+    def within(inner: str, outer: str) -> bool:
+        return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+
+    norm = {posixpath.normpath(x) for x in b}
+    return sorted(
+        p
+        for p in {posixpath.normpath(x) for x in a}
+        if any(within(p, q) or within(q, p) for q in norm)
+    )
+
+
+def _host_paths(config: dict) -> set[str]:
+    """Host paths a resolved project mounts: bind sources, and the devices of named volumes bound
+    to a host path (`driver_opts: {type: none, o: bind, device: /srv/...}`)."""
+    binds = {
+        v.get("source")
+        for s in (config.get("services") or {}).values()
+        for v in s.get("volumes") or []
+        if v.get("type") == "bind" and v.get("source")
+    }
+    devices = {
+        (v.get("driver_opts") or {}).get("device")
+        for v in (config.get("volumes") or {}).values()
+        if (v.get("driver_opts") or {}).get("device")
+    }
+    return binds | devices
+
+
+def _networks(config: dict) -> dict[str, bool]:
+    """Docker network name -> external, of the networks the project's services join."""
+    declared = config.get("networks") or {}
+    used = {}
+    for svc in (config.get("services") or {}).values():
+        if svc.get("network_mode"):
+            continue
+        for key in svc.get("networks") or {"default": None}:
+            net = declared.get(key) or {}
+            used[net.get("name") or key] = bool(net.get("external"))
+    return used
+
+
+def _reaches_out(config: dict) -> list[str]:
+    """What joins the project to containers it does not own: external_links, volumes_from and
+    network_mode naming a container."""
+    found = []
+    for name, svc in sorted((config.get("services") or {}).items()):
+        found += [f"{name}: external_links {link}" for link in svc.get("external_links") or []]
+        found += [
+            f"{name}: volumes_from {src}"
+            for src in svc.get("volumes_from") or []
+            if str(src).startswith("container:")
+        ]
+        if str(svc.get("network_mode") or "").startswith("container:"):
+            found.append(f"{name}: network_mode {svc['network_mode']}")
+    return found
+
+
+def isolation_problems(
+    prod: dict, scratch: dict, same_engine: bool, listening: frozenset[int] = frozenset()
+) -> list[str]:
+    """What the scratch project would share with production, or reach besides its own (empty:
+    isolated). Host paths and ports are compared whatever the engine (a drill engine may share
+    the machine's disk and network); names of volumes, containers and networks on one engine."""
     problems = []
     if prod.get("name") == scratch.get("name"):
         problems.append(f"the same compose project name {scratch.get('name')!r}")
-    if shared := _ports(prod) & _ports(scratch):
+    ports = _ports(scratch)
+    if shared := _ports(prod) & ports:
         problems.append(f"host ports {sorted(shared)}")
+    if busy := {p for p in ports if p.isdigit() and int(p) in listening} - _ports(prod):
+        problems.append(f"host ports {sorted(busy)} that something already listens on")
     if same_engine:
         names = [
             {v.get("name") for v in (c.get("volumes") or {}).values()} for c in (prod, scratch)
@@ -152,17 +225,15 @@ def isolation_problems(prod: dict, scratch: dict, same_engine: bool) -> list[str
         ]
         if shared := containers[0] & containers[1]:
             problems.append(f"container names {sorted(shared)}")
-    binds = [
-        {
-            v.get("source")
-            for s in (c.get("services") or {}).values()
-            for v in s.get("volumes") or []
-            if v.get("type") == "bind"
-        }
-        for c in (prod, scratch)
-    ]
-    if shared := binds[0] & binds[1]:
-        problems.append(f"bind-mount sources {sorted(shared)}")
+        nets = _networks(scratch)
+        if shared := set(nets) & set(_networks(prod)):
+            problems.append(f"networks {sorted(shared)}")
+        if external := sorted(n for n, ext in nets.items() if ext and n not in shared):
+            problems.append(f"external networks {external}")
+    if shared := _overlap(_host_paths(scratch), _host_paths(prod)):
+        problems.append(f"host paths {shared} (bind mounts or volumes bound to a device)")
+    if outside := _reaches_out(scratch):
+        problems.append(f"containers it does not own ({'; '.join(outside)})")
     return problems
 
 
@@ -249,7 +320,9 @@ def prepare(
         "COMPOSE_FILE": ":".join(f"{d}/{f}" for f in [*files, DRILL_COMPOSE]),
     }
     scratch.put(f"{d}/.env", render_env(current, wanted).encode(), mode=0o600)
-    clashes = isolation_problems(prod_config, scratch.compose_config(), same_engine(prod, scratch))
+    clashes = isolation_problems(
+        prod_config, scratch.compose_config(), same_engine(prod, scratch), scratch.listening()
+    )
     if clashes:
         scratch.remove_tree(d)
         raise DrillError(
@@ -259,8 +332,33 @@ def prepare(
     return source
 
 
+def disk_need(manifest: BackupManifest) -> int:
+    """Bytes a drill writes on its engine: every restored object at its size before compression
+    (Postgres: the database's size recorded at the dump), plus 10 % and 1 GiB."""
+    restored = sum(o.raw_size or o.size for o in manifest.objects if o.name != "config")
+    return (1 << 30) + restored + restored // 10
+
+
+def check_room(scratch: SentryHost, manifest: BackupManifest) -> Result:
+    """Refuse a drill its engine has no room for: a same-host drill writes on production's disk."""
+    need = disk_need(manifest)
+    _, free = scratch.disk_free()
+    figures = f"{need / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free in {scratch.docker_data_dir}"
+    if free < need:
+        raise DrillError(
+            f"{scratch.label}: no room for the drill of {manifest.backup_id} ({figures}, the "
+            "restored set with a margin): run it on a drill host with room (drill_host=...) or "
+            "free space; nothing was changed"
+        )
+    return Result("disk room", Status.OK, figures)
+
+
 def same_engine(prod: SentryHost, scratch: SentryHost) -> bool:
-    return scratch.transport.target == prod.transport.target
+    """One Docker engine, told by the engine's own ID (`docker info`), not by the SSH address:
+    the same machine reached by another name, address or user is the same engine."""
+    return scratch.transport.target == prod.transport.target or (
+        scratch.engine_id() == prod.engine_id()
+    )
 
 
 def bring_images(prod: SentryHost, scratch: SentryHost) -> Result:

@@ -25,6 +25,7 @@ from typing import BinaryIO, Literal
 from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
+from blocks import host_lease
 from blocks.dotenv import parse_env
 from blocks.host_compose import ComposeVerbs
 from blocks.host_data import DataVerbs
@@ -243,6 +244,8 @@ class SentryHost(ComposeVerbs, DockerVerbs, DataVerbs, ProjectVerbs, SentryVerbs
 
     @property
     def transport(self) -> SSHTransport:
+        """The one way to the host; refused once this process lost a lock lease on it."""
+        host_lease.check(self.ssh.target)
         return SSHTransport(self.ssh.target)
 
     @property

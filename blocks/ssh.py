@@ -13,6 +13,7 @@ import hashlib
 import io
 import logging
 import os
+import posixpath
 import select
 import shlex
 import socket
@@ -415,10 +416,14 @@ class SSHTransport:
 
     # -- files ------------------------------------------------------------------------------
     def put(self, path: str, data: bytes | BinaryIO, *, mode: int = 0o600) -> None:
-        """Write a file atomically: a temp file made `mode` before any byte lands, then renamed."""
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        """Write a file atomically: into a fresh 0700 directory beside it (so no one else can
+        open the file before it has its mode: SFTP creates it with the server's umask), made
+        `mode` before any byte lands, then renamed into place."""
+        tmp_dir = f"{posixpath.dirname(path) or '.'}/.sentry-ops-tmp-{uuid.uuid4().hex[:8]}"
+        tmp = f"{tmp_dir}/{posixpath.basename(path)}"
         source = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
         with self.client().open_sftp() as sftp:
+            sftp.mkdir(tmp_dir, mode=0o700)
             try:
                 with sftp.open(tmp, "wb") as handle:
                     sftp.chmod(tmp, mode)
@@ -430,6 +435,9 @@ class SSHTransport:
                 with contextlib.suppress(Exception):
                     sftp.remove(tmp)
                 raise
+            finally:
+                with contextlib.suppress(Exception):
+                    sftp.rmdir(tmp_dir)
 
     def get(self, path: str) -> bytes:
         with self.client().open_sftp() as sftp, sftp.open(path, "rb") as handle:
@@ -506,18 +514,40 @@ class SSHTransport:
                     chan.close()
 
 
+def tcp_sockets(table: str) -> list[tuple[tuple[str, int], tuple[str, int], int, str]]:
+    """(local, remote, uid, inode) of each IPv4 socket in a /proc/net/tcp text (the format of
+    the Linux kernel's Documentation/networking/proc_net_tcp.rst: addresses as little-endian hex
+    `0100007F:1F90`, uid the 8th field, inode the 10th)."""
+
+    def address(text: str) -> tuple[str, int]:
+        ip, port = text.split(":")
+        return socket.inet_ntoa(int(ip, 16).to_bytes(4, "little")), int(port, 16)
+
+    rows = []
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 10:
+            rows.append((address(fields[1]), address(fields[2]), int(fields[7]), fields[9]))
+    return rows
+
+
 def own_client(conn: socket.socket) -> bool:
-    """Whether the peer of an accepted loopback connection is a socket of this very process
-    (Linux: the peer's socket inode, from /proc/net/tcp, is among /proc/self/fd). A tunnel's
-    local port is then of use to the flow's own client only, not to other users of the worker."""
-    peer_port = conn.getpeername()[1]
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == peer_port:
-                    inodes.add(fields[9])
+    """Whether the peer of an accepted loopback connection is a socket of this very process: the
+    kernel's socket whose local address is the peer's and whose remote address is this listener's
+    (both address and port: a process binding 127.0.0.2 with the same port is another socket)
+    belongs to this process's user and its inode is among /proc/self/fd. A tunnel's local port is
+    then of use to the flow's own client only, not to other users or processes of the worker."""
+    peer, here = conn.getpeername()[:2], conn.getsockname()[:2]
+    try:
+        with open("/proc/net/tcp") as f:
+            table = f.read()
+    except OSError:
+        return False
+    inodes = {
+        inode
+        for local, remote, uid, inode in tcp_sockets(table)
+        if local == peer and remote == here and uid == os.getuid()
+    }
     mine = set()
     for fd in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):

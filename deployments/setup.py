@@ -22,6 +22,7 @@ from typing import Any
 
 from prefect_aws import AwsCredentials
 
+from blocks import host_lease
 from blocks.backup_store import BackupStore
 from blocks.sentry_host import SentryHost
 from blocks.ssh_connection import SSHConnection
@@ -43,6 +44,8 @@ def setup(config: Config, say: Callable[[str], None] = print) -> dict[str, Any]:
     from flows.shared import ensure_lock, lock_name
 
     planned = plan_deployments(config)  # before any change: a template error stops here
+    with get_client(sync_client=True) as client:
+        say(f"host lock leases: {lease_storage(client)}")
     for block_type in (SSHConnection, SentryHost, BackupStore, Secret, AwsCredentials):
         block_type.register_type_and_schema()
     say(
@@ -80,6 +83,19 @@ def setup(config: Config, say: Callable[[str], None] = print) -> dict[str, Any]:
             say("no [alerts] table: no alert automations (see deployments/hosts.example.toml)")
     say(f"start a worker: prefect worker start --pool {config.prefect.work_pool}")
     return {"deployments": deployments, "automations": automations}
+
+
+def lease_storage(client) -> str:
+    """The server's lease storage, refused when it keeps leases in memory (a restart would
+    leave a held host lock taken for good); a server that does not show its settings (Prefect
+    Cloud) is trusted."""
+    try:
+        settings = client.request("GET", "/admin/settings").json()
+    except Exception as exc:
+        return f"not readable from this server ({exc.__class__.__name__}): assumed durable"
+    if problem := host_lease.lease_storage_problem(settings):
+        raise ConfigError(f"[prefect]: {problem}; nothing was changed")
+    return settings["server"]["concurrency"]["lease_storage"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -324,7 +324,7 @@ def vacuum_postgres(host: SentryHost, full_tables: list[str], dry_run: bool) -> 
         postgres.vacuum_job(host, where, statements),
         run_id=run_id(),
         on_line=lambda line: logger.info("vacuum: %s", line),
-        stdin=postgres.password_env(where),
+        stdin=postgres.password_file(where),
     )
     if problem := job.failure(f"{host.label}: VACUUM"):
         raise CleanupError(problem)

@@ -6,14 +6,17 @@ Runbook, in order:
    set and keep every object in the set's folder;
 2. verify every object's size and sha256 against the manifest, before anything is created;
 3. under the scratch stack's host lock: remove what a killed earlier drill left (same scratch
-   name), then build the scratch stack on the drill host (default: the same host, for layouts
-   whose volumes are per project; another Docker host for layouts with external volumes): its
-   own directory, compose project and
-   ports (every port of its `.env` shifted by the drill, never inherited from production), the
-   image tags the manifest recorded (limited to production's own images, or `allowed_images`),
-   the config restored from the backup; then its resolved config is checked against
-   production's (project, volume and container names, ports, bind-mount sources) before anything
-   runs: a clash is refused, naming it;
+   name); refuse when the drill engine's disk has no room for the restored set (every object's
+   size before compression, Postgres at its recorded database size, plus 10 % and 1 GiB); then
+   build the scratch stack on the drill host (default: the same host, for layouts whose volumes
+   are per project; another Docker host for layouts with external volumes): its own directory
+   (marked as a drill's), compose project and ports (every port of its `.env` shifted by the
+   drill, never inherited from production), the image tags the manifest recorded (limited to
+   production's own images, or `allowed_images`), the config restored from the backup; then its
+   resolved config is checked against production's before anything runs (project, volume,
+   container and network names on one engine, told by the engine's ID; host paths of binds and
+   device-bound volumes, ports published or already listening, external networks, links into
+   other containers): a clash is refused, naming it;
 4. Postgres: S3 -> decrypted on the worker -> SSH -> FIFO -> pg_restore next to the scratch
    Postgres (an empty database only); data volumes: S3 -> decrypted -> SSH -> zstd -d | tar on
    the host; the stored bytes of each object hashed as it is restored, compared with the manifest;
@@ -139,6 +142,12 @@ def prepare_scratch(
     return scratch_stack.prepare(prod, scratch, config, manifest.images, drill)
 
 
+@task(cache_policy=NO_CACHE, timeout_seconds=120)
+def check_room(scratch: SentryHost, manifest: BackupManifest) -> Result:
+    """What the drill will write against the drill engine's free space."""
+    return scratch_stack.check_room(scratch, manifest)
+
+
 @task(cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
 def bring_images(prod: SentryHost, scratch: SentryHost) -> Result:
     """The images the scratch stack runs onto the drill engine, copied from production."""
@@ -248,6 +257,7 @@ def restore_and_check(
     rto = None
     t = time.monotonic()
     out.stage("clear leftovers", t, clear_leftovers(scratch, prod))
+    out.add(check_room(scratch, manifest))  # refused here: nothing was written
     healthy = False
     try:
         t = time.monotonic()

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
+from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.artifacts import (
@@ -20,13 +21,12 @@ from prefect.blocks.core import Block
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
 from prefect.events import emit_event
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import flow_run
 from prefect.variables import Variable
 
-from blocks import backup_set, restore, retention, sentry_web
+from blocks import backup_set, host_lease, restore, retention, sentry_web
 from blocks.backup_set import BackupManifest, ObjectReader, open_object
 from blocks.backup_store import BackupStore
 from blocks.result import Report, Result, Status, failed, summary
@@ -169,8 +169,10 @@ def host_lock(
     host: SentryHost, purpose: str, wait_seconds: float = LOCK_WAIT_SECONDS
 ) -> Iterator[None]:
     """Hold the host's lock for `purpose` (every flow that changes a host takes it). While it
-    waits, a run logs who holds the lock and since when; a lease renewal failure (a short Prefect
-    API outage) is logged and does not stop the holder."""
+    waits, a run logs who holds the lock and since when. The holder renews its lease every
+    quarter lease: a short Prefect API outage is logged; a lease lost (not renewed for a whole
+    lease, or gone from the server) stops the run at its next command on the host
+    (blocks/host_lease.py), never lets it go on unlocked."""
     logger = get_run_logger()
     name = lock_name(host)
     ensure_lock(name)
@@ -184,60 +186,40 @@ def host_lock(
         )  # fmt: skip
         yield
         return
-    held = contextlib.ExitStack()
     started = time.monotonic()
-    while True:
+    run_id = UUID(str(flow_run.id)) if flow_run.id else None
+    while (
+        lease_id := host_lease.acquire(name, LOCK_LEASE_SECONDS, LOCK_POLL_SECONDS, run_id)
+    ) is None:
+        waited = time.monotonic() - started
+        holder = lock_holder(host)
+        who = (
+            f"{holder.get('flow')} run {holder.get('run')} ({holder.get('run_id')}) since "
+            f"{holder.get('since')}"
+            if holder
+            else "an unknown run"
+        )
+        if waited >= wait_seconds:
+            raise LockTimeout(
+                f"{host.label}: gave up on {purpose} after waiting {waited:.0f} s for the "
+                f"host lock {name}, held by {who}"
+            )
+        logger.warning(
+            "%s of %s waits for the host lock %s (%.0f s so far): held by %s; a holder that "
+            "was killed frees it within %d s",
+            purpose, host.label, name, waited, who, LOCK_LEASE_SECONDS,
+        )  # fmt: skip
+    lease = host_lease.Lease(host.ssh.target, lease_id, LOCK_LEASE_SECONDS, logger.warning)
+    with lease:
+        Variable.set(holder_var, {**_holder(), "purpose": purpose}, overwrite=True)
+        logger.info("holding the host lock %s for %s", name, purpose)
         try:
-            held.enter_context(
-                concurrency(
-                    name,
-                    occupy=1,
-                    strict=True,
-                    timeout_seconds=LOCK_POLL_SECONDS,
-                    lease_duration=LOCK_LEASE_SECONDS,
-                    raise_on_lease_renewal_failure=False,
-                )
-            )
-            break
-        except TimeoutError:
-            waited = time.monotonic() - started
-            holder = lock_holder(host)
-            who = (
-                f"{holder.get('flow')} run {holder.get('run')} ({holder.get('run_id')}) since "
-                f"{holder.get('since')}"
-                if holder
-                else "an unknown run"
-            )
-            if waited >= wait_seconds:
-                raise LockTimeout(
-                    f"{host.label}: gave up on {purpose} after waiting {waited:.0f} s for the "
-                    f"host lock {name}, held by {who}"
-                ) from None
-            logger.warning(
-                "%s of %s waits for the host lock %s (%.0f s so far): held by %s; a holder that "
-                "was killed frees it within %d s",
-                purpose,
-                host.label,
-                name,
-                waited,
-                who,
-                LOCK_LEASE_SECONDS,
-            )
-    Variable.set(holder_var, {**_holder(), "purpose": purpose}, overwrite=True)
-    logger.info("holding the host lock %s for %s", name, purpose)
-    try:
-        yield
-    finally:
-        try:
-            Variable.unset(holder_var)
-            held.close()
-        except Exception as exc:  # the lease then expires by itself
-            logger.warning(
-                "could not release the host lock %s (%s): it expires within %d s",
-                name,
-                exc,
-                LOCK_LEASE_SECONDS,
-            )
+            yield
+        finally:
+            try:
+                Variable.unset(holder_var)
+            except Exception as exc:  # the lease then expires by itself
+                logger.warning("could not clear the lock holder %s (%s)", holder_var, exc)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])

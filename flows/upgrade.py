@@ -71,15 +71,18 @@ from flows.shared import (
     restore_clickhouse,
     results_artifact,
     summary,
+    verify_objects,
 )
 
 
 class UpgradeError(Exception):
     """A step that failed; `rolled_back` says where the rollback of its hop left the host."""
 
-    def __init__(self, message: str, rolled_back: str | None = None) -> None:
+    def __init__(
+        self, message: str, rolled_back: str | None = None, left: str | None = None
+    ) -> None:
         super().__init__(message)
-        self.rolled_back = rolled_back
+        self.rolled_back, self.left = rolled_back, left
 
 
 class NotApproved(Exception):
@@ -292,10 +295,25 @@ def run_hop(
             apply_install_sh(host, hop, how, report)
     except Exception as exc:
         report.add(Result(f"hop to {hop.version}", Status.FAILED, str(exc)[:500]))
-        state = rollback(host, store, hop, counts, how, report)
+        failed_at = len(report.steps)
         payload = {"from": hop.previous, "to": hop.version, "backup_id": hop.backup_id,
-                   "error": str(exc)[:500], "state": state}  # fmt: skip
-        emit("sentry.upgrade.rolled_back", host.identity, name, payload, kind="host")
+                   "error": str(exc)[:500]}  # fmt: skip
+        try:
+            state = rollback(host, store, hop, counts, how, report)
+        except Exception as failed:  # the audit names the rollback steps that were done
+            done = [r.name for r in report.steps[failed_at:] if r.ok]
+            state = (
+                f"ROLLBACK FAILED on {host.label} ({failed}); done before it: "
+                f"{', '.join(done) or 'nothing'}; the host needs an operator"
+            )[:900]
+            report.add(Result("rollback", Status.FAILED, state))
+            emit("sentry.upgrade.rollback_failed", host.identity, name,
+                 {**payload, "state": state}, kind="host")  # fmt: skip
+            raise UpgradeError(
+                f"upgrade {hop.previous} -> {hop.version} failed ({exc}); {state}", left=state
+            ) from failed
+        emit("sentry.upgrade.rolled_back", host.identity, name, {**payload, "state": state},
+             kind="host")  # fmt: skip
         raise UpgradeError(
             f"upgrade {hop.previous} -> {hop.version} failed ({exc}); {state}", state
         ) from exc
@@ -358,17 +376,22 @@ def rollback(
     """Undo what the hop changed; returns the host's state in one sentence."""
     put_back_files(host, hop, report)
     restoring = hop.migrated and restore_allowed(host, hop, how, report)
-    if restoring:
-        restore_database(host, store, hop.backup_id, report)
+    aside = restore_database(host, store, hop.backup_id, report) if restoring else None
     restart_previous(host, hop, counts, how.health_timeout, report)
     checked = verify(host, hop.previous, how.health_timeout)
     report.add(Result(f"rollback: {checked.name}", checked.status, checked.detail))
     if checked.ok and how.ingestion_probe:
         probed = ingestion(host, how.health_timeout)
         report.add(Result(f"rollback: {probed.name}", probed.status, probed.detail))
-    return rollback_state(
+    state = rollback_state(
         host.label, hop.previous, hop.backup_id, hop.migrated, restoring, checked.ok
     )
+    if aside and checked.ok:  # proven: the migrated copy goes
+        postgres.drop_database(host, aside)
+        report.add(Result("rollback: migrated database dropped", Status.DONE, aside))
+    elif aside:
+        state += f"; the migrated database is kept as {aside}"
+    return state
 
 
 def put_back_files(host: SentryHost, hop: Hop, report: Report) -> None:
@@ -395,17 +418,35 @@ def restore_allowed(host: SentryHost, hop: Hop, how: Settings, report: Report) -
     return allowed
 
 
-def restore_database(host: SentryHost, store: BackupStore, backup_id: str, report: Report) -> None:
+def restore_database(host: SentryHost, store: BackupStore, backup_id: str, report: Report) -> str:
     """Postgres (and ClickHouse when in the set) put back from the pre-backup, with the Sentry
-    services stopped so nothing writes meanwhile."""
+    services stopped so nothing writes meanwhile. The set is verified again first (seal, every
+    object's bytes): a set damaged since the pre-backup is refused before anything is dropped.
+    The migrated database is renamed aside, not dropped, and put back if the restore fails;
+    returns its name (dropped by the caller once the rollback is proven healthy)."""
     started = time.monotonic()
-    manifest = backup_set.pick(store, host.identity, host.label, backup_id)
+    manifest = backup_set.pick(store, host.identity, host.label, backup_id)  # the seal
+    bad = summary(verify_objects(store, manifest))
+    if bad:
+        report.add(Result("rollback: re-verify pre-backup", Status.FAILED, bad[:400]))
+        raise UpgradeError(
+            f"{host.label}: refusing to restore from {backup_id}: it no longer verifies ({bad}); "
+            "nothing was dropped"
+        )
+    report.add(Result("rollback: re-verify pre-backup", Status.OK, f"{backup_id}: every object"))
     host.compose_stop(*host.sentry_services())
     host.compose_up(host.stack.service(Role.POSTGRES), wait=True)
-    postgres.recreate_database(host)
+    aside = postgres.set_aside_database(host, f"pre_rollback_{int(time.time())}")
+    report.add(Result("rollback: database set aside", Status.DONE, f"the migrated one as {aside}"))
     what = f"restore postgres of {host.label} from {backup_id}"
-    with reading(store, manifest, "postgres", what) as dump:  # decrypted, hashed, verified
-        restore.restore_postgres(host, dump)
+    try:
+        with reading(store, manifest, "postgres", what) as dump:  # decrypted, hashed, verified
+            restore.restore_postgres(host, dump)
+    except Exception as exc:
+        postgres.put_back_database(host, aside)
+        back = f"restore failed ({exc.__class__.__name__}): {aside} is back"
+        report.add(Result("rollback: database put back", Status.DONE, back))
+        raise
     seconds = round(time.monotonic() - started, 1)
     report.add(Result("restore postgres", Status.DONE, f"from {backup_id}", seconds))
     if manifest.clickhouse is not None and any(t.copied for t in manifest.clickhouse.tables):
@@ -414,6 +455,7 @@ def restore_database(host: SentryHost, store: BackupStore, backup_id: str, repor
         bad = summary(checks)
         status = Status.FAILED if bad else Status.DONE
         report.add(Result("restore clickhouse", status, bad or f"from {backup_id}"))
+    return aside
 
 
 def restart_previous(
@@ -612,6 +654,8 @@ def upgrade(
     except Exception as exc:
         if isinstance(exc, UpgradeError) and exc.rolled_back:
             outcome = f"ROLLED BACK: {exc.rolled_back}"
+        elif isinstance(exc, UpgradeError) and exc.left:
+            outcome = exc.left
         elif outcome == "failed before any change":
             outcome = f"failed before any change: {exc}"[:500]
         raise

@@ -14,7 +14,7 @@ import zlib
 
 import pytest
 
-from tests.helpers import EVENTS, LAYOUTS, free_port
+from tests.helpers import EVENTS, LAYOUTS, PREFECT_SERVER, free_port
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "0")
 # a killed run's host lock (a 60 s lease, Prefect's minimum) is freed by the server's repossessor
@@ -41,6 +41,7 @@ def prefect_api(tmp_path_factory):
     port = free_port()
     pidfile = home / "server.pid"
     url = sb.start_prefect_server(home, port, pidfile, home / "server.log")
+    PREFECT_SERVER.update(home=home, port=port, pidfile=pidfile, log=home / "server.log")
     # for every thread and child process: the process's settings, not a context-local override
     os.environ["PREFECT_API_URL"] = url
     refresh_global_settings_context()

@@ -20,7 +20,24 @@ LAYOUTS = ["guide", "self-hosted"]
 # `-m "not shared_sandbox"` (unit tests, and the guide upgrade tests on a stack of their own).
 SHARED = pytest.mark.shared_sandbox
 
+# the tests' Prefect server (tests/conftest.py prefect_api): home, port, pidfile, for a restart
+PREFECT_SERVER: dict[str, Any] = {}
+
 EVENTS = 120_000  # event payloads the `seeded` fixture keeps in the guide stack's nodestore
+
+
+def restart_prefect_server() -> float:
+    """Stop the tests' Prefect server by its PID and start it again on the same home and port (its
+    database and lease files kept); returns the seconds it was down."""
+    import time
+
+    from infra import sandbox as sb
+
+    server = PREFECT_SERVER
+    started = time.monotonic()
+    sb.stop_pid(server["pidfile"], "the tests' Prefect server (a restart)")
+    sb.start_prefect_server(server["home"], server["port"], server["pidfile"], server["log"])
+    return time.monotonic() - started
 
 
 def free_port() -> int:

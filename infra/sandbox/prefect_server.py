@@ -26,8 +26,12 @@ def start_prefect_server(home: Path, port: int, pidfile: Path, logfile: Path) ->
         prefect = Path(sys.executable).with_name("prefect")
         # the UI asks /ui-settings where the API is: this server's own port, not Prefect's default
         # and links in alerts (`flow_run|ui_url`) point at this server's UI
+        # leases on disk (PREFECT_HOME/concurrency_leases): a restart keeps the host locks'
+        # leases, which then expire or renew; in memory (the default) a held lock stays taken
         env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "0",
-               "PREFECT_UI_API_URL": url, "PREFECT_UI_URL": url.removesuffix("/api")}  # fmt: skip
+               "PREFECT_UI_API_URL": url, "PREFECT_UI_URL": url.removesuffix("/api"),
+               "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE":
+                   "prefect.server.concurrency.lease_storage.filesystem"}  # fmt: skip
         spawn([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
               logfile, pidfile, env=env)  # fmt: skip
         wait_for("the Prefect server", lambda: prefect_healthy(url), 180, 0.5)

@@ -85,38 +85,40 @@ def compose(name: str, *args: str, **kw) -> subprocess.CompletedProcess:
     return sh(*compose_argv(name, *args), **kw)
 
 
+def abandoned(state: str) -> bool:
+    """Another sandbox's state dir whose sandbox is down: gone (a clone removed, another
+    machine's path), or without its connection file (killed before `down`)."""
+    return Path(state) != STATE and not (Path(state) / "connection.json").exists()
+
+
 def reap_orphan_stacks() -> None:
-    """Remove sandbox stacks (containers and volumes) whose state dir no longer exists."""
+    """Remove what sandboxes that are down left: their stacks (containers and volumes), and
+    their labelled volumes (self-hosted's external ones) with the containers using them."""
     label = "com.docker.compose.project"
     fmt = f'{{{{.Label "{label}"}}}} {{{{.Label "{label}.working_dir"}}}}'
-    rows = sh(
-        "docker", "ps", "-a", "--filter", "label=com.docker.compose.project", "--format", fmt
-    ).stdout.splitlines()
+    rows = sh("docker", "ps", "-a", "--filter", f"label={label}", "--format", fmt).stdout
     orphans = {
         project
-        for project, _, workdir in (row.partition(" ") for row in rows)
-        if project.startswith("sandbox") and "/stacks/" in workdir and not Path(workdir).exists()
-    }
+        for project, _, workdir in (row.partition(" ") for row in rows.splitlines())
+        if project.startswith("sandbox") and "/stacks/" in workdir
+        and abandoned(workdir.rsplit("/stacks/", 1)[0])
+    }  # fmt: skip
     for project in sorted(orphans):
-        ids = sh("docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}")
-        sh("docker", "rm", "-f", *ids.stdout.split(), check=False)
-        vols = sh(
-            "docker",
-            "volume",
-            "ls",
-            "-q",
-            "--filter",
-            f"label=com.docker.compose.project={project}",
-        )
+        ids = sh("docker", "ps", "-aq", "--filter", f"label={label}={project}").stdout.split()
+        sh("docker", "rm", "-f", *ids, check=False)
+        vols = sh("docker", "volume", "ls", "-q", "--filter", f"label={label}={project}")
         if vols.stdout.split():
             sh("docker", "volume", "rm", *vols.stdout.split(), check=False)
-        log(f"removed orphaned sandbox stack {project} (its state dir is gone)")
+        log(f"removed orphaned sandbox stack {project} (its sandbox is down or gone)")
     fmt = f'{{{{.Name}}}} {{{{.Label "{SANDBOX_LABEL}"}}}}'
     rows = sh("docker", "volume", "ls", "--filter", f"label={SANDBOX_LABEL}", "--format", fmt)
     for name, _, state in (r.partition(" ") for r in rows.stdout.splitlines()):
-        if not Path(state).exists():
+        if abandoned(state):
+            users = sh("docker", "ps", "-aq", "--filter", f"volume={name}").stdout.split()
+            if users:
+                sh("docker", "rm", "-f", *users, check=False)
             sh("docker", "volume", "rm", "-f", name, check=False)
-            log(f"removed orphaned sandbox volume {name} (its state dir {state} is gone)")
+            log(f"removed orphaned sandbox volume {name} (its sandbox {state} is down or gone)")
 
 
 def stack_settings(slot: int, layout: str = "guide", version: str = DEFAULT_VERSION) -> dict:
@@ -212,20 +214,12 @@ def install_files(layout: str, name: str, info: dict) -> None:
         for volume in EXTERNAL_VOLUMES:
             owner = sh("docker", "volume", "inspect", "-f",
                        f'{{{{index .Labels "{SANDBOX_LABEL}"}}}}', volume, check=False)  # fmt: skip
-            holder = owner.stdout.strip()
-            if owner.returncode == 0 and holder != str(STATE):
-                if not abandoned(holder):
-                    raise RuntimeError(
-                        f"Docker volume {volume} exists and is not this sandbox's "
-                        f"({holder or 'not a sandbox volume'}): a self-hosted install owns it. "
-                        "Run `bash infra/run.sh down` in that checkout, or remove it"
-                    )
-                log(f"Docker volume {volume} was left by a sandbox that is down ({holder}): "
-                    "removing it and the containers that use it")  # fmt: skip
-                users = sh("docker", "ps", "-aq", "--filter", f"volume={volume}").stdout.split()
-                if users:
-                    sh("docker", "rm", "-f", *users)
-                sh("docker", "volume", "rm", "-f", volume)
+            if owner.returncode == 0 and owner.stdout.strip() != str(STATE):
+                raise RuntimeError(
+                    f"Docker volume {volume} exists and is not this sandbox's "
+                    f"({owner.stdout.strip() or 'not a sandbox volume'}): a self-hosted install "
+                    "owns it. Run `bash infra/run.sh down` in that checkout, or remove it"
+                )
             sh("docker", "volume", "create", "--label", f"{SANDBOX_LABEL}={STATE}", volume)
         # an operator's override, the way self-hosted documents it: .env.custom wins over .env
         custom = {"SENTRY_BIND": values.pop("SENTRY_BIND"), "SENTRY_EVENT_RETENTION_DAYS": "90"}
@@ -233,12 +227,6 @@ def install_files(layout: str, name: str, info: dict) -> None:
     write_private(env_file, "".join(f"{k}={v}\n" for k, v in values.items()))
     if layout == "self-hosted":
         release_checkout(d, values)
-
-
-def abandoned(owner: str) -> bool:
-    """A sandbox's volume whose sandbox is down (no connection file: it was killed, or its state
-    dir is gone, e.g. another machine's path); a volume without the label is never taken."""
-    return bool(owner) and not (Path(owner) / "connection.json").exists()
 
 
 def release_checkout(d: Path, values: dict) -> None:

@@ -33,7 +33,7 @@ from flows.restore_drill import DrillError, DrillStack, restore_drill
 from flows.shared import LOCK_POLL_SECONDS, apply_retention
 from infra import sandbox as sb
 from infra.sandbox.prefect_blocks import host_from_connection, save_blocks, store_from_connection
-from tests.helpers import SHARED
+from tests.helpers import SHARED, restart_prefect_server
 from tests.integration.test_bootstrap import SMALL, run, run_texts
 
 pytestmark = SHARED  # the sandbox's shared stacks (tests/helpers.py)
@@ -413,3 +413,33 @@ def test_a_drill_refuses_a_store_without_its_host(sandbox, prefect_api, store_na
         restore_drill(saved_host, store_name, drill=DRILL)
     with pytest.raises((SetError, DrillError)):
         restore_drill(saved_host, store_name, backup_id="20260101T000000Z-x", drill=DRILL)
+
+
+def test_a_prefect_server_restart_while_a_backup_holds_the_lock_does_not_keep_it_taken(
+    saved_host, sentry_host, store_name, sandbox, seeded
+):
+    """The server restarted while a backup holds its host's lock: with leases on disk the holder
+    renews on the restarted server, finishes and releases; the next backup gets the lock at once
+    (with leases in memory the slot stayed taken and the next backup waited 6 h)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.shared import lock_name
+
+    code = f"from flows.backup import backup; backup({saved_host!r}, {store_name!r})"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    first = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=sb.REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    sb.wait_for("the first backup's dump (the lock held)", dump_jobs, 120, 0.1)
+    down = restart_prefect_server()
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err.decode()[-2000:]
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(lock_name(sentry_host))
+    assert limit.active_slots == 0, f"the lock stayed taken after a {down:.0f} s restart"
+    started = time.monotonic()
+    state = backup(saved_host, store_name, return_state=True)
+    assert state.is_completed()
+    text = asyncio.run(run_texts(state.state_details.flow_run_id))
+    assert "waits for the host lock" not in text
+    assert time.monotonic() - started < 300

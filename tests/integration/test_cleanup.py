@@ -159,3 +159,31 @@ def test_a_detached_step_survives_a_cut_connection_and_is_reattached(sentry_host
     assert len(starts) == 1 and again.tail[-1] == "finished"  # the same container, to its end
     assert lines.count(starts[0]) == 2  # seen before the cut, and again after re-attaching
     assert jobs.state(host, jobs.container_name(host, "test-job")) is None  # removed once read
+
+
+def test_a_detached_jobs_secret_is_a_0600_file_never_its_environment(sentry_host):
+    """VACUUM's job shape (tool_job_argv with a secret file): the secret comes in on stdin as a
+    file copied into the created container; neither `docker inspect` nor argv has it."""
+    host = sentry_host
+    secret = f"hush-{uuid.uuid4().hex}"
+    netns = postgres.target(host).container
+    script = "stat -c 'mode %a' /sentry-ops-pgpass; cat /sentry-ops-pgpass; sleep 3"
+    seen: dict[str, str] = {}
+
+    def start(name: str, labels: dict[str, str]) -> list[str]:
+        return host.tool_job_argv(name, labels, netns, "sh", "-c", script,
+                                  secret_file=postgres.PGPASS_FILE)  # fmt: skip
+
+    def on_line(line: str) -> None:
+        if not seen:  # while it runs: what `docker inspect` shows of it
+            name = jobs.container_name(host, "secret-test")
+            seen["inspect"] = host.run(["docker", "inspect", name]).text
+        seen.setdefault("lines", "")
+        seen["lines"] += line + "\n"
+
+    where = postgres.Target(netns, 5432, "u", "d", secret)
+    job = jobs.run(host, "secret-test", start, run_id="r", on_line=on_line,
+                   stdin=postgres.password_file(where))  # fmt: skip
+    assert job.ok
+    assert "mode 600" in seen["lines"] and secret in seen["lines"]
+    assert secret not in seen["inspect"] and "PGPASSWORD" not in seen["inspect"]

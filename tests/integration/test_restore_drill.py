@@ -18,6 +18,7 @@ import pytest
 from prefect.exceptions import ParameterTypeError
 
 from blocks import backup_set, metrics, postgres
+from blocks import scratch as scratch_stack
 from blocks.backup_set import SetError
 from blocks.backup_store import BackupStore
 from blocks.scratch import scratch_of
@@ -25,7 +26,11 @@ from flows.backup import backup
 from flows.health import health_check
 from flows.restore_drill import DrillError, DrillStack, restore_drill
 from infra import sandbox as sb
-from infra.sandbox.prefect_blocks import store_from_connection
+from infra.sandbox.prefect_blocks import (
+    drill_host_from_connection,
+    host_from_connection,
+    store_from_connection,
+)
 from tests.helpers import SHARED
 from tests.integration.test_scaling import wait_processed
 
@@ -345,3 +350,80 @@ def test_a_suffix_naming_another_stack_is_refused_and_that_stack_left_alone(
         assert sentry_host.get(f"{other}/docker-compose.yml") == b"services: {}\n"
     finally:
         sentry_host.remove_tree(other)
+
+
+def test_the_same_engine_is_known_by_its_id_not_by_the_ssh_address(sandbox, sentry_host):
+    """Another sshd on the same machine reaches the same engine: one engine (its volumes and
+    container names are production's); the drill host's second dockerd is another."""
+    other_route = host_from_connection({**sandbox, "ssh": sandbox["own_ssh"]})
+    assert other_route.transport.target != sentry_host.transport.target
+    assert scratch_stack.same_engine(sentry_host, other_route)
+    assert not scratch_stack.same_engine(sentry_host, drill_host_from_connection(sandbox))
+
+
+def test_a_device_bound_volume_and_an_external_network_are_refused_before_anything_runs(
+    sentry_host, saved_host, store_name
+):
+    """A set whose compose config binds a volume to a host path and joins an external network:
+    a scratch copy on production's engine would start on production's files and join its
+    network; names differ, so only the resolved config tells."""
+    device = f"{sentry_host.project_dir}-files-on-disk"
+    override = (
+        "services:\n"
+        "  sentry-cron:\n"
+        "    network_mode: !reset null\n"
+        "    networks: [shared]\n"
+        "networks:\n"
+        "  shared: {external: true, name: sentry-ops-test-shared}\n"
+        "volumes:\n"
+        f"  sentry_data:\n    driver_opts: {{type: none, o: bind, device: {device}}}\n"
+    )
+    path = f"{sentry_host.project_dir}/docker-compose.override.yml"
+    assert not sentry_host.exists(path)
+    sentry_host.put(path, override.encode(), mode=0o644)
+    try:
+        backup(saved_host, store_name)  # the set's config carries the override
+        with pytest.raises(DrillError) as refused:
+            restore_drill(saved_host, store_name, drill=DRILL)
+        message = str(refused.value)
+        assert f"host paths ['{device}']" in message, message
+        assert "external networks ['sentry-ops-test-shared']" in message, message
+        assert "nothing was started" in message
+        assert leftovers(f"{sentry_host.project}-drill") == []
+        assert not Path(f"{sentry_host.project_dir}-drill").exists()
+    finally:
+        sentry_host.remove_tree(path)
+
+
+def test_a_scratch_port_something_listens_on_is_refused(sentry_host, saved_host, store_name):
+    """Port offset 100 moves the web port onto one a foreign process holds: the drill's health
+    check would ask that process, so the drill refuses before starting anything."""
+    backup(saved_host, store_name)
+    squatter = socket.create_server(("127.0.0.1", sentry_host.web_port + 100))
+    try:
+        with pytest.raises(DrillError, match=rf"host ports \['{sentry_host.web_port + 100}'\] "
+                           "that something already listens on"):  # fmt: skip
+            restore_drill(saved_host, store_name, drill=DRILL)
+        assert leftovers(f"{sentry_host.project}-drill") == []
+    finally:
+        squatter.close()
+
+
+def test_a_drill_its_engine_has_no_room_for_is_refused_before_anything_is_written(
+    sentry_host, saved_host, store_name, tmp_path
+):
+    """Production's Docker data on a 64 MB disk (a tmpfs): a same-host drill would fill the
+    disk production writes to, so it is refused with both figures, nothing written."""
+    small = tmp_path / "docker-data"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(small)], check=True)
+    try:
+        backup(saved_host, store_name)
+        host = sentry_host.model_copy(update={"docker_data_dir": str(small)})
+        with pytest.raises(DrillError, match=rf"no room for the drill of .* GB needed, 0\.1 GB "
+                           rf"free in {re.escape(str(small))}.*drill_host"):  # fmt: skip
+            restore_drill(host, store_name, drill=DRILL)
+        assert not Path(f"{sentry_host.project_dir}-drill").exists()
+        assert leftovers(f"{sentry_host.project}-drill") == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

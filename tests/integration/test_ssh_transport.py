@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import socket
+import threading
 import time
 import tracemalloc
 import urllib.request
@@ -113,6 +116,23 @@ def test_sftp_put_get_with_mode(sentry_host, tmp_path):
     sentry_host.put(path, b"KEY=other\n", mode=0o640)  # atomic replace
     assert sentry_host.get(path) == b"KEY=other\n"
     assert sentry_host.transport.stat_mode(path) == 0o640
+    # while a file is written, it sits in a 0700 directory: nobody else opens it before its mode
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for d in Path(tmp_path).glob(".sentry-ops-tmp-*"):
+                with contextlib.suppress(FileNotFoundError):
+                    seen.add(d.stat().st_mode & 0o777)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    sentry_host.put(path, io.BytesIO(b"x" * (64 << 20)), mode=0o600)
+    done.set()
+    watcher.join()
+    assert seen == {0o700}, seen
+    assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["secret.env"]
 
 
 def test_tunnel_to_postgres_and_web(sentry_host, sandbox):

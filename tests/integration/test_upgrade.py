@@ -183,6 +183,62 @@ def test_broken_version_rolls_back_with_the_database_restored(stack, store_name)
     assert "restore postgres" in text and "ROLLED BACK" in text
 
 
+def test_a_rollback_whose_set_was_damaged_since_the_pre_backup_drops_nothing(
+    stack, store_name, sandbox
+):
+    """The pre-backup verified, then one of its objects damaged in the store while the hop
+    runs: the rollback re-verifies the set before anything is dropped and refuses; the audit
+    says ROLLBACK FAILED with what was done, and production's database is as the hop left it."""
+    host, name = stack["host"], stack["name"]
+    start = host.running_version()
+    counts = host.replica_counts()
+    store = store_from_connection(sandbox, prefix=store_name)
+    with postgres.psql(host) as db:
+        before = postgres.row_counts(db)
+    damaged: dict[str, str] = {}
+
+    def damage_once_migrated() -> None:  # after the pre-backup's verification, before rollback
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not damaged:
+            with postgres.psql(host) as db:
+                migrated = db.value("SELECT count(*) FROM sentry_migrations WHERE version = "
+                                    "'24.3.0-broken'")  # fmt: skip
+            if migrated == "1":
+                manifest = backup_set.pick(store, host.identity, host.label, None)
+                key = manifest.object("postgres").key
+                data = bytearray(store.open(key).read())
+                data[-100] ^= 0x40
+                store.put_bytes(key, bytes(data))
+                damaged.update(backup_id=manifest.backup_id, key=key)
+            time.sleep(0.3)
+
+    watcher = threading.Thread(target=damage_once_migrated, daemon=True)
+    watcher.start()
+    try:
+        final = upgrade(host=name, store=store_name, target_version="24.3.0-broken",
+                        require_approval=False, auto_restore=True, health_timeout=60,
+                        ingestion_probe=False, return_state=True)  # fmt: skip
+        watcher.join(timeout=5)
+        assert damaged, "the set was never damaged: the test tested nothing"
+        assert final.is_failed(), final
+        message = str(final.message)
+        assert "ROLLBACK FAILED" in message, message
+        assert f"refusing to restore from {damaged['backup_id']}: it no longer verifies" in message
+        assert "nothing was dropped" in message
+        with postgres.psql(host) as db:  # nothing dropped: the hop's database, every row
+            migrations = before.get("sentry_migrations", 0) + 1  # the broken one's
+            assert postgres.row_counts(db) == {**before, "sentry_migrations": migrations}
+            assert db.value("SELECT count(*) FROM pg_database WHERE datname LIKE "
+                            "'%pre_rollback%'") == "0"  # fmt: skip
+        text = asyncio.run(run_texts(final.state_details.flow_run_id))
+        assert "ROLLBACK FAILED" in text and "rollback: re-verify pre-backup" in text
+    finally:  # the next tests start from `start`, healthy: the operator's repair by hand
+        with postgres.psql(host) as db:
+            db.rows("DELETE FROM sentry_migrations WHERE version = '24.3.0-broken' RETURNING 1")
+        host.up_services(counts)
+        assert host.running_version() == start
+
+
 def test_a_jump_over_a_hard_stop_is_two_hops_each_with_its_own_verified_backup(
     stack, store_name, sandbox
 ):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
+import tarfile
 
 import pytest
 from hypothesis import given
@@ -137,11 +139,24 @@ def test_cleanup_runs_in_self_hosted_cleanup_service_with_sentrys_entrypoint():
     ]
 
 
-def test_a_vacuum_jobs_password_goes_through_stdin_never_argv():
+def test_a_vacuum_jobs_password_goes_through_stdin_as_a_file_never_argv_or_env():
     host = make_host(project_dir="/opt/sentry", project_name="sentry-g")
     where = postgres.Target("pgcontainer", 5432, "sentry", "sentry", "s3cr3t:pw")
     argv = postgres.vacuum_job(host, where, ["VACUUM (ANALYZE)"])("job", {})
-    assert "s3cr3t:pw" not in " ".join(argv)
-    assert argv[argv.index("--env-file") + 1] == "/dev/stdin"
-    assert "container:pgcontainer" in argv
-    assert postgres.password_env(where) == b"PGPASSWORD=s3cr3t:pw\n"
+    assert "s3cr3t" not in " ".join(argv) and "PGPASSWORD" not in " ".join(argv)
+    assert argv[:2] == ["sh", "-c"] and "docker cp - " in argv[2]
+    create = argv[4:]
+    options = create[: create.index("--entrypoint")]
+    assert (
+        create[:2] == ["docker", "create"] and "-e" not in options and "--env-file" not in options
+    )
+    assert "container:pgcontainer" in create
+    assert create[create.index("--entrypoint") + 1] == "env"
+    assert "PGPASSFILE=/sentry-ops-pgpass" in create
+    with tarfile.open(fileobj=io.BytesIO(postgres.password_file(where))) as tar:
+        (member,) = tar.getmembers()
+        assert (member.name, member.mode, member.uid) == ("sentry-ops-pgpass", 0o600, 0)
+        assert tar.extractfile(member).read() == b"*:*:*:*:s3cr3t\\:pw\n"
+    trusted = postgres.Target("pgcontainer", 5432, "sentry", "sentry", None)
+    plain = postgres.vacuum_job(host, trusted, ["VACUUM (ANALYZE)"])("job", {})
+    assert plain[:3] == ["docker", "run", "-d"] and postgres.password_file(trusted) is None

@@ -77,3 +77,79 @@ def test_images_must_be_references_and_production_s_own():
     with pytest.raises(DrillError, match="is not the one production"):
         check_images({"sentry": "postgres:14"}, prod, set())
     check_images({"sentry": "getsentry/sentry:23.1.0"}, prod, {"getsentry/sentry:23.1.0"})
+
+
+def test_isolation_sees_what_names_hide():
+    """Hostile configs with names of their own: a volume bound to production's directory, a
+    bind inside it, an external or fixed-name network, links into production's containers."""
+    prod = config("sentry", "9000", "sentry_data", "/opt/sentry/nginx.conf")
+    prod["volumes"]["pg"] = {"name": "sentry_pg", "driver_opts": {"device": "/srv/pgdata"}}
+    prod["networks"] = {"default": {"name": "sentry_default"}}
+    prod["services"]["db"] = {"image": "postgres"}
+    scratch = config("sentry-drill", "9100", "sentry-drill_data", "/srv/pgdata/base")
+    scratch["volumes"]["pg"] = {
+        "name": "sentry-drill_pg",
+        "driver_opts": {"type": "none", "o": "bind", "device": "/srv/pgdata/"},
+    }
+    scratch["networks"] = {
+        "default": {"name": "sentry-drill_default"},
+        "shared": {"name": "prod-net", "external": True},
+        "fixed": {"name": "sentry_default"},
+    }
+    scratch["services"]["db"] = {"image": "postgres", "networks": {"shared": None}}
+    scratch["services"]["cron"] = {"image": "s", "networks": {"fixed": None, "default": None}}
+    scratch["services"]["worker"] = {
+        "image": "s",
+        "external_links": ["sentry-db-1:db"],
+        "volumes_from": ["container:sentry-web-1", "db"],
+    }
+    scratch["services"]["sidecar"] = {"image": "s", "network_mode": "container:sentry-web-1"}
+    problems = " | ".join(isolation_problems(prod, scratch, same_engine=True))
+    assert "host paths ['/srv/pgdata', '/srv/pgdata/base']" in problems
+    assert "networks ['sentry_default']" in problems
+    assert "external networks ['prod-net']" in problems
+    assert "worker: external_links sentry-db-1:db" in problems
+    assert "worker: volumes_from container:sentry-web-1" in problems
+    assert "volumes_from db" not in problems  # a service of its own project
+    assert "sidecar: network_mode container:sentry-web-1" in problems
+    # on another engine: host paths still (the drill engine may share the machine's disk),
+    # links and container network modes still; networks are that engine's own
+    other = " | ".join(isolation_problems(prod, scratch, same_engine=False))
+    assert "host paths" in other and "external_links" in other and "networks [" not in other
+
+
+def test_isolation_refuses_ports_something_listens_on():
+    prod = config("sentry", "9000", "sentry_data", "/opt/sentry/a")
+    scratch = config("sentry-drill", "9100", "sentry-drill_data", "/opt/sentry-drill/a")
+    assert isolation_problems(prod, scratch, True, frozenset({9000, 22})) == []
+    problems = isolation_problems(prod, scratch, True, frozenset({9000, 9100}))
+    assert problems == ["host ports ['9100'] that something already listens on"]
+
+
+def test_sibling_directories_are_not_nested():
+    prod = config("sentry", "9000", "sentry_data", "/opt/sentry")
+    scratch = config("sentry-drill", "9100", "sentry-drill_data", "/opt/sentry-drill")
+    assert isolation_problems(prod, scratch, same_engine=True) == []
+
+
+def test_a_drill_needs_room_for_every_restored_object_before_compression():
+    import datetime as dt
+
+    from blocks.backup_set import BackupManifest, StoredObject
+    from blocks.scratch import disk_need
+
+    def obj(name: str, size: int, raw: int | None) -> StoredObject:
+        return StoredObject(kind="postgres" if name == "postgres" else "volume", name=name,
+                            key=f"k/{name}", size=size, sha256="0" * 64, compression="zstd",
+                            raw_size=raw)  # fmt: skip
+
+    now = dt.datetime.now(dt.UTC)
+    manifest = BackupManifest(
+        backup_id="b", host_id="h", host="h", layout="guide", project_name="p", started_at=now,
+        finished_at=now, sentry_version="24.1.0", images={}, config_included=True,
+        encrypted=True, sentry_ops_version="0",
+        objects=[obj("postgres", 10, 4_000_000_000), obj("volume:files", 5, None),
+                 obj("config", 7_000_000_000, 7_000_000_000)],
+    )  # fmt: skip
+    # Postgres at its database size, the volume at its stored size, config not restored
+    assert disk_need(manifest) == (1 << 30) + 4_000_000_005 + 400_000_000
