@@ -6,6 +6,7 @@ transport."""
 
 from __future__ import annotations
 
+import json
 import posixpath
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -24,6 +25,9 @@ SCALE_HEADER = (
     "# `docker compose up -d`. COMPOSE_FILE lists this file after the project's own. Change the\n"
     "# counts with the scale-workers deployment; an edit here is overwritten by the next run.\n"
 )
+# written by an upgrade before it changes anything, removed when its hop is done or rolled back:
+# while it is there, the host is mid-upgrade (a killed run, or a rollback that failed)
+UPGRADE_MARKER = ".sentry-ops-upgrade.json"
 # compose's default file names, in its order of preference
 COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 
@@ -61,6 +65,24 @@ class ProjectVerbs:
     ) -> EnvChange:
         """What setting `wanted` in an env file's text would do (blocks/dotenv.py `settle`)."""
         return settle(current, wanted, keep, generate)
+
+    def upgrade_marker(self) -> dict | None:
+        """The unfinished upgrade recorded in the project dir (run, from, to, backup, since)."""
+        path = f"{self.project_dir}/{UPGRADE_MARKER}"
+        if not self.exists(path):
+            return None
+        try:
+            return json.loads(self.get(path))
+        except ValueError:
+            return {"run": "?", "unreadable": path}
+
+    def mark_upgrade(self, record: dict | None) -> None:
+        """Write the upgrade marker (`record`), or remove it (None)."""
+        path = f"{self.project_dir}/{UPGRADE_MARKER}"
+        if record is None:
+            self.remove_tree(path)
+        else:
+            self.put(path, json.dumps(record, indent=2).encode(), mode=0o644)
 
     def git(self, *args: str, check: bool = True) -> CommandResult:
         """git in the project dir (self-hosted's checkout)."""

@@ -306,7 +306,7 @@ def write_set(
 ) -> tuple[BackupManifest, str]:
     """A new set of `host` in `store`, filled by `take` under the host lock; a failure says
     which set it left incomplete."""
-    with host_lock(host, purpose):
+    with host_lock(host, purpose, mid_upgrade_ok=True):  # a copy of whatever state it is in
         writer = backup_set.begin(store, host.identity)
         get_run_logger().info(
             "%s %s of %s to %s", purpose, writer.backup_id, host.label, writer.folder

@@ -129,6 +129,10 @@ LOCK_POLL_SECONDS = 20  # a waiting run says who holds the lock this often
 LOCK_WAIT_SECONDS = 6 * 3600
 
 
+class UnfinishedUpgrade(Exception):
+    """The host is mid-upgrade: mutating flows wait for an operator."""
+
+
 class LockTimeout(Exception):
     pass
 
@@ -166,13 +170,18 @@ def _holder() -> dict:
 
 @contextlib.contextmanager
 def host_lock(
-    host: SentryHost, purpose: str, wait_seconds: float = LOCK_WAIT_SECONDS
+    host: SentryHost,
+    purpose: str,
+    wait_seconds: float = LOCK_WAIT_SECONDS,
+    mid_upgrade_ok: bool = False,
 ) -> Iterator[None]:
     """Hold the host's lock for `purpose` (every flow that changes a host takes it). While it
     waits, a run logs who holds the lock and since when. The holder renews its lease every
     quarter lease: a short Prefect API outage is logged; a lease lost (not renewed for a whole
     lease, or gone from the server) stops the run at its next command on the host
-    (blocks/host_lease.py), never lets it go on unlocked."""
+    (blocks/host_lease.py), never lets it go on unlocked. A host an upgrade left unfinished
+    (its marker in the project dir: a killed run, a failed rollback) is refused to every flow
+    but those that say `mid_upgrade_ok` (a backup, the upgrade itself)."""
     logger = get_run_logger()
     name = lock_name(host)
     ensure_lock(name)
@@ -214,6 +223,14 @@ def host_lock(
         Variable.set(holder_var, {**_holder(), "purpose": purpose}, overwrite=True)
         logger.info("holding the host lock %s for %s", name, purpose)
         try:
+            if not mid_upgrade_ok and (marker := host.upgrade_marker()):
+                raise UnfinishedUpgrade(
+                    f"{host.label}: refusing {purpose}: an upgrade did not finish here (run "
+                    f"{marker.get('run', '?')}, {marker.get('from', '?')} -> "
+                    f"{marker.get('to', '?')}, since {marker.get('since', '?')}; its pre-backup "
+                    f"{marker.get('backup_id', '?')}). Run the upgrade again with "
+                    "resume_unfinished=true once the host is checked (nothing was changed)"
+                )
             yield
         finally:
             try:

@@ -288,6 +288,9 @@ def run_hop(
     """Apply one hop (guide: rolling; self-hosted: its install.sh); on any failure roll it
     back, announce it, and raise an UpgradeError saying where the host was left."""
     counts = host.replica_counts()
+    host.mark_upgrade({"run": this_run(), "from": hop.previous, "to": hop.version,
+                       "backup_id": hop.backup_id,
+                       "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})  # fmt: skip
     try:
         if host.layout == "guide":
             apply_guide(host, hop, counts, how, report)
@@ -312,11 +315,14 @@ def run_hop(
             raise UpgradeError(
                 f"upgrade {hop.previous} -> {hop.version} failed ({exc}); {state}", left=state
             ) from failed
+        if "(healthy)" in state:  # back where it was: other flows may run again
+            host.mark_upgrade(None)
         emit("sentry.upgrade.rolled_back", host.identity, name, {**payload, "state": state},
              kind="host")  # fmt: skip
         raise UpgradeError(
             f"upgrade {hop.previous} -> {hop.version} failed ({exc}); {state}", state
         ) from exc
+    host.mark_upgrade(None)
 
 
 def apply_guide(
@@ -592,6 +598,7 @@ def upgrade(
     health_timeout: int = 300,
     approval_timeout: int = 3600,
     ingestion_probe: bool = True,
+    resume_unfinished: bool = False,
 ) -> dict:
     """Upgrade Sentry on `host` to `target_version`, hop by hop over the hard stops, each hop
     after its own verified backup; rolled back on failure.
@@ -615,6 +622,9 @@ def upgrade(
             event and require it processed (with probe_dsn and api_token in the block): the
             health endpoints of current Sentry check nothing of the pipeline. It adds one
             event and its issue to the probe project.
+        resume_unfinished: Go on from the version the host runs although an earlier upgrade
+            did not finish (its marker in the project dir: a killed run or a failed rollback);
+            without it that upgrade refuses, as every other mutating flow does.
     """
     problems = parameter_problems(target_version, batch_size, health_timeout, approval_timeout)
     if problems:
@@ -625,7 +635,17 @@ def upgrade(
     report = Report(on_add=log_step)
     outcome = "failed before any change"
     try:
-        with host_lock(sentry_host, "upgrade"):
+        with host_lock(sentry_host, "upgrade", mid_upgrade_ok=True):
+            if unfinished := sentry_host.upgrade_marker():
+                if not resume_unfinished:
+                    raise UpgradePlanError(
+                        f"{sentry_host.label}: an upgrade did not finish here (run "
+                        f"{unfinished.get('run')}, {unfinished.get('from')} -> "
+                        f"{unfinished.get('to')}, since {unfinished.get('since')}; its "
+                        f"pre-backup {unfinished.get('backup_id')}): check the host, then run "
+                        "again with resume_unfinished=true (nothing was changed)"
+                    )
+                report.add(Result("unfinished upgrade", Status.WARNING, f"resumed: {unfinished}"))
             current, hops = plan(sentry_host, target_version, hard_stops)
             report.add(Result("plan", Status.OK, plan_line(current, hops)))
             if not hops:
