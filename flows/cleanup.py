@@ -507,7 +507,7 @@ def retention_cleanup(
             "cleanup after it (nothing was run)"
         )
     now = dt.datetime.now(dt.UTC)
-    with host_lock(sentry_host, "retention cleanup", wait_seconds=1800):
+    with host_lock(sentry_host, "retention cleanup", wait_seconds=1800, engine=True):
         before = measure(sentry_host)
         results = sentry_cleanup(sentry_host, days, dry_run)
         results.append(old_backups(sentry_host, backup_store, dry_run))

@@ -363,7 +363,7 @@ def restore_drill(
     out.stage("verify objects", t)
     rto = None
     if not bad:
-        with host_lock(scratch, "restore drill"):
+        with host_lock(scratch, "restore drill", engine=True):
             rto = restore_and_check(
                 prod, scratch, backup_store, manifest, drill, keep_on_failure, out, t0
             )

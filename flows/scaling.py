@@ -163,7 +163,7 @@ def scale_workers(
     logger = get_run_logger()
     host, sentry_host = load_block(host, SentryHost)
     service = checked_service(sentry_host, role, replicas)
-    with host_lock(sentry_host, "scale workers"):
+    with host_lock(sentry_host, "scale workers", engine=True):
         before = len(running(sentry_host.service_containers(service)))
         logger.info("%s: %s from %d to %d replicas", sentry_host.label, service, before, replicas)
         results = rescale(sentry_host, service, before, replicas, stop_timeout)
@@ -274,7 +274,7 @@ def autoscale(
     service = checked_service(sentry_host, role, min_replicas, max_replicas)
     try:
         # a backup or an upgrade of the host comes first: this run gives way, the next decides
-        with host_lock(sentry_host, "autoscale", wait_seconds=60):
+        with host_lock(sentry_host, "autoscale", wait_seconds=60, engine=True):
             backlog = sentry_host.queue_backlog()
             before = len(running(sentry_host.service_containers(service)))
             state = Variable.get(state_name(sentry_host), default=None) or {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -154,6 +155,12 @@ def ensure_lock(name: str) -> None:
                 )
 
 
+def engine_lock_name(host: SentryHost) -> str:
+    """One lock per Docker engine, told by the engine's own ID: what fills or restarts the
+    engine's disk and containers (a drill, cleanup, an upgrade, autoscale) runs one at a time."""
+    return "sentry-ops-engine-" + re.sub(r"[^a-z0-9]+", "-", host.engine_id().lower()).strip("-")
+
+
 def lock_holder(host: SentryHost) -> dict:
     """Who holds the host's lock (flow, run, run_id, since, purpose); {} when nobody does."""
     return Variable.get(f"{lock_name(host)}-holder", default=None) or {}
@@ -174,18 +181,19 @@ def host_lock(
     purpose: str,
     wait_seconds: float = LOCK_WAIT_SECONDS,
     mid_upgrade_ok: bool = False,
+    engine: bool = False,
 ) -> Iterator[None]:
-    """Hold the host's lock for `purpose` (every flow that changes a host takes it). While it
-    waits, a run logs who holds the lock and since when. The holder renews its lease every
-    quarter lease: a short Prefect API outage is logged; a lease lost (not renewed for a whole
-    lease, or gone from the server) stops the run at its next command on the host
-    (blocks/host_lease.py), never lets it go on unlocked. A host an upgrade left unfinished
-    (its marker in the project dir: a killed run, a failed rollback) is refused to every flow
-    but those that say `mid_upgrade_ok` (a backup, the upgrade itself)."""
+    """Hold the host's lock for `purpose` (every flow that changes a host takes it); with
+    `engine`, the lock of its Docker engine first (a drill, cleanup, an upgrade, autoscale: what
+    fills the engine's disk or restarts its containers runs one at a time on one engine,
+    whatever stack it is for). While it waits, a run logs who holds the lock and since when. The
+    holder renews its lease every quarter lease: a short Prefect API outage is logged; a lease
+    lost (not renewed for a whole lease, or gone from the server) stops the run at its next
+    command on the host (blocks/host_lease.py), never lets it go on unlocked. A host an upgrade
+    left unfinished (its marker in the project dir: a killed run, a failed rollback) is refused
+    to every flow but those that say `mid_upgrade_ok` (a backup, the upgrade itself)."""
     logger = get_run_logger()
     name = lock_name(host)
-    ensure_lock(name)
-    holder_var = f"{name}-holder"
     holder = lock_holder(host)
     ancestors = {str(i) for i in (flow_run.parent_flow_run_id, flow_run.root_flow_run_id) if i}
     if holder.get("run_id") in ancestors:  # a subflow (an upgrade's pre-backup): its parent
@@ -195,42 +203,58 @@ def host_lock(
         )  # fmt: skip
         yield
         return
+    with contextlib.ExitStack() as held:
+        if engine:  # always before the host lock: one order, no deadlock
+            lock = engine_lock_name(host)
+            held.enter_context(_hold(host, "engine lock", lock, purpose, wait_seconds))
+        held.enter_context(_hold(host, "host lock", name, purpose, wait_seconds))
+        if not mid_upgrade_ok and (marker := host.upgrade_marker()):
+            raise UnfinishedUpgrade(
+                f"{host.label}: refusing {purpose}: an upgrade did not finish here (run "
+                f"{marker.get('run', '?')}, {marker.get('from', '?')} -> "
+                f"{marker.get('to', '?')}, since {marker.get('since', '?')}; its pre-backup "
+                f"{marker.get('backup_id', '?')}). Run the upgrade again with "
+                "resume_unfinished=true once the host is checked (nothing was changed)"
+            )
+        yield
+
+
+@contextlib.contextmanager
+def _hold(
+    host: SentryHost, kind: str, name: str, purpose: str, wait_seconds: float
+) -> Iterator[None]:
+    """One lock (a strict global concurrency limit of 1 slot) held with a renewed lease; its
+    holder recorded in the Variable `<name>-holder` for those who wait."""
+    logger = get_run_logger()
+    ensure_lock(name)
+    holder_var = f"{name}-holder"
     started = time.monotonic()
     run_id = UUID(str(flow_run.id)) if flow_run.id else None
     while (
         lease_id := host_lease.acquire(name, LOCK_LEASE_SECONDS, LOCK_POLL_SECONDS, run_id)
     ) is None:
         waited = time.monotonic() - started
-        holder = lock_holder(host)
+        holder = Variable.get(holder_var, default=None) or {}
         who = (
             f"{holder.get('flow')} run {holder.get('run')} ({holder.get('run_id')}) since "
-            f"{holder.get('since')}"
+            f"{holder.get('since')} for {holder.get('purpose')}"
             if holder
             else "an unknown run"
         )
         if waited >= wait_seconds:
             raise LockTimeout(
                 f"{host.label}: gave up on {purpose} after waiting {waited:.0f} s for the "
-                f"host lock {name}, held by {who}"
+                f"{kind} {name}, held by {who}"
             )
         logger.warning(
-            "%s of %s waits for the host lock %s (%.0f s so far): held by %s; a holder that "
+            "%s of %s waits for the %s %s (%.0f s so far): held by %s; a holder that "
             "was killed frees it within %d s",
-            purpose, host.label, name, waited, who, LOCK_LEASE_SECONDS,
+            purpose, host.label, kind, name, waited, who, LOCK_LEASE_SECONDS,
         )  # fmt: skip
-    lease = host_lease.Lease(host.ssh.target, lease_id, LOCK_LEASE_SECONDS, logger.warning)
-    with lease:
+    with host_lease.Lease(host.ssh.target, lease_id, LOCK_LEASE_SECONDS, logger.warning):
         Variable.set(holder_var, {**_holder(), "purpose": purpose}, overwrite=True)
-        logger.info("holding the host lock %s for %s", name, purpose)
+        logger.info("holding the %s %s for %s", kind, name, purpose)
         try:
-            if not mid_upgrade_ok and (marker := host.upgrade_marker()):
-                raise UnfinishedUpgrade(
-                    f"{host.label}: refusing {purpose}: an upgrade did not finish here (run "
-                    f"{marker.get('run', '?')}, {marker.get('from', '?')} -> "
-                    f"{marker.get('to', '?')}, since {marker.get('since', '?')}; its pre-backup "
-                    f"{marker.get('backup_id', '?')}). Run the upgrade again with "
-                    "resume_unfinished=true once the host is checked (nothing was changed)"
-                )
             yield
         finally:
             try:

@@ -635,7 +635,7 @@ def upgrade(
     report = Report(on_add=log_step)
     outcome = "failed before any change"
     try:
-        with host_lock(sentry_host, "upgrade", mid_upgrade_ok=True):
+        with host_lock(sentry_host, "upgrade", mid_upgrade_ok=True, engine=True):
             if unfinished := sentry_host.upgrade_marker():
                 if not resume_unfinished:
                     raise UpgradePlanError(

@@ -26,6 +26,7 @@ from blocks import backup_set
 from blocks.backup_set import SetError
 from blocks.backup_store import BackupStore
 from blocks.layouts import DataVolume
+from blocks.sentry_host import SentryHost
 from flows.backup import BackupError, backup, list_backups, verify_backup
 from flows.bootstrap import bootstrap
 from flows.cleanup import CleanupError, retention_cleanup
@@ -443,3 +444,62 @@ def test_a_prefect_server_restart_while_a_backup_holds_the_lock_does_not_keep_it
     text = asyncio.run(run_texts(state.state_details.flow_run_id))
     assert "waits for the host lock" not in text
     assert time.monotonic() - started < 300
+
+
+@flow(name="hold-engine-lock")
+def hold_engine_lock(host_name: str, release: str) -> None:
+    """Holds the engine lock of a host until the file `release` exists (the test's hand on it)."""
+    from flows.shared import host_lock
+
+    host = SentryHost.load(host_name)
+    with host_lock(host, "a test's hold", engine=True):
+        while not Path(release).exists():
+            time.sleep(0.2)
+
+
+def test_drills_and_cleanups_on_one_engine_wait_for_its_lock_backups_do_not(
+    saved_host, store_name, sandbox, seeded, tmp_path
+):
+    """The engine lock (by docker info's ID): while a run holds it, a same-host drill and a
+    retention cleanup of that engine wait for it; a backup of its stack goes on."""
+    from flows.shared import engine_lock_name
+
+    host = SentryHost.load(saved_host)
+    backup(saved_host, store_name)
+    release = tmp_path / "release"
+    holder = threading.Thread(target=hold_engine_lock, args=(saved_host, str(release)))
+    holder.start()
+    results: dict[str, object] = {}
+
+    def run_in_thread(name: str, fn) -> threading.Thread:
+        def go() -> None:
+            try:
+                results[name] = fn()
+            except BaseException as exc:
+                results[name] = exc
+
+        thread = threading.Thread(target=go)
+        thread.start()
+        return thread
+
+    try:
+        asked = time.monotonic()
+        quick = DrillStack(web_timeout=20)
+        drill = run_in_thread("drill", lambda: restore_drill(saved_host, store_name, drill=quick))
+        cleanup = run_in_thread(
+            "cleanup", lambda: retention_cleanup(saved_host, store_name, dry_run=True)
+        )
+        until = asked + LOCK_POLL_SECONDS + 90
+        lock = engine_lock_name(host)
+        assert logged("restore drill of", f"waits for the engine lock {lock}", until=until)
+        assert logged("retention cleanup of", f"waits for the engine lock {lock}", until=until)
+        assert drill.is_alive() and cleanup.is_alive()
+        taken = backup(saved_host, store_name)  # not an engine-wide step: not held up
+        assert taken["backup_id"]
+    finally:
+        release.touch()
+    holder.join()
+    drill.join()
+    cleanup.join()
+    assert isinstance(results["drill"], dict) and results["drill"]["passed"], results["drill"]
+    assert isinstance(results["cleanup"], dict), results["cleanup"]
