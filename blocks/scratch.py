@@ -226,10 +226,11 @@ def isolation_problems(
         if shared := containers[0] & containers[1]:
             problems.append(f"container names {sorted(shared)}")
         nets = _networks(scratch)
-        if shared := set(nets) & set(_networks(prod)):
+        external = {n for n, ext in nets.items() if ext}
+        if external:  # made elsewhere: production's, or another stack's
+            problems.append(f"external networks {sorted(external)}")
+        if shared := (set(nets) & set(_networks(prod))) - external:
             problems.append(f"networks {sorted(shared)}")
-        if external := sorted(n for n, ext in nets.items() if ext and n not in shared):
-            problems.append(f"external networks {external}")
     if shared := _overlap(_host_paths(scratch), _host_paths(prod)):
         problems.append(f"host paths {shared} (bind mounts or volumes bound to a device)")
     if outside := _reaches_out(scratch):
