@@ -227,6 +227,11 @@ class BackupManifest(BaseModel):
     backup_id: str
     host_id: str = Field(description="SSH target and compose project: the set's folder")
     host: str = Field(description="name of the SentryHost block the backup ran with")
+    engine_id: str | None = Field(
+        default=None,
+        description="the Docker engine's own ID (`docker info`): which machine the set came from "
+        "however SSH reached it (none in sets older than this field)",
+    )
     layout: str
     project_name: str
     started_at: dt.datetime

@@ -290,6 +290,7 @@ def new_manifest(host_name: str, host: SentryHost, writer: SetWriter, **fields) 
         host=host_name,
         layout=host.layout,
         project_name=host.project,
+        engine_id=host.engine_id(),
         started_at=writer.started_at,
         finished_at=dt.datetime.now(dt.UTC),
         encrypted=writer.encrypted,
