@@ -3,6 +3,7 @@
 #   bash infra/run.sh demo   # sandbox + Prefect server + the demo flows, with a report
 #   bash infra/run.sh test   # sandbox + lint + the whole test suite
 #   bash infra/run.sh up|down
+#   bash infra/run.sh idle   # the machine's load with the sandbox up and nothing running
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv
@@ -37,6 +38,7 @@ test)
     "$venv/bin/ruff" check .
     "$venv/bin/ruff" format --check .
     "$venv/bin/python" -m infra.sandbox up
+    "$venv/bin/python" -m infra.sandbox idle --seconds 15 # what the sandbox costs before a test
     # two pytest processes side by side (tests/helpers.py, SHARED): the tests sharing the sandbox's
     # stacks in this one, the unit tests and those on a stack of their own in the other
     other_log=$(mktemp)
@@ -63,8 +65,11 @@ test)
 up | down)
     "$venv/bin/python" -m infra.sandbox "$1"
     ;;
+idle)
+    "$venv/bin/python" -m infra.sandbox idle "${@:2}"
+    ;;
 *)
-    echo "usage: bash infra/run.sh demo|test|up|down" >&2
+    echo "usage: bash infra/run.sh demo|test|up|down|idle" >&2
     exit 2
     ;;
 esac
