@@ -229,8 +229,8 @@ class BackupManifest(BaseModel):
     host: str = Field(description="name of the SentryHost block the backup ran with")
     engine_id: str | None = Field(
         default=None,
-        description="the Docker engine's own ID (`docker info`): which machine the set came from "
-        "however SSH reached it (none in sets older than this field)",
+        description="the Docker engine's ID and data root (`docker info`, `<ID>@<root>`): which "
+        "engine the set came from however SSH reached it (none in sets older than this field)",
     )
     layout: str
     project_name: str

@@ -209,8 +209,11 @@ class DockerVerbs:
         self.run(["docker", "volume", "rm", name], timeout=120)
 
     def engine_id(self) -> str:
-        """The Docker engine's own ID: one engine however SSH reaches it."""
-        return self.run(["docker", "info", "--format", "{{.ID}}"], timeout=30).text.strip()
+        """Which Docker engine this is, however SSH reaches it: `docker info`'s ID and data root,
+        `<ID>@<root>`. The root too: before Docker 23 the ID comes from /etc/docker/key.json,
+        which every daemon of one machine (and machines cloned from one image) share."""
+        argv = ["docker", "info", "--format", "{{.ID}}@{{.DockerRootDir}}"]
+        return self.run(argv, timeout=30).text.strip()
 
     def listening(self) -> frozenset[int]:
         """TCP ports something listens on, on the host (`ss`)."""

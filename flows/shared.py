@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import re
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -158,7 +158,7 @@ def ensure_lock(name: str) -> None:
 def engine_lock_name(host: SentryHost) -> str:
     """One lock per Docker engine, told by the engine's own ID: what fills or restarts the
     engine's disk and containers (a drill, cleanup, an upgrade, autoscale) runs one at a time."""
-    return "sentry-ops-engine-" + re.sub(r"[^a-z0-9]+", "-", host.engine_id().lower()).strip("-")
+    return f"sentry-ops-engine-{hashlib.sha256(host.engine_id().encode()).hexdigest()[:16]}"
 
 
 def lock_holder(host: SentryHost) -> dict:

@@ -36,9 +36,7 @@ def restart_prefect_server() -> float:
     server = PREFECT_SERVER
     started = time.monotonic()
     sb.stop_pid(server["pidfile"], "the tests' Prefect server (a restart)")
-    sb.start_prefect_server(
-        server["home"], server["port"], server["pidfile"], server["log"], server["database"]
-    )
+    sb.start_prefect_server(server["home"], server["port"], server["pidfile"], server["log"])
     return time.monotonic() - started
 
 

@@ -159,8 +159,8 @@ def test_backup_verify_list_and_retention_on_each_layout(
     assert list_backups(store_name)[0]["verified"]
     assert backup_retention(store_name)["kept"] == [result["backup_id"]]
     # the machine it came from, by the engine's own ID, whatever SSH address reached it
-    engine = subprocess.run(["docker", "info", "--format", "{{.ID}}"], capture_output=True,
-                            text=True, check=True).stdout.strip()  # fmt: skip
+    info = ["docker", "info", "--format", "{{.ID}}@{{.DockerRootDir}}"]
+    engine = subprocess.run(info, capture_output=True, text=True, check=True).stdout.strip()
     store = store_from_connection(sandbox, prefix=store_name)
     assert backup_set.load(store, result["host_id"], result["backup_id"]).engine_id == engine
 

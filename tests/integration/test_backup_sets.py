@@ -448,11 +448,14 @@ def test_a_prefect_server_restart_while_a_backup_holds_the_lock_does_not_keep_it
 
 @flow(name="hold-engine-lock")
 def hold_engine_lock(host_name: str, release: str) -> None:
-    """Holds the engine lock of a host until the file `release` exists (the test's hand on it)."""
+    """Holds the engine lock of a host until the file `release` exists (the test's hand on it),
+    as a drill does: the engine's, and the host lock of a scratch stack, not production's."""
+    from blocks.scratch import scratch_of
     from flows.shared import host_lock
 
-    host = SentryHost.load(host_name)
-    with host_lock(host, "a test's hold", engine=True):
+    scratch = scratch_of(SentryHost.load(host_name), None, DrillStack(suffix="hold"))
+    with host_lock(scratch, "a test's hold", engine=True):
+        Path(f"{release}.held").touch()
         while not Path(release).exists():
             time.sleep(0.2)
 
@@ -469,6 +472,7 @@ def test_drills_and_cleanups_on_one_engine_wait_for_its_lock_backups_do_not(
     release = tmp_path / "release"
     holder = threading.Thread(target=hold_engine_lock, args=(saved_host, str(release)))
     holder.start()
+    sb.wait_for("the test's hold on the engine lock", Path(f"{release}.held").exists, 120, 0.2)
     results: dict[str, object] = {}
 
     def run_in_thread(name: str, fn) -> threading.Thread:
@@ -489,10 +493,12 @@ def test_drills_and_cleanups_on_one_engine_wait_for_its_lock_backups_do_not(
         cleanup = run_in_thread(
             "cleanup", lambda: retention_cleanup(saved_host, store_name, dry_run=True)
         )
-        until = asked + LOCK_POLL_SECONDS + 90
+        until = asked + LOCK_POLL_SECONDS + 240  # the drill verifies the set before the lock
         lock = engine_lock_name(host)
-        assert logged("restore drill of", f"waits for the engine lock {lock}", until=until)
-        assert logged("retention cleanup of", f"waits for the engine lock {lock}", until=until)
+        waits = logged("restore drill of", f"waits for the engine lock {lock}", until=until)
+        assert waits, results.get("drill")
+        waits = logged("retention cleanup of", f"waits for the engine lock {lock}", until=until)
+        assert waits, results.get("cleanup")
         assert drill.is_alive() and cleanup.is_alive()
         taken = backup(saved_host, store_name)  # not an engine-wide step: not held up
         assert taken["backup_id"]
