@@ -227,6 +227,22 @@ def test_a_killed_backup_makes_the_next_one_wait_for_the_lock_then_succeed(
     assert [s.complete for s in sets] == [False, True]  # the killed one never looks complete
 
 
+def run_in_thread(out: dict[str, object], name: str, fn) -> threading.Thread:
+    """`fn` in a started thread: its result (or exception) in out[name], the time it ended in
+    out[f"{name} at"]."""
+
+    def go() -> None:
+        try:
+            out[name] = fn()
+        except BaseException as exc:
+            out[name] = exc
+        out[f"{name} at"] = time.monotonic()
+
+    thread = threading.Thread(target=go)
+    thread.start()
+    return thread
+
+
 def logged(*fragments: str, until: float) -> bool:
     """Whether a log line with every fragment reached the Prefect API before `until`."""
     from prefect.client.orchestration import get_client
@@ -254,16 +270,7 @@ def test_a_backup_holding_the_lock_blocks_a_bootstrap_of_its_host_not_of_another
     done: dict[str, object] = {}
 
     def in_thread(name: str, fn) -> threading.Thread:
-        def go() -> None:
-            try:
-                done[name] = fn()
-            except BaseException as exc:
-                done[name] = exc
-            done[f"{name} at"] = time.monotonic()
-
-        thread = threading.Thread(target=go)
-        thread.start()
-        return thread
+        return run_in_thread(done, name, fn)
 
     held = in_thread("backup", lambda: backup(saved_host, store_name))
     sb.wait_for(f"the backup's dump {done}", lambda: dump_jobs() or "backup" in done, 120, 0.1)
@@ -475,23 +482,14 @@ def test_drills_and_cleanups_on_one_engine_wait_for_its_lock_backups_do_not(
     sb.wait_for("the test's hold on the engine lock", Path(f"{release}.held").exists, 120, 0.2)
     results: dict[str, object] = {}
 
-    def run_in_thread(name: str, fn) -> threading.Thread:
-        def go() -> None:
-            try:
-                results[name] = fn()
-            except BaseException as exc:
-                results[name] = exc
-
-        thread = threading.Thread(target=go)
-        thread.start()
-        return thread
-
     try:
         asked = time.monotonic()
         quick = DrillStack(web_timeout=20)
-        drill = run_in_thread("drill", lambda: restore_drill(saved_host, store_name, drill=quick))
+        drill = run_in_thread(
+            results, "drill", lambda: restore_drill(saved_host, store_name, drill=quick)
+        )
         cleanup = run_in_thread(
-            "cleanup", lambda: retention_cleanup(saved_host, store_name, dry_run=True)
+            results, "cleanup", lambda: retention_cleanup(saved_host, store_name, dry_run=True)
         )
         until = asked + LOCK_POLL_SECONDS + 240  # the drill verifies the set before the lock
         lock = engine_lock_name(host)
