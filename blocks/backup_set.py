@@ -2,8 +2,9 @@
 and `list_sets`/`load`/`open_object`/`check_object` to read one; nothing else builds a key, a
 codec or a manifest.
 
-A set is the folder `<store prefix>/<host id>/<backup id>/` of one host (host id: SSH target and
-compose project, `SentryHost.identity`):
+A set is the folder `<store prefix>/<host id>/<backup id>/` of one host (host id: compose
+project and Docker engine ID, `SentryHost.identity`; sets of releases before it sit under
+`SentryHost.legacy_identity`, SSH target and project, and are read from there):
 - objects, one per `Kind`: `postgres.dump`, `volume-<name>.tar.zst`, `clickhouse-...`,
   `config.tar`; `.enc` appended when encrypted;
 - `manifest.json`, written last: the commit marker (no manifest = incomplete = never restored),
@@ -27,7 +28,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -47,8 +48,8 @@ FORMAT = 2
 MANIFEST = "manifest.json"
 VERIFICATION = "verification.json"
 STAMP = "%Y%m%dT%H%M%SZ"
-HOST_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,150}$")
-BACKUP_ID = re.compile(r"^(?P<stamp>\d{8}T\d{6}Z)-(?P<host>[a-z0-9][a-z0-9-]*)$")
+HOST_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,150}$")
+BACKUP_ID = re.compile(r"^(?P<stamp>\d{8}T\d{6}Z)-(?P<host>[a-z0-9][a-z0-9_-]*)$")
 # ClickHouse names, parts and paths as a manifest may carry them into SQL or a shell: checked when
 # any manifest is read, sealed or not (an unsealed one is anybody's text)
 CLICKHOUSE_NAME = re.compile(r"^[A-Za-z0-9_.$-]+$")
@@ -95,6 +96,21 @@ def file_name(kind: Kind, part: str, compression: Compression, encrypted: bool) 
 # -- ids ----------------------------------------------------------------------------------------
 def new_backup_id(host_id: str, now: dt.datetime) -> str:
     return f"{now.astimezone(dt.UTC).strftime(STAMP)}-{host_id}"
+
+
+def host_id_of(project: str, engine_id: str) -> str:
+    """A stack's host id: its compose project and its Docker engine's own ID (`docker info`,
+    `<ID>@<root>`, hashed), `<project>-<12 hex>`: the same however SSH reaches the machine."""
+    name = re.sub(r"[^a-z0-9_-]+", "-", project.lower()).strip("-_")[:130] or "sentry"
+    return f"{name}-{hashlib.sha256(engine_id.encode()).hexdigest()[:12]}"
+
+
+def current_host_id(manifest: BackupManifest) -> str:
+    """The host id the stack of `manifest` has now: its folder's, or, for a set an older release
+    filed under the SSH target, the engine-based one when the manifest recorded its engine."""
+    if manifest.engine_id:
+        return host_id_of(manifest.project_name, manifest.engine_id)
+    return manifest.host_id
 
 
 def parse_backup_id(backup_id: str) -> tuple[dt.datetime, str] | None:
@@ -225,7 +241,9 @@ class BackupManifest(BaseModel):
         "snapshot taken alone (clickhouse_snapshot)",
     )
     backup_id: str
-    host_id: str = Field(description="SSH target and compose project: the set's folder")
+    host_id: str = Field(
+        description="the set's folder: compose project and Docker engine (SentryHost.identity)"
+    )
     host: str = Field(description="name of the SentryHost block the backup ran with")
     engine_id: str | None = Field(
         default=None,
@@ -660,13 +678,15 @@ def read_verification(store: BackupStore, host_id: str, backup_id: str) -> Verif
     return record if record.backup_id == backup_id else None
 
 
-def list_sets(store: BackupStore, host_id: str | None = None) -> list[SetListing]:
-    """Every set in the store (or of one host), oldest first, each manifest loaded and its seal
-    checked. Keys that are not `<host>/<backup id>/<file>` are listed with when=None."""
-    base = folder(store, host_id) if host_id else f"{store.prefix}/"
+def list_sets(store: BackupStore, host_id: str | Sequence[str] | None = None) -> list[SetListing]:
+    """Every set in the store (or of one host: one host id, or its folders,
+    `SentryHost.set_folders`), oldest first, each manifest loaded and its seal checked. Keys
+    that are not `<host>/<backup id>/<file>` are listed with when=None."""
+    hosts = [host_id] if isinstance(host_id, str) else list(host_id or [])
+    bases = [folder(store, h) for h in hosts] if hosts else [f"{store.prefix}/"]
     groups: dict[tuple[str, str], list[str]] = {}
     sizes: dict[tuple[str, str], int] = {}
-    for key, size in store.list_objects(base):
+    for key, size in (found for base in bases for found in store.list_objects(base)):
         parts = key[len(store.prefix) + 1 :].split("/")
         group = (parts[0], parts[1]) if len(parts) == 3 else ("?", "/".join(parts[:-1]))
         groups.setdefault(group, []).append(key)
@@ -724,14 +744,18 @@ def choose(sets: list[SetListing], backup_id: str | None) -> str:
     return max(usable, key=lambda s: s.when or dt.datetime.min).backup_id
 
 
-def pick(store: BackupStore, host_id: str, label: str, backup_id: str | None) -> BackupManifest:
-    """The asked set of this host (default its newest complete, trusted, full one), loaded: its
-    seal checked and its manifest naming this host. `label` names the host in errors."""
+def pick(
+    store: BackupStore, host_id: str | Sequence[str], label: str, backup_id: str | None
+) -> BackupManifest:
+    """The asked set of this host (its id, or its folders: `SentryHost.set_folders`; default its
+    newest complete, trusted, full one), loaded: its seal checked and its manifest naming the
+    folder it sits in. `label` names the host in errors."""
     try:
-        chosen = choose(list_sets(store, host_id), backup_id)
+        sets = list_sets(store, host_id)
+        chosen = choose(sets, backup_id)
     except SetError as exc:
         raise SetError(f"{label} in {store.where}: {exc}") from None
-    return load(store, host_id, chosen)
+    return load(store, next(s.host_id for s in sets if s.backup_id == chosen), chosen)
 
 
 def verify_objects(store: BackupStore, manifest: BackupManifest) -> list[Result]:

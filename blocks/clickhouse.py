@@ -285,7 +285,8 @@ def freeze(host: SentryHost, client: Client, version: str, name: str) -> ClickHo
     copied = [t for t in tables if t.copied]
     # copies left by killed earlier runs of this host's backups (the caller holds the host
     # lock, so none of them is still in use); one of this very name would make FREEZE fail
-    ours = re.compile(rf"\d{{8}}T\d{{6}}Z_{freeze_name(host.identity)}")
+    hosts = "|".join(freeze_name(h) for h in host.set_folders)
+    ours = re.compile(rf"\d{{8}}T\d{{6}}Z_({hosts})")
     for stale in {*(n for n in leftover_freezes(host) if ours.fullmatch(n)), name}:
         unfreeze(host, stale, client)
     # merges are stopped only from FREEZE to the counts (seconds)

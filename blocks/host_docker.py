@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from blocks import commands
 from blocks.backup_store import HashingReader
 from blocks.layouts import DataVolume, Role
+from blocks.poll import poll
 from blocks.ssh import CommandResult, RemoteCommandError
 
 if TYPE_CHECKING:
@@ -25,6 +26,13 @@ FACT_ARGV = {
     "meminfo": ["cat", "/proc/meminfo"],
     "listening": ["ss", "-Hltn"],
 }
+
+
+def probe_seconds(healthcheck_json: str) -> float:
+    """Interval + timeout of a container's healthcheck (`docker inspect`'s
+    `.Config.Healthcheck` as JSON, nanoseconds; Docker's defaults, 30 s each, where unset)."""
+    config = json.loads(healthcheck_json or "null") or {}
+    return ((config.get("Interval") or 30e9) + (config.get("Timeout") or 30e9)) / 1e9
 
 
 class DockerVerbs:
@@ -85,6 +93,29 @@ class DockerVerbs:
     def unpause(self, ids: Sequence[str]) -> None:
         if ids:
             self.run(["docker", "unpause", *ids], timeout=60, check=False)
+
+    def health_back(self, ids: Sequence[str]) -> tuple[bool, str]:
+        """Wait until containers a pause left "unhealthy" pass their healthcheck again: Docker
+        marks a paused container unhealthy and keeps that until its next probe after the unpause
+        (moby container/health.go, CloseMonitorChannel: "unhealthy when the monitor has stopped"),
+        up to a whole interval later (self-hosted: 30 s); meanwhile `compose up --wait` and every
+        `depends_on: service_healthy` of a restart fail on it. Bounded by the probe's own
+        interval + timeout + 10 s. -> (back, last statuses)."""
+        if not ids:
+            return True, ""
+        fmt = "{{json .Config.Healthcheck}}|{{if .State.Health}}{{.State.Health.Status}}{{end}}"
+        first = self.run(["docker", "inspect", "-f", fmt, *ids], timeout=30).text.splitlines()
+        if not any(line.rpartition("|")[2] for line in first):
+            return True, "no healthcheck"
+        limit = 10 + max(probe_seconds(line.rpartition("|")[0]) for line in first)
+        argv = ["docker", "inspect", "-f", "{{if .State.Health}}{{.State.Health.Status}}{{end}}",
+                *ids]  # fmt: skip
+        statuses, back = poll(
+            lambda: self.run(argv, timeout=30).text.split(),
+            lambda out: all(s == "healthy" for s in out),
+            timeout=limit,
+        )
+        return back, " ".join(statuses)
 
     def paused(self, ids: Sequence[str]) -> bool:
         """All of these containers are paused."""

@@ -48,11 +48,21 @@ def set_state(listing: backup_set.SetListing) -> str:
 
 def read_facts(store: BackupStore) -> list[HostFacts]:
     """One HostFacts per host folder of the store (listing, then the newest set's manifest and
-    each set's verification record, all seal-checked)."""
-    by_host: dict[str, list[backup_set.SetListing]] = {}
+    each set's verification record, all seal-checked). A folder an older release filed under
+    the SSH target counts as the host its newest manifest names by engine (not as a host
+    whose backups stopped)."""
+    folders: dict[str, list[backup_set.SetListing]] = {}
     for listing in backup_set.list_sets(store):
         if listing.when is not None:
-            by_host.setdefault(listing.host_id, []).append(listing)
+            folders.setdefault(listing.host_id, []).append(listing)
+    by_host: dict[str, list[backup_set.SetListing]] = {}
+    for folder_id, sets in folders.items():
+        try:
+            newest = backup_set.load(store, folder_id, backup_set.choose(sets, None))
+            owner = backup_set.current_host_id(newest)
+        except backup_set.SetError:  # no complete, sealed full set: the folder stands alone
+            owner = folder_id
+        by_host.setdefault(owner, []).extend(sets)
     facts = []
     for host_id, sets in sorted(by_host.items()):
         counts = dict(Counter(set_state(s) for s in sets))
@@ -62,7 +72,8 @@ def read_facts(store: BackupStore) -> list[HostFacts]:
         except backup_set.SetError:  # no complete, sealed full set yet
             chosen = None
         if chosen:
-            newest = backup_set.load(store, host_id, chosen)
+            where = next(s.host_id for s in sets if s.backup_id == chosen)
+            newest = backup_set.load(store, where, chosen)
             fields.update(
                 host=newest.host,
                 last_finished=newest.finished_at,
@@ -72,7 +83,7 @@ def read_facts(store: BackupStore) -> list[HostFacts]:
         records = [
             r
             for s in sets
-            if s.trusted and (r := backup_set.read_verification(store, host_id, s.backup_id))
+            if s.trusted and (r := backup_set.read_verification(store, s.host_id, s.backup_id))
         ]
         passed = [r.at for r in records if r.ok]
         drills = sorted((r for r in records if r.by == "restore-drill"), key=lambda r: r.at)

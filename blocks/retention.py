@@ -1,7 +1,8 @@
 """Retention of backup sets, per host: which to delete, decided by a pure function
 (`plan_retention`), then applied (`apply`).
 
-Rules, applied to each host's folder on its own (a backup exists only once its manifest is
+Rules, applied to each host on its own (its folder, or, when one host's retention runs, every
+folder its sets sit in: `SentryHost.set_folders`; a backup exists only once its manifest is
 written; retention never deletes the newest `min_keep` complete backups, whatever the clock says):
 - complete, sealed sets older than `retention_days` are deleted, but never the host's newest
   `min_keep` of them, nor its newest verified one;
@@ -14,7 +15,7 @@ written; retention never deletes the newest `min_keep` complete backups, whateve
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from blocks import backup_set
@@ -32,16 +33,24 @@ class RetentionPlan:
 
 
 def plan_retention(
-    sets: list[SetListing], now: dt.datetime, retention_days: int, min_keep: int
+    sets: list[SetListing],
+    now: dt.datetime,
+    retention_days: int,
+    min_keep: int,
+    one_host: bool = False,
 ) -> RetentionPlan:
+    """With `one_host`, `sets` are all one host's, whatever folders they sit in (its current
+    and its legacy host id): its newest `min_keep` are counted across them, so the folder an
+    older release wrote ages out instead of keeping `min_keep` forever."""
     cutoff = now - dt.timedelta(days=retention_days)
     protected: set[str] = set()
-    for host in {s.host_id for s in sets if s.when}:
+    host_of = (lambda s: "") if one_host else (lambda s: s.host_id)
+    for host in {host_of(s) for s in sets if s.when}:
         usable = sorted(
             (
                 s
                 for s in sets
-                if s.host_id == host and s.when and s.complete and s.trusted and s.scope == "full"
+                if host_of(s) == host and s.when and s.complete and s.trusted and s.scope == "full"
             ),  # a ClickHouse snapshot alone restores no install
             key=lambda s: s.when,  # type: ignore[arg-type, return-value]
         )
@@ -76,22 +85,26 @@ def plan_retention(
 
 def apply(
     store: BackupStore,
-    host_id: str | None,
+    host_ids: Sequence[str] | None,
     now: dt.datetime,
     dry_run: bool,
     say: Callable[[str], None],
 ) -> tuple[RetentionPlan, int]:
-    """Apply the store's retention to one host's sets, or to every host's; with `dry_run`, only
-    plan it. -> (the plan, stale multipart uploads aborted or found)."""
-    sets = backup_set.list_sets(store, host_id)
-    plan = plan_retention(sets, now, store.retention_days, store.min_keep)
+    """Apply the store's retention to one host's sets (its folders, `SentryHost.set_folders`),
+    or to every host's; with `dry_run`, only plan it. -> (the plan, stale multipart uploads
+    aborted or found)."""
+    sets = backup_set.list_sets(store, host_ids)
+    plan = plan_retention(sets, now, store.retention_days, store.min_keep, bool(host_ids))
     for s in plan.delete:
         if not dry_run:
             backup_set.delete_set(store, s)
         say(f"{'would delete' if dry_run else 'deleted'} backup {s.backup_id}: "
             f"{plan.reasons[s.backup_id]}")  # fmt: skip
-    where = backup_set.folder(store, host_id) if host_id else f"{store.prefix}/"
-    aborted = store.abort_uploads(where, older_than=now - INCOMPLETE_GRACE, dry_run=dry_run)
+    wheres = [backup_set.folder(store, h) for h in host_ids or []] or [f"{store.prefix}/"]
+    aborted = sum(
+        store.abort_uploads(where, older_than=now - INCOMPLETE_GRACE, dry_run=dry_run)
+        for where in wheres
+    )
     return plan, aborted
 
 

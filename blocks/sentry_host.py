@@ -26,6 +26,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from blocks import host_lease
+from blocks.backup_set import host_id_of
 from blocks.dotenv import parse_env
 from blocks.host_compose import ComposeVerbs
 from blocks.host_data import DataVerbs
@@ -187,6 +188,7 @@ class SentryHost(ComposeVerbs, DockerVerbs, DataVerbs, ProjectVerbs, SentryVerbs
     )
 
     _compose_context: ComposeContext | None = PrivateAttr(default=None)
+    _identity: str | None = PrivateAttr(default=None)
 
     @field_validator("project_name")
     @classmethod
@@ -275,10 +277,25 @@ class SentryHost(ComposeVerbs, DockerVerbs, DataVerbs, ProjectVerbs, SentryVerbs
 
     @property
     def identity(self) -> str:
-        """Which stack this is, whatever the block is called: SSH target and compose project.
-        Names the host's folder in a backup store and its lock."""
+        """Which stack this is, whatever the block is called and however SSH reaches it: the
+        compose project and the Docker engine's own ID (`engine_id`, hashed),
+        `<project>-<12 hex>`. Names the host's folder in a backup store and its lock: a
+        machine reached by address and by name is one host. Asked once per block instance."""
+        if self._identity is None:
+            self._identity = host_id_of(self.project, self.engine_id())
+        return self._identity
+
+    @property
+    def legacy_identity(self) -> str:
+        """The host id releases before the engine-based one used (SSH target and compose
+        project, `127-0-0-1-22022-sentry`): their sets stay readable, and age out, there."""
         raw = f"{self.ssh.host}-{self.ssh.port}-{self.project}".lower()
         return re.sub(r"[^a-z0-9]+", "-", raw).strip("-")[:150]
+
+    @property
+    def set_folders(self) -> tuple[str, ...]:
+        """The host ids its backup sets may sit under, current first."""
+        return tuple(dict.fromkeys((self.identity, self.legacy_identity)))
 
     # -- commands as data ---------------------------------------------------------------------
 

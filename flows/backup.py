@@ -204,6 +204,13 @@ def backup_volume(
         host.unpause(paused)
     if paused:
         logger.info("volume %s: %s paused for %.1f s", volume, role, time.monotonic() - started)
+        # Docker left it "unhealthy" (paused): the host is given back once it passes again
+        back, statuses = host.health_back(paused)
+        if not back:
+            logger.warning(
+                "volume %s: %s not healthy again after its pause (%s): check the service; the "
+                "copy itself is complete", volume, role, statuses,
+            )  # fmt: skip
     logger.info("volume %s: %.1f MB in %.1fs (%s)", volume, obj.size / 1e6, obj.seconds, how)
     return obj
 
@@ -230,7 +237,7 @@ def sentry_version(host: SentryHost) -> str:
 def previous_sizes(store: BackupStore, host: SentryHost) -> dict[str, int]:
     """Object name -> stored bytes in the host's newest complete full set ({} for the first)."""
     try:
-        manifest = backup_set.pick(store, host.identity, host.label, None)
+        manifest = backup_set.pick(store, host.set_folders, host.label, None)
     except Exception:  # only an estimate: the backup does not depend on it
         return {}
     return {o.name: o.size for o in manifest.objects}
@@ -415,7 +422,7 @@ def backup(host: SentryHost | str, store: BackupStore | str, retries: int = 2) -
         "manifest": manifest_key,
         "bytes": sum(o.size for o in manifest.objects),
     })  # fmt: skip
-    apply_retention(backup_store, sentry_host.identity)
+    apply_retention(backup_store, sentry_host.set_folders)
     return {
         "backup_id": manifest.backup_id,
         "host_id": manifest.host_id,
@@ -464,7 +471,7 @@ def verify_backup(
     """
     host, sentry_host = load_block(host, SentryHost)
     store, backup_store = load_block(store, BackupStore)
-    manifest = backup_set.pick(backup_store, sentry_host.identity, sentry_host.label, backup_id)
+    manifest = backup_set.pick(backup_store, sentry_host.set_folders, sentry_host.label, backup_id)
     results = verify_objects(backup_store, manifest)
     bad = [r for r in results if not r.ok]
     detail = "; ".join(f"{r.name}: {r.detail}" for r in bad) or f"{len(results)} objects match"
@@ -487,7 +494,7 @@ def list_backups(store: BackupStore | str, host: SentryHost | str | None = None)
         host: A SentryHost block (or its name) to list only its sets; default every host's.
     """
     store, backup_store = load_block(store, BackupStore)
-    host_id = load_block(host, SentryHost)[1].identity if host else None
+    host_id = load_block(host, SentryHost)[1].set_folders if host else None
     try:
         sets = backup_set.list_sets(backup_store, host_id)
     except StoreError as exc:

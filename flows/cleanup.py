@@ -271,7 +271,7 @@ def sentry_cleanup(host: SentryHost, days: int, dry_run: bool) -> list[Result]:
 
 @task(cache_policy=NO_CACHE)
 def old_backups(host: SentryHost, store: BackupStore, dry_run: bool) -> Result:
-    plan, uploads = apply_retention(store, host.identity, dry_run=dry_run)
+    plan, uploads = apply_retention(store, host.set_folders, dry_run=dry_run)
     size = sum(s.size for s in plan.delete)
     verb = "would delete" if dry_run else "deleted"
     sets = ", ".join(s.backup_id for s in plan.delete) or "none"

@@ -348,7 +348,7 @@ def restore_drill(
 
     t = time.monotonic()
     # this host's, sealed, or refused
-    manifest = backup_set.pick(backup_store, prod.identity, prod.label, backup_id)
+    manifest = backup_set.pick(backup_store, prod.set_folders, prod.label, backup_id)
     if manifest.scope != "full":
         raise DrillError(
             f"backup {manifest.backup_id} is a {manifest.scope} snapshot taken alone, not a whole "

@@ -8,7 +8,7 @@ import datetime as dt
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 from uuid import UUID
 
@@ -266,15 +266,16 @@ def _hold(
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])
 def apply_retention(
     store: BackupStore,
-    host_id: str | None = None,
+    host_ids: Sequence[str] | None = None,
     now: dt.datetime | None = None,
     dry_run: bool = False,
 ) -> tuple[retention.RetentionPlan, int]:
-    """The store's retention (blocks/retention.py) applied to one host's sets, or to every
-    host's (after each backup, and by cleanup and backup-retention); a table of what it did."""
+    """The store's retention (blocks/retention.py) applied to one host's sets (its folders,
+    `SentryHost.set_folders`), or to every host's (after each backup, and by cleanup and
+    backup-retention); a table of what it did."""
     logger = get_run_logger()
     plan, aborted = retention.apply(
-        store, host_id, now or dt.datetime.now(dt.UTC), dry_run, logger.info
+        store, host_ids, now or dt.datetime.now(dt.UTC), dry_run, logger.info
     )
     create_table_artifact(
         key="backup-retention",

@@ -431,7 +431,7 @@ def restore_database(host: SentryHost, store: BackupStore, backup_id: str, repor
     The migrated database is renamed aside, not dropped, and put back if the restore fails;
     returns its name (dropped by the caller once the rollback is proven healthy)."""
     started = time.monotonic()
-    manifest = backup_set.pick(store, host.identity, host.label, backup_id)  # the seal
+    manifest = backup_set.pick(store, host.set_folders, host.label, backup_id)  # the seal
     bad = summary(verify_objects(store, manifest))
     if bad:
         report.add(Result("rollback: re-verify pre-backup", Status.FAILED, bad[:400]))

@@ -33,7 +33,13 @@ from flows.cleanup import CleanupError, retention_cleanup
 from flows.restore_drill import DrillError, DrillStack, restore_drill
 from flows.shared import LOCK_POLL_SECONDS, apply_retention
 from infra import sandbox as sb
-from infra.sandbox.prefect_blocks import host_from_connection, save_blocks, store_from_connection
+from infra.sandbox.prefect_blocks import (
+    STACK_FIELDS,
+    host_from_connection,
+    save_blocks,
+    ssh_fields,
+    store_from_connection,
+)
 from tests.helpers import SHARED, restart_prefect_server
 from tests.integration.test_bootstrap import SMALL, run, run_texts
 
@@ -86,6 +92,65 @@ def test_two_hosts_in_one_store_keep_and_drill_their_own(sandbox, prefect_api, s
     listed = {b["backup_id"]: b["status"] for b in list_backups(store_name)}
     assert listed[guide[1]["backup_id"]] == "verified"  # the drill recorded its result
     assert listed[other["backup_id"]] == "complete, not verified"
+
+
+def filed_as_before(store, manifest, host_id: str) -> backup_set.BackupManifest:
+    """A copy of a set in the folder `host_id`, written as a release before the engine-based host
+    id did (objects re-encrypted for that folder, manifest sealed naming it)."""
+    writer = backup_set.begin(store, host_id)
+    objects = [
+        writer.put(o.kind, backup_set.open_object(store, manifest, o.name), o.compression,
+                   o.name.partition(":")[2], raw_size=o.raw_size, consistency=o.consistency)
+        for o in manifest.objects
+    ]  # fmt: skip
+    copy = manifest.model_copy(
+        update={"host_id": host_id, "backup_id": writer.backup_id, "objects": objects}
+    )
+    writer.seal(copy)
+    return copy
+
+
+def test_one_machine_reached_by_address_and_by_name_is_one_host(sandbox, prefect_api, store_name):
+    """Issue 26, item 3: the host id (a store's folder, the lock) is the compose project and the
+    Docker engine's own ID, not the SSH target: the same stack reached as 127.0.0.1 and as
+    localhost is one host, one folder, one lock. Sets an older release filed under the SSH
+    target stay readable and age out with the host's."""
+    from blocks import metrics, retention
+    from flows.shared import lock_name
+
+    info = sandbox["stacks"]["guide"]
+    by_address = host_from_connection(sandbox, "guide")
+    by_name = SentryHost(
+        **ssh_fields({**sandbox["ssh"], "host": "localhost"}),
+        **{k: info[k] for k in STACK_FIELDS if k in info},
+    )
+    by_address.save("reach-address", overwrite=True)
+    by_name.save("reach-name", overwrite=True)
+    store = store_from_connection(sandbox, prefix=store_name).model_copy(update={"min_keep": 1})
+    store.save(store_name, overwrite=True)
+    assert by_address.legacy_identity != by_name.legacy_identity  # what the SSH string gave
+    assert by_address.identity == by_name.identity
+    assert lock_name(by_address) == lock_name(by_name)
+
+    # a set an older release wrote under the SSH target's folder is this host's
+    first = backup("reach-address", store_name)
+    assert first["host_id"] == by_address.identity
+    taken = backup_set.load(store, first["host_id"], first["backup_id"])
+    legacy = filed_as_before(store, taken, by_address.legacy_identity)
+    backup_set.delete_set(store, backup_set.list_sets(store, first["host_id"])[0])
+    assert verify_backup("reach-address", store_name)["backup_id"] == legacy.backup_id
+
+    # the backup by name goes to the one folder; the two folders' sets are one host's
+    second = backup("reach-name", store_name)
+    assert second["host_id"] == by_address.identity
+    assert verify_backup("reach-name", store_name)["backup_id"] == second["backup_id"]
+    facts = metrics.read_facts(store)
+    assert [f.host_id for f in facts] == [by_address.identity], facts  # no stale "other host"
+    assert sum(facts[0].sets.values()) == 2
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=40)
+    plan, _ = retention.apply(store, by_address.set_folders, later, True, print)
+    assert [s.backup_id for s in plan.delete] == [legacy.backup_id]  # min_keep counts both
+    assert [s.backup_id for s in plan.keep] == [second["backup_id"]]
 
 
 def edited(body: bytes, edit: str) -> bytes:

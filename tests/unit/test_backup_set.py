@@ -141,6 +141,21 @@ def test_ids_and_file_names():
         bs.folder(store(), "../etc")
 
 
+def test_host_ids_name_the_engine_and_the_project_not_the_way_ssh_reached_it():
+    engine = "5ZQF:3KQT:...:XK7M@/var/lib/docker"
+    a = bs.host_id_of("sentry_a", engine)
+    assert bs.HOST_ID.match(a) and a.startswith("sentry_a-")
+    assert a != bs.host_id_of("sentry-a", engine)  # two compose projects: two hosts
+    assert a != bs.host_id_of("sentry_a", "5ZQF:3KQT:...:XK7M@/srv/docker")  # another daemon
+    assert bs.host_id_of("Sentry.Prod", engine).startswith("sentry-prod-")
+    assert bs.HOST_ID.match(bs.host_id_of("__", engine))
+    bid = bs.new_backup_id(a, dt.datetime(2026, 12, 3, tzinfo=dt.UTC))
+    assert bs.parse_backup_id(bid) == (dt.datetime(2026, 12, 3, tzinfo=dt.UTC), a)
+    m = manifest(project_name="sentry_a", engine_id=engine, host_id="127-0-0-1-22-sentry-a")
+    assert bs.current_host_id(m) == a  # a set an older release filed: whose it is now
+    assert bs.current_host_id(m.model_copy(update={"engine_id": None})) == m.host_id
+
+
 def test_choose_takes_the_newest_trusted_complete_and_never_an_incomplete_or_refused():
     t = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     h = "h-22-p"

@@ -62,3 +62,17 @@ def test_tar_both_ways():
     ]  # fmt: skip
     assert commands.tar_in("/d") == ["tar", "-C", "/d", "-xf", "-"]
     assert commands.docker_rm("a", "b") == ["docker", "rm", "-f", "a", "b"]
+
+
+def test_how_long_a_healthcheck_takes_to_speak_again():
+    """`docker inspect -f '{{json .Config.Healthcheck}}'`: moby's HealthConfig (api/types/
+    container, durations in nanoseconds, omitted when unset: Docker's 30 s defaults)."""
+    from blocks.host_docker import probe_seconds
+
+    self_hosted_redis = (  # getsentry/self-hosted 26.x: interval 30s, timeout 1m30s, retries 10
+        '{"Test":["CMD-SHELL","redis-cli ping | grep PONG"],"Interval":30000000000,'
+        '"Timeout":90000000000,"StartPeriod":10000000000,"Retries":10}'
+    )
+    assert probe_seconds(self_hosted_redis) == 120
+    assert probe_seconds('{"Test":["CMD-SHELL","true"],"Retries":3}') == 60
+    assert probe_seconds("null") == 60

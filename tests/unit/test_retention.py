@@ -89,3 +89,31 @@ def test_clock_far_in_the_future_still_keeps_min_keep_and_the_newest_verified():
     plan = plan_retention(listing(spec), NOW + dt.timedelta(days=3650), 30, 7)
     assert len(plan.keep) == 8 and len(plan.delete) == 2
     assert any(s.verified for s in plan.keep)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sets_strategy, st.integers(1, 60), st.integers(1, 10))
+def test_one_hosts_folders_keep_its_newest_across_them(spec, retention_days, min_keep):
+    """One host's retention over its folders (its engine-based id and the SSH-target one an
+    older release wrote): its newest `min_keep` are counted across the folders, so an old
+    folder ages out instead of keeping `min_keep` sets of its own forever."""
+    sets = listing(spec)
+    plan = plan_retention(sets, NOW, retention_days, min_keep, one_host=True)
+    deleted = {s.backup_id for s in plan.delete}
+    mine = sorted((s for s in sets if s.complete and s.trusted), key=lambda s: s.when)
+    assert not deleted & {s.backup_id for s in mine[-min_keep:]}
+    cutoff = NOW - dt.timedelta(days=retention_days)
+    newest = {s.backup_id for s in mine[-min_keep:]}
+    verified = [s for s in mine if s.verified]
+    newest |= {verified[-1].backup_id} if verified else set()
+    for s in mine:  # whatever its folder, a set outside the newest goes once it is old
+        assert (s.backup_id in deleted) == (s.backup_id not in newest and s.when < cutoff)
+
+
+def test_an_old_folder_of_one_host_ages_out_only_when_planned_as_one_host():
+    old, new = "127-0-0-1-22022-sentry", "sentry-0123456789ab"
+    sets = listing([(40 * 86400, old, True, True, False), (3600, new, True, True, False)])
+    per_folder = plan_retention(sets, NOW, 30, 1)
+    assert per_folder.delete == ()  # each folder's newest is kept: the old one stays forever
+    one = plan_retention(sets, NOW, 30, 1, one_host=True)
+    assert [s.host_id for s in one.delete] == [old]
