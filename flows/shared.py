@@ -125,7 +125,7 @@ def load_block(value: B | str, block_type: type[B]) -> tuple[str, B]:
 
 
 # -- the host lock --------------------------------------------------------------------------------
-LOCK_LEASE_SECONDS = 60  # a killed holder frees the lock within this; renewed every 45 s
+LOCK_LEASE_SECONDS = 60  # a killed holder frees the lock within this; renewed every 15 s
 LOCK_POLL_SECONDS = 20  # a waiting run says who holds the lock this often
 LOCK_WAIT_SECONDS = 6 * 3600
 

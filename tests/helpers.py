@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -75,3 +76,64 @@ def with_ssh(host: SentryHost, **changes: Any) -> SentryHost:
     ssh._block_document_id = None
     ssh._block_document_name = None
     return host.model_copy(update={"ssh": ssh})
+
+
+class Partition:
+    """A TCP forwarder 127.0.0.1:`port` -> 127.0.0.1:`upstream` that can be cut (listener and
+    every open connection closed: the far side unreachable) and healed on the same port: a
+    network partition between one client and a server."""
+
+    def __init__(self, upstream: int) -> None:
+        import threading
+
+        self.upstream, self.port = upstream, free_port()
+        self.lock = threading.Lock()
+        self.conns: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+        self.heal()
+
+    def heal(self) -> None:
+        import threading
+
+        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self.lock:
+            doomed, self.conns = [self.listener, *self.conns], []
+            self.listener = None
+        for sock in doomed:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # cut
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.upstream))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
