@@ -30,9 +30,10 @@ def sandbox() -> dict:
 
 
 @pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory):
-    """A real Prefect server for the session (`prefect server start`, its own database in a temp
-    dir, with its services: a killed run's lock lease expires), stopped by its PID at the end."""
+def prefect_api(tmp_path_factory, sandbox):
+    """A real Prefect server for the session (`prefect server start`, its own database on the
+    sandbox's PostgreSQL, leases on disk in a temp home, with its services: a killed run's lock
+    lease expires), stopped by its PID at the end and its database dropped."""
     from prefect.context import refresh_global_settings_context
 
     from infra import sandbox as sb
@@ -40,8 +41,11 @@ def prefect_api(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
     pidfile = home / "server.pid"
-    url = sb.start_prefect_server(home, port, pidfile, home / "server.log")
-    PREFECT_SERVER.update(home=home, port=port, pidfile=pidfile, log=home / "server.log")
+    database = sb.prefect_database(f"prefect_tests_{port}")
+    url = sb.start_prefect_server(home, port, pidfile, home / "server.log", database)
+    PREFECT_SERVER.update(
+        home=home, port=port, pidfile=pidfile, log=home / "server.log", database=database
+    )
     # for every thread and child process: the process's settings, not a context-local override
     os.environ["PREFECT_API_URL"] = url
     refresh_global_settings_context()
@@ -51,6 +55,7 @@ def prefect_api(tmp_path_factory):
         os.environ.pop("PREFECT_API_URL", None)
         refresh_global_settings_context()
         sb.stop_pid(pidfile, "the tests' Prefect server")
+        sb.prefect_database(f"prefect_tests_{port}", drop=True)
 
 
 @pytest.fixture()

@@ -37,7 +37,9 @@ def restart_prefect_server() -> float:
     server = PREFECT_SERVER
     started = time.monotonic()
     sb.stop_pid(server["pidfile"], "the tests' Prefect server (a restart)")
-    sb.start_prefect_server(server["home"], server["port"], server["pidfile"], server["log"])
+    sb.start_prefect_server(
+        server["home"], server["port"], server["pidfile"], server["log"], server["database"]
+    )
     return time.monotonic() - started
 
 

@@ -10,6 +10,7 @@ What it brings up, all on 127.0.0.1:
   STAND-IN in versions 24.1.0, 24.2.0 and 24.3.0-broken (reused while their inputs are unchanged);
 - an sshd with its own host key and client key: the Docker host is operated through it;
 - an S3 endpoint (moto server) with a bucket;
+- a PostgreSQL for the Prefect servers (the demo's and each test session's database);
 - the "production" stack in the guide's layout, migrated, with an admin user.
 Everything needed to connect is written to `<state>/connection.json` (0600).
 
@@ -33,7 +34,7 @@ from infra.sandbox.common import (
 )
 from infra.sandbox.drill_host import drill_docker
 from infra.sandbox.lifecycle import connection, down, setup_config, up
-from infra.sandbox.prefect_server import start_prefect_server
+from infra.sandbox.prefect_server import prefect_database, start_prefect_server
 from infra.sandbox.stacks import (
     STACKS,
     StackPorts,
@@ -65,6 +66,7 @@ __all__ = [
     "ensure_flows_image",
     "ensure_stack",
     "port_open",
+    "prefect_database",
     "project_name",
     "remove_stack",
     "setup_config",

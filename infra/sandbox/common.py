@@ -28,6 +28,7 @@ DRILL_SSH_PORT = int(os.environ.get("SANDBOX_DRILL_SSH_PORT", "22023"))
 OWN_SSH_PORT = int(os.environ.get("SANDBOX_OWN_SSH_PORT", "22024"))
 S3_PORT = int(os.environ.get("SANDBOX_S3_PORT", "19090"))
 PREFECT_PORT = int(os.environ.get("SANDBOX_PREFECT_PORT", "14200"))
+PREFECT_DB_PORT = int(os.environ.get("SANDBOX_PREFECT_DB_PORT", "14232"))
 BUCKET = "sentry-backups"
 ADMIN_EMAIL = "admin@sentry.local"
 

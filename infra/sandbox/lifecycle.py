@@ -13,7 +13,7 @@ from infra.sandbox.common import DRILL_SSH_PORT, OWN_SSH_PORT, REPO, STATE, log,
 from infra.sandbox.docker import ensure_docker
 from infra.sandbox.drill_host import ensure_drill_engine, stop_drill_engine
 from infra.sandbox.images import ensure_images
-from infra.sandbox.prefect_server import ensure_prefect_server
+from infra.sandbox.prefect_server import ensure_prefect_db, ensure_prefect_server, stop_prefect_db
 from infra.sandbox.s3 import ensure_s3
 from infra.sandbox.sshd import ensure_sshd
 from infra.sandbox.stacks import (
@@ -57,6 +57,7 @@ def _up(with_prefect: bool, bare: bool) -> dict:
         "stack": stacks["guide"],
         "stacks": stacks,
     }
+    ensure_prefect_db()  # the demo's and the tests' Prefect servers keep their data there
     if with_prefect:
         info["prefect_api_url"] = ensure_prefect_server()
     path = STATE / "connection.json"
@@ -90,6 +91,9 @@ def down() -> None:
         for d in sorted(stacks.iterdir()):
             remove_stack(d)
         remove_external_volumes()
+    stop_pid(STATE / "prefect.pid", "the Prefect server")  # before its database goes
+    if shutil.which("docker"):
+        stop_prefect_db()
     shutil.rmtree(STATE / "secrets", ignore_errors=True)
     stop_pid(STATE / "ssh" / "sshd.pid", "sshd")
     stop_pid(STATE / "drill-ssh" / "sshd.pid", "sshd (drill host)")

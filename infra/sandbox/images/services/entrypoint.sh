@@ -9,6 +9,9 @@ service=${1:?usage: sandbox-service postgres|redis|clickhouse|pgbouncer|nginx|pl
 case "$service" in
 postgres)
     : "${PGPORT:?}" "${POSTGRES_USER:?}" "${POSTGRES_DB:?}"
+    if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then # like the official image: no secret in the env
+        POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE")
+    fi
     data=/var/lib/postgresql/data
     mkdir -p "$data" /var/run/postgresql
     chown -R postgres:postgres "$data" /var/run/postgresql
