@@ -678,11 +678,11 @@ def read_verification(store: BackupStore, host_id: str, backup_id: str) -> Verif
     return record if record.backup_id == backup_id else None
 
 
-def list_sets(store: BackupStore, host_id: str | Sequence[str] | None = None) -> list[SetListing]:
+def list_sets(store: BackupStore, host_ids: str | Sequence[str] | None = None) -> list[SetListing]:
     """Every set in the store (or of one host: one host id, or its folders,
     `SentryHost.set_folders`), oldest first, each manifest loaded and its seal checked. Keys
     that are not `<host>/<backup id>/<file>` are listed with when=None."""
-    hosts = [host_id] if isinstance(host_id, str) else list(host_id or [])
+    hosts = [host_ids] if isinstance(host_ids, str) else list(host_ids or [])
     bases = [folder(store, h) for h in hosts] if hosts else [f"{store.prefix}/"]
     groups: dict[tuple[str, str], list[str]] = {}
     sizes: dict[tuple[str, str], int] = {}
@@ -744,18 +744,42 @@ def choose(sets: list[SetListing], backup_id: str | None) -> str:
     return max(usable, key=lambda s: s.when or dt.datetime.min).backup_id
 
 
+def load_listed(store: BackupStore, sets: Sequence[SetListing], backup_id: str) -> BackupManifest:
+    """The listed set `backup_id`, loaded from the folder it sits in (a host's sets may sit in
+    its current folder and in one an older release wrote)."""
+    return load(store, next(s.host_id for s in sets if s.backup_id == backup_id), backup_id)
+
+
+def by_host(store: BackupStore, sets: Sequence[SetListing]) -> dict[str, list[SetListing]]:
+    """The store's sets of sentry-ops (when set) grouped by the host they belong to: a folder
+    an older release filed under the SSH target joins the host its newest full set names by
+    engine (`current_host_id`); a folder with no complete, sealed full set stands alone."""
+    folders: dict[str, list[SetListing]] = {}
+    for listing in sets:
+        if listing.when is not None:
+            folders.setdefault(listing.host_id, []).append(listing)
+    hosts: dict[str, list[SetListing]] = {}
+    for folder_id, listed in folders.items():
+        try:
+            owner = current_host_id(load_listed(store, listed, choose(listed, None)))
+        except SetError:
+            owner = folder_id
+        hosts.setdefault(owner, []).extend(listed)
+    return hosts
+
+
 def pick(
-    store: BackupStore, host_id: str | Sequence[str], label: str, backup_id: str | None
+    store: BackupStore, host_ids: str | Sequence[str], label: str, backup_id: str | None
 ) -> BackupManifest:
     """The asked set of this host (its id, or its folders: `SentryHost.set_folders`; default its
     newest complete, trusted, full one), loaded: its seal checked and its manifest naming the
     folder it sits in. `label` names the host in errors."""
     try:
-        sets = list_sets(store, host_id)
+        sets = list_sets(store, host_ids)
         chosen = choose(sets, backup_id)
     except SetError as exc:
         raise SetError(f"{label} in {store.where}: {exc}") from None
-    return load(store, next(s.host_id for s in sets if s.backup_id == chosen), chosen)
+    return load_listed(store, sets, chosen)
 
 
 def verify_objects(store: BackupStore, manifest: BackupManifest) -> list[Result]:

@@ -51,20 +51,9 @@ def read_facts(store: BackupStore) -> list[HostFacts]:
     each set's verification record, all seal-checked). A folder an older release filed under
     the SSH target counts as the host its newest manifest names by engine (not as a host
     whose backups stopped)."""
-    folders: dict[str, list[backup_set.SetListing]] = {}
-    for listing in backup_set.list_sets(store):
-        if listing.when is not None:
-            folders.setdefault(listing.host_id, []).append(listing)
-    by_host: dict[str, list[backup_set.SetListing]] = {}
-    for folder_id, sets in folders.items():
-        try:
-            newest = backup_set.load(store, folder_id, backup_set.choose(sets, None))
-            owner = backup_set.current_host_id(newest)
-        except backup_set.SetError:  # no complete, sealed full set: the folder stands alone
-            owner = folder_id
-        by_host.setdefault(owner, []).extend(sets)
+    hosts = backup_set.by_host(store, backup_set.list_sets(store))
     facts = []
-    for host_id, sets in sorted(by_host.items()):
+    for host_id, sets in sorted(hosts.items()):
         counts = dict(Counter(set_state(s) for s in sets))
         fields: dict = {"host_id": host_id, "host": "", "sets": counts}
         try:
@@ -72,8 +61,7 @@ def read_facts(store: BackupStore) -> list[HostFacts]:
         except backup_set.SetError:  # no complete, sealed full set yet
             chosen = None
         if chosen:
-            where = next(s.host_id for s in sets if s.backup_id == chosen)
-            newest = backup_set.load(store, where, chosen)
+            newest = backup_set.load_listed(store, sets, chosen)
             fields.update(
                 host=newest.host,
                 last_finished=newest.finished_at,

@@ -1,9 +1,10 @@
 """Retention of backup sets, per host: which to delete, decided by a pure function
 (`plan_retention`), then applied (`apply`).
 
-Rules, applied to each host on its own (its folder, or, when one host's retention runs, every
-folder its sets sit in: `SentryHost.set_folders`; a backup exists only once its manifest is
-written; retention never deletes the newest `min_keep` complete backups, whatever the clock says):
+Rules, applied to each host on its own (every folder its sets sit in: `SentryHost.set_folders`,
+or, store-wide, the folders `backup_set.by_host` finds to be one host's; a backup exists only
+once its manifest is written; retention never deletes the newest `min_keep` complete backups,
+whatever the clock says):
 - complete, sealed sets older than `retention_days` are deleted, but never the host's newest
   `min_keep` of them, nor its newest verified one;
 - incomplete sets (no manifest) older than 24 h are deleted (newer ones may be in progress);
@@ -37,14 +38,13 @@ def plan_retention(
     now: dt.datetime,
     retention_days: int,
     min_keep: int,
-    one_host: bool = False,
+    host_of: Callable[[SetListing], str] = lambda s: s.host_id,
 ) -> RetentionPlan:
-    """With `one_host`, `sets` are all one host's, whatever folders they sit in (its current
-    and its legacy host id): its newest `min_keep` are counted across them, so the folder an
-    older release wrote ages out instead of keeping `min_keep` forever."""
+    """Each host's newest `min_keep` are counted across its sets, whatever folders they sit in
+    (`host_of`, default the folder: its current host id, or the SSH-target one an older release
+    wrote), so a folder an older release wrote ages out instead of keeping `min_keep` forever."""
     cutoff = now - dt.timedelta(days=retention_days)
     protected: set[str] = set()
-    host_of = (lambda s: "") if one_host else (lambda s: s.host_id)
     for host in {host_of(s) for s in sets if s.when}:
         usable = sorted(
             (
@@ -94,7 +94,13 @@ def apply(
     or to every host's; with `dry_run`, only plan it. -> (the plan, stale multipart uploads
     aborted or found)."""
     sets = backup_set.list_sets(store, host_ids)
-    plan = plan_retention(sets, now, store.retention_days, store.min_keep, bool(host_ids))
+    if host_ids:  # one host's folders
+        owner = {s.backup_id: "" for s in sets}
+    else:
+        owner = {s.backup_id: h for h, g in backup_set.by_host(store, sets).items() for s in g}
+    plan = plan_retention(
+        sets, now, store.retention_days, store.min_keep, lambda s: owner.get(s.backup_id, "?")
+    )
     for s in plan.delete:
         if not dry_run:
             backup_set.delete_set(store, s)

@@ -148,9 +148,10 @@ def test_one_machine_reached_by_address_and_by_name_is_one_host(sandbox, prefect
     assert [f.host_id for f in facts] == [by_address.identity], facts  # no stale "other host"
     assert sum(facts[0].sets.values()) == 2
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=40)
-    plan, _ = retention.apply(store, by_address.set_folders, later, True, print)
-    assert [s.backup_id for s in plan.delete] == [legacy.backup_id]  # min_keep counts both
-    assert [s.backup_id for s in plan.keep] == [second["backup_id"]]
+    for host_ids in (by_address.set_folders, None):  # the host's own, and the store-wide
+        plan, _ = retention.apply(store, host_ids, later, True, print)
+        assert [s.backup_id for s in plan.delete] == [legacy.backup_id]  # min_keep counts both
+        assert [s.backup_id for s in plan.keep] == [second["backup_id"]]
 
 
 def edited(body: bytes, edit: str) -> bytes:

@@ -98,7 +98,7 @@ def test_one_hosts_folders_keep_its_newest_across_them(spec, retention_days, min
     older release wrote): its newest `min_keep` are counted across the folders, so an old
     folder ages out instead of keeping `min_keep` sets of its own forever."""
     sets = listing(spec)
-    plan = plan_retention(sets, NOW, retention_days, min_keep, one_host=True)
+    plan = plan_retention(sets, NOW, retention_days, min_keep, lambda s: "one")
     deleted = {s.backup_id for s in plan.delete}
     mine = sorted((s for s in sets if s.complete and s.trusted), key=lambda s: s.when)
     assert not deleted & {s.backup_id for s in mine[-min_keep:]}
@@ -110,10 +110,10 @@ def test_one_hosts_folders_keep_its_newest_across_them(spec, retention_days, min
         assert (s.backup_id in deleted) == (s.backup_id not in newest and s.when < cutoff)
 
 
-def test_an_old_folder_of_one_host_ages_out_only_when_planned_as_one_host():
+def test_an_old_folder_of_one_host_ages_out_only_when_planned_with_its_host():
     old, new = "127-0-0-1-22022-sentry", "sentry-0123456789ab"
     sets = listing([(40 * 86400, old, True, True, False), (3600, new, True, True, False)])
     per_folder = plan_retention(sets, NOW, 30, 1)
     assert per_folder.delete == ()  # each folder's newest is kept: the old one stays forever
-    one = plan_retention(sets, NOW, 30, 1, one_host=True)
+    one = plan_retention(sets, NOW, 30, 1, lambda s: "one")
     assert [s.host_id for s in one.delete] == [old]
