@@ -83,6 +83,12 @@ def test_drill_of_a_fresh_backup_passes_and_leaves_production_alone(
         sentry_host.compose("start", "sentry-cron", "sentry-worker")
     assert result["passed"] and result["backup_id"] == taken["backup_id"]
     assert result["rto_seconds"] > 0 and 0 <= result["rpo_seconds"] < 600
+    # RTO (issue 27, item 4): from the first restoring step to checked-healthy, the lock wait
+    # a stage of its own before it: the stages between the two sum to the RTO
+    names = [step["name"] for step in result["steps"]]
+    first, last = names.index("wait for the engine and host locks") + 1, names.index("teardown")
+    restoring = sum(step.get("seconds") or 0 for step in result["steps"][first:last])
+    assert abs(result["rto_seconds"] - restoring) <= 3, (result["rto_seconds"], result["steps"])
     # each restore showed its progress (bytes read against the object's size), finished
     progress = progress_artifacts(result["backup_id"])
     assert {"restore postgres", "restore volume:files"} <= set(progress), progress
