@@ -338,8 +338,12 @@ def unfreeze(host: SentryHost, name: str, client: Client | None = None) -> None:
     if client is not None:
         with contextlib.suppress(Exception):
             client.command(f"SYSTEM UNFREEZE WITH NAME '{name}'")
+    # then `shadow/` itself when empty: a restore's staging made it as root (the tool image's
+    # tar), and ClickHouse (its own user) could not FREEZE into it afterwards: "Access to file
+    # denied" on the next backup of a restored host; ClickHouse makes it anew as itself
+    script = 'rm -rf -- "$0" || exit 1; rmdir /volume/shadow 2>/dev/null; exit 0'
     host.run(
-        host.volume_run_argv(DataVolume.CLICKHOUSE, host.tool_image, "rm", "-rf", "--",
+        host.volume_run_argv(DataVolume.CLICKHOUSE, host.tool_image, "sh", "-c", script,
                              f"/volume/{shadow_path(name)}"),
         timeout=300,
     )  # fmt: skip

@@ -70,6 +70,13 @@ class ComposeVerbs:
     def compose_stop(self, *services: str) -> None:
         self.compose("stop", *services, timeout=600)
 
+    def stop_ingestion(self) -> list[str]:
+        """Stop the services events come in through (`StackLayout.ingest`: the guide's web,
+        self-hosted's nginx); their names."""
+        services = [self.stack.service(r) for r in self.stack.ingest if r in self.stack.services]
+        self.compose_stop(*services)
+        return services
+
     def compose_pull(self, *services: str) -> None:
         self.compose("pull", *services, timeout=3600)
 

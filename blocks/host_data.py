@@ -133,6 +133,14 @@ class DataVerbs:
                 *self.pull_argv(), "-v", f"{self.volume_name(volume)}:/volume", "--entrypoint",
                 argv[0], image, *argv[1:]]  # fmt: skip
 
+    def empty_volume(self, volume: DataVolume) -> None:
+        """Everything in a data volume deleted; the volume itself (its name, labels and driver
+        options: one bound to a device stays bound) is kept."""
+        argv = self.volume_run_argv(
+            volume, self.tool_image, "find", "/volume", "-mindepth", "1", "-delete"
+        )
+        self.run(argv, timeout=6 * 3600)
+
     def tool_argv(self, image: str, tool: str, *args: str) -> list[str]:
         """A short command from the tool image (no network, no mounts)."""
         return ["docker", "run", "--rm", "--network", "none", "--label", "sentry-ops.job=tool",

@@ -25,9 +25,11 @@ SCALE_HEADER = (
     "# `docker compose up -d`. COMPOSE_FILE lists this file after the project's own. Change the\n"
     "# counts with the scale-workers deployment; an edit here is overwritten by the next run.\n"
 )
-# written by an upgrade before it changes anything, removed when its hop is done or rolled back:
-# while it is there, the host is mid-upgrade (a killed run, or a rollback that failed)
-UPGRADE_MARKER = ".sentry-ops-upgrade.json"
+# an unfinished operation's marker in the project dir, written before it changes anything and
+# removed when it is done (upgrade: its hop done or rolled back; restore: the restored stack
+# checked): while one is there the host is mid-operation (a killed run, a failed rollback or
+# restore), refused to other mutating flows and red in health
+MARKERS = {"upgrade": ".sentry-ops-upgrade.json", "restore": ".sentry-ops-restore.json"}
 # compose's default file names, in its order of preference
 COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 
@@ -66,9 +68,10 @@ class ProjectVerbs:
         """What setting `wanted` in an env file's text would do (blocks/dotenv.py `settle`)."""
         return settle(current, wanted, keep, generate)
 
-    def upgrade_marker(self) -> dict | None:
-        """The unfinished upgrade recorded in the project dir (run, from, to, backup, since)."""
-        path = f"{self.project_dir}/{UPGRADE_MARKER}"
+    def marker(self, kind: str) -> dict | None:
+        """The unfinished operation (`MARKERS`: upgrade or restore) recorded in the project dir
+        (run, since, the set, ...)."""
+        path = f"{self.project_dir}/{MARKERS[kind]}"
         if not self.exists(path):
             return None
         try:
@@ -76,9 +79,9 @@ class ProjectVerbs:
         except ValueError:
             return {"run": "?", "unreadable": path}
 
-    def mark_upgrade(self, record: dict | None) -> None:
-        """Write the upgrade marker (`record`), or remove it (None)."""
-        path = f"{self.project_dir}/{UPGRADE_MARKER}"
+    def mark(self, kind: str, record: dict | None) -> None:
+        """Write the marker of an unfinished `kind` (`record`), or remove it (None)."""
+        path = f"{self.project_dir}/{MARKERS[kind]}"
         if record is None:
             self.remove_tree(path)
         else:

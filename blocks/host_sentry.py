@@ -66,8 +66,8 @@ class SentryVerbs:
         RemoteCommandError when it fails."""
         return self.run(self.probe_argv(role), timeout=30).text.strip()
 
-    def sentry_version_argv(self) -> list[str]:
-        return self.exec_argv(Role.WEB, "sentry", "--version")
+    def sentry_version_argv(self, role: Role = Role.WEB) -> list[str]:
+        return self.exec_argv(role, "sentry", "--version")
 
     def sentry_argv(self, *args: str) -> list[str]:
         """A one-off `sentry <args>` in a new container of the web service (its image, config)."""
@@ -135,8 +135,12 @@ class SentryVerbs:
         return True
 
     def running_version(self) -> str:
-        """The version `sentry --version` of the running web reports."""
-        return parse_version(self.run(self.sentry_version_argv(), timeout=120).text)
+        """The version `sentry --version` of the running web reports; while web is stopped (a
+        move's paused ingestion), the worker's (the same image)."""
+        role = Role.WEB
+        if self.stack.service(Role.WEB) not in self.running_services():
+            role = Role.WORKER
+        return parse_version(self.run(self.sentry_version_argv(role), timeout=120).text)
 
     def sentry_services(self) -> list[str]:
         """The compose services running the web's image (web first): what an upgrade changes."""

@@ -134,6 +134,11 @@ class StackLayout(BaseModel):
     # file is copied with SQLite's online backup. Other volumes: a live tar (files written once).
     paused_for_copy: dict[DataVolume, Role] = Field(default_factory=dict)
     sqlite_copy: dict[DataVolume, str] = Field(default_factory=dict)
+    # The services events come in through, stopped first to pause ingestion (a move's final
+    # backup): the guide publishes web itself; self-hosted publishes only nginx (SENTRY_BIND:80),
+    # which sends /api/store/ and /api/<project>/ to relay and the rest to web
+    # (getsentry/self-hosted docker-compose.yml and nginx.conf, 26.8.0).
+    ingest: tuple[Role, ...] = (Role.WEB,)
 
     @field_validator("services")
     @classmethod
@@ -318,6 +323,7 @@ SELF_HOSTED = StackLayout(
     # Redis (its RDB and AOF files) likewise, for the second or so its copy takes
     paused_for_copy={DataVolume.NODESTORE: Role.NODESTORE, DataVolume.REDIS: Role.REDIS},
     sqlite_copy={DataVolume.TASKBROKER: "taskbroker-activations.sqlite"},
+    ingest=(Role.NGINX,),
 )
 
 LAYOUTS: dict[str, StackLayout] = {layout.name: layout for layout in (GUIDE, SELF_HOSTED)}

@@ -340,16 +340,24 @@ def disk_need(manifest: BackupManifest) -> int:
     return (1 << 30) + restored + restored // 10
 
 
-def check_room(scratch: SentryHost, manifest: BackupManifest) -> Result:
-    """Refuse a drill its engine has no room for: a same-host drill writes on production's disk."""
+def check_room(
+    scratch: SentryHost,
+    manifest: BackupManifest,
+    what: str = "the drill",
+    fix: str = "run it on a drill host with room (drill_host=...) or free space",
+    freed: int = 0,
+) -> Result:
+    """Refuse a restore its engine has no room for (a same-host drill writes on production's
+    disk); `freed`: bytes the restore deletes first (the data it replaces)."""
     need = disk_need(manifest)
     _, free = scratch.disk_free()
     figures = f"{need / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free in {scratch.docker_data_dir}"
-    if free < need:
+    if freed:
+        figures += f" + {freed / 1e9:.1f} GB it replaces"
+    if free + freed < need:
         raise DrillError(
-            f"{scratch.label}: no room for the drill of {manifest.backup_id} ({figures}, the "
-            "restored set with a margin): run it on a drill host with room (drill_host=...) or "
-            "free space; nothing was changed"
+            f"{scratch.label}: no room for {what} of {manifest.backup_id} ({figures}, the "
+            f"restored set with a margin): {fix}; nothing was changed"
         )
     return Result("disk room", Status.OK, figures)
 

@@ -47,6 +47,7 @@ from flows.shared import (
     emit,
     host_lock,
     load_block,
+    refuse_unfinished,
     results_artifact,
     verify_objects,
 )
@@ -266,8 +267,9 @@ def take_set(host_name: str, host: SentryHost, writer: SetWriter, images: dict, 
     config_future = backup_config.with_options(retries=retries).submit(host, writer)
     version = sentry_version.submit(host)
     pg = backup_postgres.with_options(retries=retries)(host, writer, expected)
-    objects = [pg["object"], *(v.result() for v in volumes)]
+    # ClickHouse's first: a volume copy waits on it, and would only say it never started
     ch_object, snapshot = ch_future.result() if ch_future else (None, None)
+    objects = [pg["object"], *(v.result() for v in volumes)]
     if ch_object:
         objects.append(ch_object)
     config = config_future.result()
@@ -314,7 +316,7 @@ def write_set(
 ) -> tuple[BackupManifest, str]:
     """A new set of `host` in `store`, filled by `take` under the host lock; a failure says
     which set it left incomplete."""
-    with host_lock(host, purpose, mid_upgrade_ok=True):  # a copy of whatever state it is in
+    with host_lock(host, purpose, unfinished_ok=("upgrade",)):  # a copy of whatever state it is in
         writer = backup_set.begin(store, host.identity)
         get_run_logger().info(
             "%s %s of %s to %s", purpose, writer.backup_id, host.label, writer.folder
@@ -408,7 +410,8 @@ def backup(host: SentryHost | str, store: BackupStore | str, retries: int = 2) -
     """
     host, sentry_host = load_block(host, SentryHost)
     store, backup_store = load_block(store, BackupStore)
-    images = preflight(sentry_host, backup_store)
+    refuse_unfinished(sentry_host, "backup", ("upgrade",))  # said first: preflight would fail
+    images = preflight(sentry_host, backup_store)  # on a half-restored stack for another reason
     warn_unencrypted(backup_store)
     manifest, manifest_key = write_set(
         sentry_host, backup_store, "backup",

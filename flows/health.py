@@ -136,6 +136,20 @@ def check_names(host: SentryHost) -> list[Result]:
     return [Result.check("names", False, p) for p in problems]
 
 
+@task(cache_policy=NO_CACHE, timeout_seconds=60)
+def check_unfinished(host: SentryHost) -> list[Result]:
+    """An upgrade or a restore that did not finish here (its marker in the project dir): the
+    stack may answer, but it is not whole."""
+    found = [(kind, m) for kind in ("upgrade", "restore") if (m := host.marker(kind))]
+    if not found:
+        return [Result.check("unfinished operations", True, "none")]
+    return [
+        Result.check(f"unfinished {kind}", False, f"run {m.get('run')} since {m.get('since')} "
+                     f"(set {m.get('backup_id')}): run the {kind} again to resume or abandon it")
+        for kind, m in found
+    ]  # fmt: skip
+
+
 @task(cache_policy=NO_CACHE, timeout_seconds=120)
 def check_containers(host: SentryHost) -> list[Result]:
     return assess_containers(host.ps(), host.defined_services(), host.stack)
@@ -221,6 +235,7 @@ def health_check(
     host, sentry_host = load_block(host, SentryHost)
     futures = [
         check_names.submit(sentry_host),
+        check_unfinished.submit(sentry_host),
         check_containers.submit(sentry_host),
         check_web.submit(sentry_host),
         *(

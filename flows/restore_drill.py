@@ -26,7 +26,8 @@ Runbook, in order:
    the result is recorded beside the set (`verification.json`, sealed);
 6. tear the scratch stack down, always (kept only when keep_on_failure and it failed); teardown
    errors are reported in the drill report, never lose it.
-RTO is the wall time from start to a healthy, checked scratch stack; RPO is the backup's age.
+RTO is the wall time from the first restoring step (under the locks) to a healthy, checked scratch
+stack; RPO is the backup's age.
 Production is never touched: every command names the scratch project.
 """
 
@@ -36,10 +37,9 @@ import datetime as dt
 import time
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from blocks import backup_set, nodestore, postgres, restore
+from blocks import backup_set
 from blocks import scratch as scratch_stack
 from blocks.backup_set import BackupManifest
 from blocks.backup_store import BackupStore
@@ -53,11 +53,12 @@ from flows.shared import (
     Report,
     Result,
     Status,
-    emit,
+    check_newest_event,
+    close_restore,
     host_lock,
     load_block,
-    reading,
-    restore_clickhouse,
+    pick_full,
+    restore_objects,
     verify_objects,
 )
 
@@ -68,55 +69,6 @@ class WebExited(Exception):
     def __init__(self, result: Result) -> None:
         super().__init__(result.detail)
         self.result = result
-
-
-def assess_data(
-    manifest: BackupManifest, counts: dict[str, int], app: dict[str, int], payload: str | None
-) -> list[Result]:
-    """The restored database against the backup's manifest (pure)."""
-    diff = {
-        t: (manifest.row_counts.get(t), counts.get(t))
-        for t in set(counts) | set(manifest.row_counts)
-        if counts.get(t) != manifest.row_counts.get(t)
-    }
-    results = [
-        Result.check(
-            "row counts",
-            not diff,
-            f"{len(counts)} tables, {sum(counts.values())} rows equal the manifest"
-            if not diff
-            else f"differ (manifest, restored): {dict(sorted(diff.items())[:5])}",
-        ),
-        Result.check("superuser", app["superusers"] > 0, f"{app['superusers']} superuser(s)"),
-    ]
-    for name, table in (("projects", "sentry_project"), ("issues", "sentry_groupedmessage")):
-        want = manifest.row_counts.get(table)
-        results.append(
-            Result.check(name, app[name] == want, f"{app[name]} restored, manifest {want}")
-        )
-    if manifest.newest_event is None:
-        results.append(
-            Result(
-                "newest event payload",
-                Status.OK,
-                "no event in a Postgres nodestore (a layout with SeaweedFS keeps payloads there: "
-                "the newest event is read through Sentry's API once web is up)",
-            )
-        )
-    else:
-        node_id = manifest.newest_event.split()[0]
-        if payload is None:
-            missing = f"{node_id}: missing from the restored nodestore"
-            results.append(Result.check("newest event payload", False, missing))
-        else:
-            try:
-                node = nodestore.decode(payload)
-                detail = (f"{node_id}: {len(payload)} bytes, decoded as Sentry reads it (event "
-                          f"{node.get('event_id', '?')})")  # fmt: skip
-                results.append(Result.check("newest event payload", True, detail))
-            except nodestore.NodeFormatError as exc:
-                results.append(Result.check("newest event payload", False, f"{node_id}: {exc}"))
-    return results
 
 
 # -- tasks --------------------------------------------------------------------------------------
@@ -159,51 +111,6 @@ def create_external_volumes(scratch: SentryHost) -> list[str]:
     """External volumes (self-hosted's) on the drill host: created for the drill, labelled,
     removed after; refused if the host already has one (it would be someone's data)."""
     return scratch_stack.create_external_volumes(scratch)
-
-
-@task(cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
-def restore_postgres(scratch: SentryHost, store: BackupStore, manifest: BackupManifest) -> float:
-    """pg_restore next to the scratch database, fed from S3 and hashed on the way."""
-    restore.start_postgres(scratch)
-    with reading(store, manifest, "postgres", f"restore postgres of {manifest.backup_id}") as dump:
-        return restore.restore_postgres(scratch, dump)
-
-
-@task(cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
-def restore_volume(
-    scratch: SentryHost, store: BackupStore, manifest: BackupManifest, name: str
-) -> None:
-    """The volume's tar.zst from S3, unpacked (and decompressed) on the host; hashed."""
-    volume = DataVolume(name.removeprefix("volume:"))
-    with reading(store, manifest, name, f"restore {name} of {manifest.backup_id}") as tar:
-        scratch.restore_volume(volume, tar)
-
-
-@task(cache_policy=NO_CACHE, timeout_seconds=1800)
-def check_data(scratch: SentryHost, manifest: BackupManifest) -> list[Result]:
-    with postgres.psql(scratch) as db:
-        counts = postgres.row_counts(db)
-        app = postgres.app_counts(db)
-        newest = manifest.newest_event
-        payload = postgres.node_payload(db, newest.split()[0]) if newest else None
-    return assess_data(manifest, counts, app, payload)
-
-
-def check_newest_event(scratch: SentryHost, manifest: BackupManifest) -> Result:
-    """The backup's newest event (ClickHouse), read through the restored Sentry's own API: its
-    searchable row and its payload from the restored nodestore, wherever the layout keeps it."""
-    name = "newest event through Sentry's API"
-    event = manifest.clickhouse.newest_event_id if manifest.clickhouse else None
-    if event is None:
-        return Result(name, Status.WARNING, "not checked: no event in the backup's ClickHouse")
-    if scratch.api_token is None:
-        return Result(name, Status.WARNING, "not checked: the host block has no api_token")
-    found = scratch.lookup_event(event)
-    return Result.check(
-        name,
-        found is not None,
-        f"{event}: found, payload from the restored nodestore" if found else f"{event}: not found",
-    )
 
 
 @task(cache_policy=NO_CACHE, timeout_seconds=1800)
@@ -268,23 +175,7 @@ def restore_and_check(
             t = time.monotonic()
             made = create_external_volumes(scratch)
             out.stage("create external volumes", t, ", ".join(made))
-        t = time.monotonic()
-        restore_postgres(scratch, backup_store, manifest)
-        out.stage("restore postgres", t, "bytes hashed equal the manifest")
-        for obj in manifest.objects:
-            if obj.name.startswith("volume:"):
-                t = time.monotonic()
-                restore_volume(scratch, backup_store, manifest, obj.name)
-                out.stage(f"restore {obj.name}", t, "bytes hashed equal the manifest")
-            elif obj.name not in ("postgres", "config", "clickhouse"):
-                raise DrillError(f"this sentry-ops cannot restore object {obj.name!r}")
-        if manifest.clickhouse is not None:
-            t = time.monotonic()
-            out.checks += restore_clickhouse(scratch, backup_store, manifest)
-            out.stage("restore clickhouse", t, f"{len(manifest.clickhouse.tables)} tables")
-        t = time.monotonic()
-        out.checks += check_data(scratch, manifest)
-        out.stage("check data", t)
+        restore_objects(scratch, backup_store, manifest, out)
         t = time.monotonic()
         web = start_web(scratch, drill.web_timeout)
         out.checks += web
@@ -348,12 +239,7 @@ def restore_drill(
 
     t = time.monotonic()
     # this host's, sealed, or refused
-    manifest = backup_set.pick(backup_store, prod.set_folders, prod.label, backup_id)
-    if manifest.scope != "full":
-        raise DrillError(
-            f"backup {manifest.backup_id} is a {manifest.scope} snapshot taken alone, not a whole "
-            "install; a drill restores a full backup (leave backup_id empty for the newest)"
-        )
+    manifest = pick_full(backup_store, prod.set_folders, prod.label, backup_id, DrillError)
     chosen = manifest.backup_id
     out.stage("pick backup", t, "seal checked")  # its id heads the report (a long one in
     # a table cell widened the stage table past a 1280 px UI)
@@ -370,57 +256,13 @@ def restore_drill(
             rto = restore_and_check(
                 prod, scratch, backup_store, manifest, drill, keep_on_failure, out
             )
-    passed = not out.failed
-    try:  # beside the set: retention keeps the newest verified one
-        backup_set.record_verification(
-            backup_store,
-            manifest,
-            passed,
-            "restore-drill",
-            "restored and checked" if passed else "; ".join(out.failed)[:1000],
-            rto,
-        )
-    except Exception as exc:  # the report is never lost to it
-        out.add(Result("record verification", Status.WARNING, str(exc)[:300]))
-    rpo = round((started_at - manifest.finished_at).total_seconds(), 1)
-    result = {
-        "backup_id": chosen,
-        "passed": not out.failed,
-        "rto_seconds": rto,
-        "rpo_seconds": rpo,
-        "failed": out.failed,
-        "checks": [r.row() for r in out.checks],
-        "steps": [r.row() for r in out.steps],
-    }
-    create_markdown_artifact(
-        key="restore-drill",
-        markdown=render_report(manifest, out, rto, rpo),
-        description=f"Restore drill of {chosen}",
-    )
-    emit("sentry.restore_drill.completed", chosen, host, result)
+    result = close_restore(
+        backup_store, manifest, out, rto, started_at, "restore-drill", "Restore drill of",
+        "restore-drill", host,
+    )  # fmt: skip
     if out.failed:
         raise DrillError(f"restore drill of {chosen} failed: {'; '.join(out.failed)}")
     return result
-
-
-def render_report(manifest: BackupManifest, out: Report, rto, rpo) -> str:
-    lines = [
-        f"# Restore drill of `{manifest.backup_id}`",
-        "",
-        f"**{'PASSED' if not out.failed else 'FAILED'}** - RTO "
-        f"{f'{rto:.1f} s' if rto is not None else 'n/a (not restored)'}, RPO {rpo:.0f} s "
-        f"(backup age). Sentry {manifest.sentry_version}, Postgres {manifest.postgres_version}, "
-        f"layout {manifest.layout}.",
-        "",
-        "| stage | seconds | detail |",
-        "|---|---:|---|",
-        *(f"| {r.name} | {r.seconds or 0:.2f} | {r.detail} |" for r in out.steps),
-        "",
-        "| check | result | detail |",
-        "|---|---|---|",
-        *(f"| {r.name} | {r.status} | {r.detail} |" for r in out.checks),
-    ]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,13 @@ import datetime as dt
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TypeVar
 from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.artifacts import (
+    create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
@@ -23,13 +24,16 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.events import emit_event
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.exceptions import FlowPauseTimeout, ObjectAlreadyExists, ObjectNotFound
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
 from prefect.runtime import flow_run
 from prefect.variables import Variable
 
-from blocks import backup_set, host_lease, restore, retention, sentry_web
+from blocks import backup_set, host_lease, nodestore, postgres, restore, retention, sentry_web
 from blocks.backup_set import BackupManifest, ObjectReader, open_object
 from blocks.backup_store import BackupStore
+from blocks.layouts import DataVolume
 from blocks.result import Report, Result, Status, failed, summary
 from blocks.sentry_host import SentryHost
 
@@ -124,14 +128,32 @@ def load_block(value: B | str, block_type: type[B]) -> tuple[str, B]:
     return str(value), value
 
 
+def ask(kind: type[RunInput], timeout: int, key: str, description: str):
+    """Pause the run for an operator's typed answer (the paused run's Resume form in the
+    Prefect UI); None on a timeout."""
+    try:
+        return pause_flow_run(
+            wait_for_input=kind.with_initial_data(description=description),
+            timeout=timeout,
+            poll_interval=2,
+            key=key,
+        )
+    except FlowPauseTimeout:
+        return None
+
+
 # -- the host lock --------------------------------------------------------------------------------
 LOCK_LEASE_SECONDS = 60  # a killed holder frees the lock within this; renewed every 15 s
 LOCK_POLL_SECONDS = 20  # a waiting run says who holds the lock this often
 LOCK_WAIT_SECONDS = 6 * 3600
 
 
-class UnfinishedUpgrade(Exception):
-    """The host is mid-upgrade: mutating flows wait for an operator."""
+class RestoreError(Exception):
+    """A restore (the restore flow's, or a drill's) cannot go on."""
+
+
+class Unfinished(Exception):
+    """The host is mid-upgrade or mid-restore: mutating flows wait for an operator."""
 
 
 class LockTimeout(Exception):
@@ -175,12 +197,34 @@ def _holder() -> dict:
     }
 
 
+def refuse_unfinished(host: SentryHost, purpose: str, unfinished_ok: Collection[str] = ()) -> None:
+    """Raise `Unfinished` when an upgrade or a restore did not finish on the host (its marker in
+    the project dir), unless `unfinished_ok` names that kind."""
+    if "upgrade" not in unfinished_ok and (marker := host.marker("upgrade")):
+        raise Unfinished(
+            f"{host.label}: refusing {purpose}: an upgrade did not finish here (run "
+            f"{marker.get('run', '?')}, {marker.get('from', '?')} -> "
+            f"{marker.get('to', '?')}, since {marker.get('since', '?')}; its pre-backup "
+            f"{marker.get('backup_id', '?')}). Run the upgrade again with "
+            "resume_unfinished=true once the host is checked (nothing was changed)"
+        )
+    if "restore" not in unfinished_ok and (marker := host.marker("restore")):
+        raise Unfinished(
+            f"{host.label}: refusing {purpose}: a restore did not finish here (run "
+            f"{marker.get('run', '?')} of set {marker.get('backup_id', '?')}, since "
+            f"{marker.get('since', '?')}): the stack is half-restored. Run the restore "
+            "again with unfinished=resume (the same set, from the start) or "
+            "unfinished=abandon (its services stopped, the marker removed; nothing was "
+            "changed)"
+        )
+
+
 @contextlib.contextmanager
 def host_lock(
     host: SentryHost,
     purpose: str,
     wait_seconds: float = LOCK_WAIT_SECONDS,
-    mid_upgrade_ok: bool = False,
+    unfinished_ok: Collection[str] = (),
     engine: bool = False,
 ) -> Iterator[None]:
     """Hold the host's lock for `purpose` (every flow that changes a host takes it); with
@@ -190,8 +234,10 @@ def host_lock(
     holder renews its lease every quarter lease: a short Prefect API outage is logged; a lease
     lost (not renewed for a whole lease, or gone from the server) stops the run at its next
     command on the host (blocks/host_lease.py), never lets it go on unlocked. A host an upgrade
-    left unfinished (its marker in the project dir: a killed run, a failed rollback) is refused
-    to every flow but those that say `mid_upgrade_ok` (a backup, the upgrade itself)."""
+    or a restore left unfinished (its marker in the project dir: a killed run, a failed rollback
+    or restore) is refused to every flow but those that name that kind in `unfinished_ok` (the
+    upgrade itself and a backup, a copy of whatever state it is in; the restore itself: a
+    half-restored stack is never backed up as if it were whole)."""
     logger = get_run_logger()
     name = lock_name(host)
     holder = lock_holder(host)
@@ -208,14 +254,7 @@ def host_lock(
             lock = engine_lock_name(host)
             held.enter_context(_hold(host, "engine lock", lock, purpose, wait_seconds))
         held.enter_context(_hold(host, "host lock", name, purpose, wait_seconds))
-        if not mid_upgrade_ok and (marker := host.upgrade_marker()):
-            raise UnfinishedUpgrade(
-                f"{host.label}: refusing {purpose}: an upgrade did not finish here (run "
-                f"{marker.get('run', '?')}, {marker.get('from', '?')} -> "
-                f"{marker.get('to', '?')}, since {marker.get('since', '?')}; its pre-backup "
-                f"{marker.get('backup_id', '?')}). Run the upgrade again with "
-                "resume_unfinished=true once the host is checked (nothing was changed)"
-            )
+        refuse_unfinished(host, purpose, unfinished_ok)
         yield
 
 
@@ -308,3 +347,222 @@ def restore_clickhouse(
     what = f"restore clickhouse of {manifest.backup_id}"
     parts = (lambda: reading(store, manifest, "clickhouse", what)) if has_parts else None
     return restore.restore_clickhouse(host, manifest.clickhouse, manifest.backup_id, parts)
+
+
+# -- restoring a set: the drill's scratch stack, the restore's target -------------------------
+def assess_data(
+    manifest: BackupManifest, counts: dict[str, int], app: dict[str, int], payload: str | None
+) -> list[Result]:
+    """The restored database against the backup's manifest (pure)."""
+    diff = {
+        t: (manifest.row_counts.get(t), counts.get(t))
+        for t in set(counts) | set(manifest.row_counts)
+        if counts.get(t) != manifest.row_counts.get(t)
+    }
+    results = [
+        Result.check(
+            "row counts",
+            not diff,
+            f"{len(counts)} tables, {sum(counts.values())} rows equal the manifest"
+            if not diff
+            else f"differ (manifest, restored): {dict(sorted(diff.items())[:5])}",
+        ),
+        Result.check("superuser", app["superusers"] > 0, f"{app['superusers']} superuser(s)"),
+    ]
+    for name, table in (("projects", "sentry_project"), ("issues", "sentry_groupedmessage")):
+        want = manifest.row_counts.get(table)
+        results.append(
+            Result.check(name, app[name] == want, f"{app[name]} restored, manifest {want}")
+        )
+    if manifest.newest_event is None:
+        results.append(
+            Result(
+                "newest event payload",
+                Status.OK,
+                "no event in a Postgres nodestore (a layout with SeaweedFS keeps payloads there: "
+                "the newest event is read through Sentry's API once web is up)",
+            )
+        )
+    else:
+        node_id = manifest.newest_event.split()[0]
+        if payload is None:
+            missing = f"{node_id}: missing from the restored nodestore"
+            results.append(Result.check("newest event payload", False, missing))
+        else:
+            try:
+                node = nodestore.decode(payload)
+                detail = (f"{node_id}: {len(payload)} bytes, decoded as Sentry reads it (event "
+                          f"{node.get('event_id', '?')})")  # fmt: skip
+                results.append(Result.check("newest event payload", True, detail))
+            except nodestore.NodeFormatError as exc:
+                results.append(Result.check("newest event payload", False, f"{node_id}: {exc}"))
+    return results
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
+def restore_postgres(scratch: SentryHost, store: BackupStore, manifest: BackupManifest) -> float:
+    """pg_restore next to the scratch database, fed from S3 and hashed on the way."""
+    restore.start_postgres(scratch)
+    with reading(store, manifest, "postgres", f"restore postgres of {manifest.backup_id}") as dump:
+        return restore.restore_postgres(scratch, dump)
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
+def restore_volume(
+    scratch: SentryHost, store: BackupStore, manifest: BackupManifest, name: str
+) -> None:
+    """The volume's tar.zst from S3, unpacked (and decompressed) on the host; hashed."""
+    volume = DataVolume(name.removeprefix("volume:"))
+    with reading(store, manifest, name, f"restore {name} of {manifest.backup_id}") as tar:
+        scratch.restore_volume(volume, tar)
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=1800)
+def check_data(scratch: SentryHost, manifest: BackupManifest) -> list[Result]:
+    with postgres.psql(scratch) as db:
+        counts = postgres.row_counts(db)
+        app = postgres.app_counts(db)
+        newest = manifest.newest_event
+        payload = postgres.node_payload(db, newest.split()[0]) if newest else None
+    return assess_data(manifest, counts, app, payload)
+
+
+def check_newest_event(scratch: SentryHost, manifest: BackupManifest) -> Result:
+    """The backup's newest event (ClickHouse), read through the restored Sentry's own API: its
+    searchable row and its payload from the restored nodestore, wherever the layout keeps it."""
+    name = "newest event through Sentry's API"
+    event = manifest.clickhouse.newest_event_id if manifest.clickhouse else None
+    if event is None:
+        return Result(name, Status.WARNING, "not checked: no event in the backup's ClickHouse")
+    if scratch.api_token is None:
+        return Result(name, Status.WARNING, "not checked: the host block has no api_token")
+    found = scratch.lookup_event(event)
+    return Result.check(
+        name,
+        found is not None,
+        f"{event}: found, payload from the restored nodestore" if found else f"{event}: not found",
+    )
+
+
+def restore_objects(
+    host: SentryHost, store: BackupStore, manifest: BackupManifest, out: Report
+) -> None:
+    """Every object of the set into the host's stack (its containers created, nothing else
+    running yet): Postgres, each data volume, ClickHouse; then the data checked against the
+    manifest. A drill's scratch stack, a restore's target."""
+    t = time.monotonic()
+    restore_postgres(host, store, manifest)
+    out.stage("restore postgres", t, "bytes hashed equal the manifest")
+    for obj in manifest.objects:
+        if obj.name.startswith("volume:"):
+            t = time.monotonic()
+            restore_volume(host, store, manifest, obj.name)
+            out.stage(f"restore {obj.name}", t, "bytes hashed equal the manifest")
+        elif obj.name not in ("postgres", "config", "clickhouse"):
+            raise RestoreError(f"this sentry-ops cannot restore object {obj.name!r}")
+    if manifest.clickhouse is not None:
+        t = time.monotonic()
+        out.checks += restore_clickhouse(host, store, manifest)
+        out.stage("restore clickhouse", t, f"{len(manifest.clickhouse.tables)} tables")
+    t = time.monotonic()
+    out.checks += check_data(host, manifest)
+    out.stage("check data", t)
+
+
+def render_report(
+    manifest: BackupManifest, out: Report, rto, rpo, title: str = "Restore drill of"
+) -> str:
+    lines = [
+        f"# {title} `{manifest.backup_id}`",
+        "",
+        f"**{'PASSED' if not out.failed else 'FAILED'}** - RTO "
+        f"{f'{rto:.1f} s' if rto is not None else 'n/a (not restored)'}, RPO {rpo:.0f} s "
+        f"(backup age). Sentry {manifest.sentry_version}, Postgres {manifest.postgres_version}, "
+        f"layout {manifest.layout}.",
+        "",
+        "| stage | seconds | detail |",
+        "|---|---:|---|",
+        *(f"| {r.name} | {r.seconds or 0:.2f} | {r.detail} |" for r in out.steps),
+        "",
+        "| check | result | detail |",
+        "|---|---|---|",
+        *(f"| {r.name} | {r.status} | {r.detail} |" for r in out.checks),
+    ]
+    return "\n".join(lines)
+
+
+def pre_backup(
+    host: SentryHost | str, store: BackupStore | str, report: Report, name: str = "pre-backup"
+) -> str:
+    """The backup flow, then its verification, as subflows (under the calling run's host lock):
+    an upgrade's pre-backup, a restore's safety backup of what it replaces."""
+    from flows.backup import backup, verify_backup  # flows that import this module
+
+    started = time.monotonic()
+    made = backup(host=host, store=store)
+    verify_backup(host=host, store=store, backup_id=made["backup_id"])
+    detail = f"{made['backup_id']} ({made['bytes'] / 1e6:.1f} MB), verified"
+    report.add(Result(name, Status.DONE, detail, round(time.monotonic() - started, 1)))
+    return made["backup_id"]
+
+
+def pick_full(
+    store: BackupStore,
+    folders: Sequence[str],
+    label: str,
+    backup_id: str | None,
+    error: type[Exception] = RestoreError,
+) -> BackupManifest:
+    """The set a restore (or a drill) puts back: the asked one, or the newest complete, sealed
+    one of these folders; refused (`error`) when it is a ClickHouse snapshot taken alone."""
+    manifest = backup_set.pick(store, folders, label, backup_id)
+    if manifest.scope != "full":
+        raise error(
+            f"backup {manifest.backup_id} is a {manifest.scope} snapshot taken alone, not a whole "
+            "install; restore a full backup (leave backup_id empty for the newest)"
+        )
+    return manifest
+
+
+def close_restore(
+    store: BackupStore,
+    manifest: BackupManifest,
+    out: Report,
+    rto: float | None,
+    started_at: dt.datetime,
+    by: str,
+    title: str,
+    key: str,
+    host: str,
+    record_failure: bool = True,
+) -> dict:
+    """The end of a restore (a drill's, the restore flow's): its result recorded beside the set
+    (retention keeps the newest verified one; the report is never lost to it; a failure only
+    with `record_failure`: a restore can fail for its target's sake, not the set's), the report
+    as a markdown artifact and the event `sentry.<by>.completed`; the result."""
+    passed = not out.failed
+    try:
+        if passed or record_failure:
+            backup_set.record_verification(
+                store, manifest, passed, by,
+                "restored and checked" if passed else "; ".join(out.failed)[:1000], rto,
+            )  # fmt: skip
+    except Exception as exc:
+        out.add(Result("record verification", Status.WARNING, str(exc)[:300]))
+    rpo = round((started_at - manifest.finished_at).total_seconds(), 1)
+    result = {
+        "backup_id": manifest.backup_id,
+        "passed": passed,
+        "rto_seconds": rto,
+        "rpo_seconds": rpo,
+        "failed": out.failed,
+        "checks": [r.row() for r in out.checks],
+        "steps": [r.row() for r in out.steps],
+    }
+    create_markdown_artifact(
+        key=key,
+        markdown=render_report(manifest, out, rto, rpo, title),
+        description=f"{title} {manifest.backup_id}",
+    )
+    emit(f"sentry.{by.replace('-', '_')}.completed", manifest.backup_id, host, result)
+    return result

@@ -31,8 +31,6 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 from pydantic import Field
@@ -58,15 +56,16 @@ from blocks.upgrade_plan import (
     restore_question,
     rollback_state,
 )
-from flows.backup import backup, verify_backup
 from flows.shared import (
     Report,
     Result,
     Status,
     artifact_slug,
+    ask,
     emit,
     host_lock,
     load_block,
+    pre_backup,
     reading,
     restore_clickhouse,
     results_artifact,
@@ -139,19 +138,6 @@ def log_step(result: Result) -> None:
 
 def this_run() -> str:
     return str(flow_run.id or "local")
-
-
-def ask(kind: type[RunInput], timeout: int, key: str, description: str):
-    """Pause the run for an operator's typed answer; None on a timeout."""
-    try:
-        return pause_flow_run(
-            wait_for_input=kind.with_initial_data(description=description),
-            timeout=timeout,
-            poll_interval=2,
-            key=key,
-        )
-    except FlowPauseTimeout:
-        return None
 
 
 # -- before any change: plan, preflight, pre-backup, approval -------------------------------------
@@ -245,16 +231,6 @@ def disk_enough(host: SentryHost, image_bytes: int) -> Result:
     return Result.check("disk", True, detail)
 
 
-def pre_backup(host: SentryHost | str, store: BackupStore | str, report: Report) -> str:
-    """The backup flow, then its verification, as subflows (under this run's host lock)."""
-    started = time.monotonic()
-    made = backup(host=host, store=store)
-    verify_backup(host=host, store=store, backup_id=made["backup_id"])
-    detail = f"{made['backup_id']} ({made['bytes'] / 1e6:.1f} MB), verified"
-    report.add(Result("pre-backup", Status.DONE, detail, round(time.monotonic() - started, 1)))
-    return made["backup_id"]
-
-
 def approve(
     host: SentryHost,
     name: str,
@@ -288,7 +264,7 @@ def run_hop(
     """Apply one hop (guide: rolling; self-hosted: its install.sh); on any failure roll it
     back, announce it, and raise an UpgradeError saying where the host was left."""
     counts = host.replica_counts()
-    host.mark_upgrade({"run": this_run(), "from": hop.previous, "to": hop.version,
+    host.mark("upgrade", {"run": this_run(), "from": hop.previous, "to": hop.version,
                        "backup_id": hop.backup_id,
                        "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})  # fmt: skip
     try:
@@ -316,13 +292,13 @@ def run_hop(
                 f"upgrade {hop.previous} -> {hop.version} failed ({exc}); {state}", left=state
             ) from failed
         if "(healthy)" in state:  # back where it was: other flows may run again
-            host.mark_upgrade(None)
+            host.mark("upgrade", None)
         emit("sentry.upgrade.rolled_back", host.identity, name, {**payload, "state": state},
              kind="host")  # fmt: skip
         raise UpgradeError(
             f"upgrade {hop.previous} -> {hop.version} failed ({exc}); {state}", state
         ) from exc
-    host.mark_upgrade(None)
+    host.mark("upgrade", None)
 
 
 def apply_guide(
@@ -635,8 +611,8 @@ def upgrade(
     report = Report(on_add=log_step)
     outcome = "failed before any change"
     try:
-        with host_lock(sentry_host, "upgrade", mid_upgrade_ok=True, engine=True):
-            if unfinished := sentry_host.upgrade_marker():
+        with host_lock(sentry_host, "upgrade", unfinished_ok=("upgrade",), engine=True):
+            if unfinished := sentry_host.marker("upgrade"):
                 if not resume_unfinished:
                     raise UpgradePlanError(
                         f"{sentry_host.label}: an upgrade did not finish here (run "

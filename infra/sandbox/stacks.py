@@ -48,7 +48,8 @@ class StackPorts:
 
 # layout -> (stack name, port slot). Slot 1 is the guide stack's restore drill (+100), slot 5 the
 # self-hosted one's (on the drill host, same 127.0.0.1); slots 2-3 are for tests and benchmarks (a
-# bare host, a bench stack and its drill); slot 7 for the upgrade tests' stack.
+# bare host, a bench stack and its drill); slot 6 for the restore test's stack, 7 for the upgrade
+# tests' one, 8 for the move test's.
 STACKS = {"guide": ("production", 0), "self-hosted": ("self-hosted", 4)}
 # self-hosted's external volumes (created by its install.sh; here by `ensure_stack`)
 EXTERNAL_VOLUMES = (

@@ -30,8 +30,8 @@ from blocks.sentry_web import assess_full_health
 from blocks.ssh import RemoteCommandError
 from blocks.upgrade_plan import HARD_STOPS, plan_upgrade
 from flows.cleanup import retention_cleanup, retention_problem
-from flows.restore_drill import assess_data
 from flows.scaling import AutoscalePolicy, autoscale_target
+from flows.shared import assess_data
 from tests.conformance.corpus import load, names, sample
 from tests.unit.test_backup_set import manifest
 

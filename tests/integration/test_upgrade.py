@@ -20,7 +20,7 @@ from prefect.flow_runs import resume_flow_run
 
 from blocks import backup_set, jobs, postgres
 from flows.cleanup import retention_cleanup
-from flows.shared import UnfinishedUpgrade
+from flows.shared import Unfinished
 from flows.upgrade import upgrade
 from infra import sandbox as sb
 from infra.sandbox.prefect_blocks import host_from_connection, store_from_connection
@@ -28,7 +28,7 @@ from tests.helpers import SHARED
 from tests.integration.test_bootstrap import run_texts
 from tests.integration.test_scaling import wait_processed
 
-SLOT = 7  # ports of its own (sandbox.StackPorts; 5 is the self-hosted drill's, 6 spare)
+SLOT = 7  # ports of its own (sandbox.StackPorts; 5 is the self-hosted drill's, 6 the restore's)
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def test_broken_version_rolls_back_with_the_database_restored(stack, store_name)
     assert after == before
     text = asyncio.run(run_texts(final.state_details.flow_run_id))
     assert "restore postgres" in text and "ROLLED BACK" in text
-    assert host.upgrade_marker() is None  # back and healthy: other flows may run again
+    assert host.marker("upgrade") is None  # back and healthy: other flows may run again
     with postgres.psql(host) as db:  # the migrated copy kept aside until then, now gone
         assert db.value("SELECT count(*) FROM pg_database WHERE datname LIKE "
                         "'%pre_rollback%'") == "0"  # fmt: skip
@@ -239,15 +239,15 @@ def test_a_rollback_whose_set_was_damaged_since_the_pre_backup_drops_nothing(
         text = asyncio.run(run_texts(final.state_details.flow_run_id))
         assert "ROLLBACK FAILED" in text and "rollback: re-verify pre-backup" in text
         # the host stays marked mid-upgrade: other mutating flows refuse, an upgrade too
-        marker = host.upgrade_marker()
+        marker = host.marker("upgrade")
         assert marker and marker["to"] == "24.3.0-broken", marker
-        with pytest.raises(UnfinishedUpgrade, match="an upgrade did not finish here"):
+        with pytest.raises(Unfinished, match="an upgrade did not finish here"):
             retention_cleanup(name, store_name)
         again = upgrade(host=name, store=store_name, target_version="24.3.0-broken",
                         require_approval=False, return_state=True)  # fmt: skip
         assert again.is_failed() and "resume_unfinished=true" in str(again.message)
     finally:  # the next tests start from `start`, healthy: the operator's repair by hand
-        host.mark_upgrade(None)
+        host.mark("upgrade", None)
         with postgres.psql(host) as db:
             db.rows("DELETE FROM sentry_migrations WHERE version = '24.3.0-broken' RETURNING 1")
         host.up_services(counts)

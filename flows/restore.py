@@ -1,0 +1,327 @@
+"""Restore: recover a host's Sentry from a backup set, in place (its stack lost or broken) or on a
+new host (the old one gone), as the disaster-recovery runbook.
+
+Runbook, in order:
+1. pick the set: the target's own (its folders in the store), or another host's: `source` (a host
+   block that can still be reached: its folders, and the images it runs) or `source_host_id`
+   (the store folder of a host that is gone); the given set or the newest complete, sealed, full
+   one; every object re-read and hashed against the manifest, before anything changes;
+2. on the target, before anything changes: an unfinished restore (its marker) is refused, resumed
+   (the same set, from the start) or abandoned (its services stopped, the marker removed), as
+   `unfinished` says; the images the set ran must be on the target (or `source` gives them); room
+   on Docker's disk for the restored set; the Sentry data the target holds (its data volumes that
+   are not empty): a target with data is refused unless `replace`;
+3. under the target's engine and host locks: with data to replace, the operator approves in the
+   Prefect UI (a form naming the host, the set, its age and what is overwritten), then a safety
+   backup of the target is taken and verified; the restore marker is written; the stack's
+   containers are removed and its data volumes emptied (kept: names, labels, driver options);
+   the set's config laid down, external volumes created where missing, Postgres, every volume and
+   ClickHouse restored (each object hashed as it is read); the data checked against the manifest;
+   the whole stack started (`compose up --wait`), `/_health/` and `?full`, the newest event read
+   back through the restored Sentry's API;
+4. every check passed: the marker is removed and the result recorded beside the set; a check
+   failed: the marker stays, so the host is refused to other mutating flows (backups too: a
+   half-restored stack is never backed up as if whole) and red in health, and the run fails
+   naming what. A report artifact `restore-<host>` and the event `sentry.restore.completed`.
+RTO: from the first restoring step (locks held, set verified, safety backup taken) to a checked,
+healthy stack, lock waits and the approval shown as stages of their own; RPO: the set's age.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+from pydantic import Field
+
+from blocks import backup_set
+from blocks import restore as restoring
+from blocks import scratch as scratch_stack
+from blocks.backup_set import BackupManifest
+from blocks.backup_store import BackupStore
+from blocks.poll import poll
+from blocks.sentry_host import SentryHost
+from blocks.sentry_web import full_health, probe_web
+from flows.shared import (
+    HOUR,
+    Report,
+    RestoreError,
+    Result,
+    Status,
+    artifact_slug,
+    ask,
+    check_newest_event,
+    close_restore,
+    host_lock,
+    load_block,
+    pick_full,
+    pre_backup,
+    restore_objects,
+    verify_objects,
+)
+
+
+class ReplaceApproval(RunInput):
+    """The operator's answer to a restore over a host's data (the paused run's Resume form)."""
+
+    approve: bool = Field(default=False, description="Overwrite it (unticked: refuse)")
+    approver: str = Field(default="", description="Who decides, for the audit")
+    comment: str = Field(default="", description="Why, for the audit")
+
+
+def held_line(held: dict[str, int]) -> str:
+    return ", ".join(f"{name} ({size / 1e6:.1f} MB)" for name, size in sorted(held.items()))
+
+
+def approval_text(
+    target: SentryHost, manifest: BackupManifest, held: dict[str, int], now: dt.datetime
+) -> str:
+    """What the operator approves: the host, the set, its age, what is overwritten (pure)."""
+    age = (now - manifest.finished_at).total_seconds() / 3600
+    return (
+        f"Restore {manifest.backup_id} (Sentry {manifest.sentry_version}, layout "
+        f"{manifest.layout}, taken on {manifest.host} {age:.1f} h ago) onto {target.label}, "
+        f"OVERWRITING its Sentry data: {held_line(held)}. A safety backup of it is taken and "
+        "verified first. Tick approve to go on; leave it unticked to refuse (nothing changes)."
+    )
+
+
+# -- tasks --------------------------------------------------------------------------------------
+@task(cache_policy=NO_CACHE, timeout_seconds=3600)
+def preflight(
+    target: SentryHost, source: SentryHost | None, manifest: BackupManifest, replace: bool
+) -> list[Result]:
+    """What the target holds and lacks, before anything changes: its data volumes in use, the
+    set's images, room on its Docker disk."""
+    missing = sorted({ref for ref in manifest.images.values() if target.image_id(ref) is None})
+    if missing and source is None:
+        raise RestoreError(
+            f"{target.label} lacks images the set ran: {', '.join(missing)}: pull or build them "
+            "there (self-hosted: its install.sh at the set's release), or give source=<the host "
+            "block it ran on> to copy them from there; nothing was changed"
+        )
+    held = restoring.held_data(target)
+    if held and not replace:
+        raise RestoreError(
+            f"{target.label} holds Sentry data: {held_line(held)}. A restore overwrites it: run "
+            "again with replace=true (you approve in the Prefect UI, and a verified safety "
+            "backup of it is taken first); nothing was changed"
+        )
+    room = scratch_stack.check_room(
+        target, manifest, "the restore", "free space on the target's Docker disk",
+        freed=sum(held.values()),
+    )  # fmt: skip
+    images = (
+        f"{len(missing)} to copy from {source.label}" if missing and source else "all on the target"
+    )
+    return [room, Result("images", Status.OK, images)]
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
+def clear_stack(target: SentryHost) -> list[str]:
+    """Containers removed, data volumes emptied (kept: names, labels, driver options)."""
+    return restoring.clear_stack(target)
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=1800)
+def lay_config(target: SentryHost, store: BackupStore, manifest: BackupManifest) -> str:
+    config = backup_set.read_object(store, manifest, "config") if manifest.config_included else None
+    return restoring.lay_config(target, config)
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
+def bring_images(source: SentryHost, target: SentryHost) -> Result:
+    """The images the restored stack runs, copied from the source host's engine where missing."""
+    return scratch_stack.bring_images(source, target)
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=600)
+def create_external_volumes(target: SentryHost, backup_id: str) -> list[str]:
+    return restoring.create_external_volumes(target, backup_id)
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=3600)
+def start_stack(target: SentryHost, timeout: float) -> list[Result]:
+    """The whole stack up (`compose up -d --wait`), then /_health/ until ok and ?full."""
+    target.compose_up(wait=True, timeout=timeout)
+    web, _ = poll(lambda: probe_web(target), lambda r: r.ok, timeout=timeout, interval=1)
+    return [web, full_health(target)] if web.ok else [web]
+
+
+def restore_into(
+    target: SentryHost,
+    source: SentryHost | None,
+    store: BackupStore,
+    manifest: BackupManifest,
+    web_timeout: float,
+    out: Report,
+) -> float | None:
+    """The restore proper, under the locks, the marker written first; the RTO when every check
+    passed (the marker then removed), else None (the marker stays)."""
+    t0 = t = time.monotonic()
+    target.makedirs(target.project_dir)  # a new host may have none yet
+    target.mark("restore", {
+        "run": str(flow_run.id or "local"),
+        "backup_id": manifest.backup_id,
+        "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    })  # fmt: skip
+    try:
+        emptied = clear_stack(target)
+        out.stage("clear the stack", t, f"emptied {', '.join(emptied)}" if emptied else "empty")
+        t = time.monotonic()
+        out.stage("lay the config", t, lay_config(target, store, manifest))
+        if source is not None:
+            out.add(bring_images(source, target))
+        t = time.monotonic()
+        made = create_external_volumes(target, manifest.backup_id)
+        out.stage("external volumes", t, f"created {', '.join(made)}" if made else "all there")
+        restore_objects(target, store, manifest, out)
+        t = time.monotonic()
+        out.checks += start_stack(target, web_timeout)
+        if not out.failed:
+            out.checks.append(check_newest_event(target, manifest))
+        out.stage("start the stack", t)
+    except Exception as exc:
+        out.check("restore", False, f"{exc.__class__.__name__}: {exc}"[:500])
+    if out.failed:
+        return None
+    target.mark("restore", None)
+    return round(time.monotonic() - t0, 1)
+
+
+def abandon(target: SentryHost, marker: dict, out: Report) -> dict:
+    """An unfinished restore given up: every service stopped (a half-restored stack never
+    answers health as if whole), the marker removed; the data is left as it is, for
+    inspection or another restore."""
+    with host_lock(target, "abandon an unfinished restore", unfinished_ok=("restore",)):
+        if restoring.has_compose_file(target):
+            target.compose_stop()
+        target.mark("restore", None)
+    detail = (
+        f"run {marker.get('run')} of set {marker.get('backup_id')}, since {marker.get('since')}"
+    )
+    out.add(Result("abandon", Status.DONE, f"{detail}: services stopped, marker removed"))
+    return {"status": "abandoned", "marker": marker, "steps": [r.row() for r in out.steps]}
+
+
+# -- flow ---------------------------------------------------------------------------------------
+@flow(
+    name="restore",
+    flow_run_name="restore-{host}",
+    log_prints=True,
+    persist_result=True,
+    timeout_seconds=24 * HOUR,
+)
+def restore(
+    host: SentryHost | str,
+    store: BackupStore | str,
+    backup_id: str | None = None,
+    source: SentryHost | str | None = None,
+    source_host_id: str | None = None,
+    replace: bool = False,
+    unfinished: Literal["refuse", "resume", "abandon"] = "refuse",
+    approval_timeout: int = 4 * HOUR,
+    web_timeout: float = 600,
+) -> dict:
+    """Restore a backup set onto a host: its own (in place), or another host's (a move, or a
+    host that is gone); checked like a drill; RTO and RPO reported.
+
+    Args:
+        host: The host to restore onto: a SentryHost block, or its name.
+        store: The backup store: a BackupStore block, or its name.
+        backup_id: The set to restore; default the newest complete, sealed, full one.
+        source: The host the set was taken on, when it is another one that can still be
+            reached: its sets, and the images it runs (copied where the target lacks them).
+        source_host_id: The store folder of the host the set was taken on, when that host is
+            gone (`list-backups` shows the ids).
+        replace: Overwrite the Sentry data the target holds (after your approval in the UI and
+            a verified safety backup of it); without it such a target is refused.
+        unfinished: What to do when an earlier restore did not finish here: refuse (default),
+            resume (restore the same set again, from the start) or abandon (stop its services,
+            remove the marker, keep the data as it is).
+        approval_timeout: Seconds to wait for the approval of a replace; then nothing changes.
+        web_timeout: Seconds for the restored stack to get healthy.
+    """
+    logger = get_run_logger()
+    started_at = dt.datetime.now(dt.UTC)
+    host, target = load_block(host, SentryHost)
+    store, backup_store = load_block(store, BackupStore)
+    src = load_block(source, SentryHost)[1] if source else None
+    if source_host_id and not backup_set.HOST_ID.match(source_host_id):
+        raise RestoreError(f"source_host_id={source_host_id!r} is not a host id of the store")
+    out = Report(on_add=lambda r: logger.info("%s: %s (%s)", r.name, r.status, r.detail))
+
+    marker = target.marker("restore")
+    if marker and unfinished == "refuse":
+        raise RestoreError(
+            f"{target.label}: a restore did not finish here (run {marker.get('run')} of set "
+            f"{marker.get('backup_id')}, since {marker.get('since')}): run again with "
+            "unfinished=resume (the same set, from the start) or unfinished=abandon (its "
+            "services stopped, the marker removed); nothing was changed"
+        )
+    if marker and unfinished == "abandon":
+        return abandon(target, marker, out)
+    if marker:  # resume: the same set
+        if backup_id and backup_id != marker.get("backup_id"):
+            raise RestoreError(
+                f"unfinished=resume resumes set {marker.get('backup_id')}, not {backup_id}: "
+                "leave backup_id empty, or abandon it first; nothing was changed"
+            )
+        backup_id = marker.get("backup_id")
+        out.add(Result("unfinished restore", Status.WARNING, f"resumed: {marker}"))
+    elif unfinished != "refuse":
+        out.add(Result("unfinished restore", Status.ALREADY, "none here"))
+        if unfinished == "abandon":
+            return {"status": "nothing to abandon", "steps": [r.row() for r in out.steps]}
+
+    t = time.monotonic()
+    folders = (source_host_id,) if source_host_id else (src or target).set_folders
+    label = source_host_id or (src or target).label
+    manifest = pick_full(backup_store, folders, label, backup_id)
+    out.stage("pick backup", t, "seal checked")
+    t = time.monotonic()
+    bad = [f"{r.name}: {r.detail}" for r in verify_objects(backup_store, manifest) if not r.ok]
+    if bad:
+        raise RestoreError(f"set {manifest.backup_id} fails verification: {'; '.join(bad)}; "
+                           "nothing was changed")  # fmt: skip
+    out.stage("verify objects", t, f"{len(manifest.objects)} objects match the manifest")
+    out.add(*preflight(target, src, manifest, replace or bool(marker)))
+
+    t = time.monotonic()
+    with host_lock(target, "restore", unfinished_ok=("restore",), engine=True):
+        out.stage("wait for the engine and host locks", t, "held (not part of the RTO)")
+        held = restoring.held_data(target) if not marker else {}  # again, under the lock
+        if held:
+            if not replace:
+                raise RestoreError(f"{target.label} got Sentry data while this run waited: "
+                                   f"{held_line(held)}; nothing was changed")  # fmt: skip
+            t = time.monotonic()
+            text = approval_text(target, manifest, held, dt.datetime.now(dt.UTC))
+            answer = ask(ReplaceApproval, approval_timeout, "approve-replace", text)
+            if answer is None or not answer.approve:
+                why = "no answer" if answer is None else f"refused by {answer.approver or '?'}"
+                raise RestoreError(f"restore onto {target.label} not approved ({why}): "
+                                   "nothing was changed")  # fmt: skip
+            who = f"approved by {answer.approver or '?'}: {answer.comment or 'no comment'}"
+            out.stage("approval", t, who)
+            pre_backup(host, store, out, "safety backup")
+        rto = restore_into(target, src, backup_store, manifest, web_timeout, out)
+    result = close_restore(
+        backup_store, manifest, out, rto, started_at, "restore",
+        f"Restore onto {target.label} of", artifact_slug(f"restore-{host}"), host,
+        record_failure=False,
+    )  # fmt: skip
+    passed = result["passed"]
+    result["status"] = "restored" if passed else "failed"
+    if not passed:
+        raise RestoreError(
+            f"restore of {manifest.backup_id} onto {target.label} failed: "
+            f"{'; '.join(out.failed)}. The restore marker stays: the host is refused to other "
+            "mutating flows; run again with unfinished=resume or unfinished=abandon"
+        )
+    return result
