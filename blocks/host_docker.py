@@ -246,6 +246,13 @@ class DockerVerbs:
         argv = ["docker", "info", "--format", "{{.ID}}@{{.DockerRootDir}}"]
         return self.run(argv, timeout=30).text.strip()
 
+    def socket_engine_id(self) -> str:
+        """`engine_id` of the engine behind the block's `docker_socket` (what self-hosted's
+        install.sh drives, from its container): it must be the one `docker` reaches over SSH."""
+        argv = ["docker", "-H", f"unix://{self.docker_socket}", "info", "--format",
+                "{{.ID}}@{{.DockerRootDir}}"]  # fmt: skip
+        return self.run(argv, timeout=30).text.strip()
+
     def listening(self) -> frozenset[int]:
         """TCP ports something listens on, on the host (`ss`)."""
         return listening_ports(self.run(FACT_ARGV["listening"], timeout=30).text)

@@ -6,13 +6,16 @@ verifies them at the end."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import io
+import tarfile
+from collections.abc import Callable, Collection
 from typing import BinaryIO
 
-from blocks import clickhouse, postgres
-from blocks.backup_set import ClickHouseSnapshot
+from blocks import clickhouse, postgres, sentry_config
+from blocks.backup_set import BackupManifest, ClickHouseSnapshot
+from blocks.dotenv import parse_env
 from blocks.host_project import COMPOSE_FILES
-from blocks.layouts import DataVolume, Role
+from blocks.layouts import DataVolume, Role, get_layout
 from blocks.result import Result, Status
 from blocks.sentry_host import SentryHost
 
@@ -40,17 +43,19 @@ def has_compose_file(host: SentryHost) -> bool:
     return host.exists(d) and any(n in COMPOSE_FILES for n in host.listdir(d))
 
 
-def clear_stack(host: SentryHost) -> list[str]:
-    """The stack's containers removed (`compose down`, volumes kept) and every data volume
-    emptied (kept: its name, labels and driver options); the names emptied. Only after the data
-    was backed up and the operator approved: nothing of it is left."""
+def clear_stack(host: SentryHost, only: Collection[DataVolume] | None = None) -> list[str]:
+    """The stack's containers removed (`compose down`, volumes kept) and every data volume (or
+    those `only` names) emptied (kept: its name, labels and driver options); the names emptied.
+    Only after the data was backed up and the operator approved: nothing of it is left."""
     if has_compose_file(host):
         host.compose_down(remove_volumes=False)
     held = held_data(host)
+    emptied = []
     for volume in host.stack.volumes:
-        if host.volume_name(volume) in held:
+        if host.volume_name(volume) in held and (only is None or volume in only):
             host.empty_volume(volume)
-    return sorted(held)
+            emptied.append(host.volume_name(volume))
+    return sorted(emptied)
 
 
 def lay_config(host: SentryHost, config: bytes | None) -> str:
@@ -66,6 +71,54 @@ def lay_config(host: SentryHost, config: bytes | None) -> str:
     host.makedirs(host.project_dir)
     host.extract_tar(host.project_dir, config)
     return "the set's (decrypted) config"
+
+
+def set_env(config: bytes, layout: str) -> dict[str, str]:
+    """The `.env` of a set's config object (a tar of the project dir's config files)."""
+    with tarfile.open(fileobj=io.BytesIO(config)) as tar:
+        member = next((m for m in tar.getmembers() if m.name.removeprefix("./") == ".env"), None)
+        if member is None:
+            raise RuntimeError(f"the set's config ({layout} layout) has no .env")
+        return parse_env(tar.extractfile(member).read().decode())  # type: ignore[union-attr]
+
+
+def read_kept(host: SentryHost, path: str) -> tuple[str, int]:
+    """A config file's text and mode (the containers' Sentry user must still read it after an
+    edit); a missing one: empty, 0644 as install.sh leaves it."""
+    if not host.exists(path):
+        return "", 0o644
+    return host.get(path).decode(), host.file_mode(path)
+
+
+def carry_secret_key(host: SentryHost, config: bytes | None, layout: str) -> str:
+    """The secret key of the set's stack (a layout that keeps it in `.env`) written into the
+    host's `sentry/config.yml` (self-hosted's; its install.sh keeps a key that is not its
+    placeholder): sessions, signed links and everything else Sentry signed stay valid."""
+    env_key = get_layout(layout).secret_key_env
+    if config is None or env_key is None:
+        return "not carried: the set has no config; the target keeps its own secret key"
+    key = set_env(config, layout).get(env_key)
+    if not key:
+        return f"not carried: the set's .env has no {env_key}; the target keeps its own"
+    path = f"{host.project_dir}/sentry/config.yml"
+    current, mode = read_kept(host, path)
+    host.put(path, sentry_config.with_secret_key(current, key).encode(), mode=mode)
+    return f"the set's {env_key} written to sentry/config.yml (system.secret-key)"
+
+
+def nodestore_read_through(host: SentryHost) -> str:
+    """Payloads restored into Postgres's nodestore_node made readable (and cleaned up) by a
+    stack whose nodestore is self-hosted's S3 passthrough: read_through/delete_through on in
+    sentry/sentry.conf.py, as self-hosted's install does for an install with such payloads."""
+    path = f"{host.project_dir}/sentry/sentry.conf.py"
+    conf, mode = read_kept(host, path)
+    through = sentry_config.nodestore_reads_through(conf)
+    if through is None:
+        return "the target's nodestore is not the S3 passthrough: payloads read where restored"
+    if through:
+        return "sentry.conf.py already reads nodestore_node through"
+    host.put(path, sentry_config.with_nodestore_read_through(conf).encode(), mode=mode)
+    return "read_through and delete_through turned on in sentry/sentry.conf.py"
 
 
 def create_external_volumes(host: SentryHost, backup_id: str) -> list[str]:
@@ -131,3 +184,51 @@ def drop_clickhouse_tables(host: SentryHost, snapshot: ClickHouseSnapshot) -> No
     """The snapshot's tables dropped from the host's ClickHouse (before restoring them)."""
     with clickhouse.connect(host) as (client, _):
         clickhouse.drop_tables(client, snapshot)
+
+
+# the layout changes a restore makes: a guide host onto getsentry/self-hosted, the only layout
+# upstream supports past the hard stops (its release tags are the versions it can end on)
+LAYOUT_CHANGES = {("guide", "self-hosted")}
+
+
+def onto_problem(set_layout: str, target_layout: str, target_version: str | None) -> str | None:
+    """Why a restore cannot take a set of one layout onto a host of another (pure)."""
+    if set_layout == target_layout:
+        if target_version:
+            return (
+                "target_version is for a restore onto another layout: a restore onto the same "
+                f"layout ({set_layout}) runs the set's own release; upgrade after it with the "
+                "upgrade flow; nothing was changed"
+            )
+        return None
+    if (set_layout, target_layout) not in LAYOUT_CHANGES:
+        known = ", ".join(f"{a} -> {b}" for a, b in sorted(LAYOUT_CHANGES))
+        return (
+            f"a {set_layout} set cannot be restored onto a {target_layout} host (layout changes "
+            f"this restore makes: {known}); nothing was changed"
+        )
+    if not target_version:
+        return (
+            f"a {set_layout} set onto a {target_layout} host needs target_version: the release "
+            "of the host's self-hosted checkout to end on (a tag, e.g. 26.8.0); the set's "
+            "database is migrated to it across the hard stops; nothing was changed"
+        )
+    return None
+
+
+def not_carried(manifest: BackupManifest) -> str:
+    """What a guide set leaves behind on self-hosted, and why (pure)."""
+    ch = manifest.clickhouse
+    tables = (
+        f"ClickHouse database {ch.database!r} ({len(ch.tables)} tables, "
+        f"{sum(t.rows or 0 for t in ch.tables)} rows)"
+        if ch
+        else "no ClickHouse snapshot in the set"
+    )
+    return (
+        f"{tables}: the guide's stack has no Snuba, so its tables are not Snuba's schema; the "
+        "target's Snuba starts with its own, empty: events from before the move are not "
+        "searchable and the event lookup finds none of them (their issues, projects, users, "
+        "releases and payloads are carried). Also left: the guide's compose file and .env (the "
+        "target runs self-hosted's own; its secret key is carried)"
+    )

@@ -53,6 +53,10 @@ def full_health(host: SentryHost) -> Result:
     return assess_full_health(*host.web_request("/_health/?full"))
 
 
+# the probe event's message, before its marker (the issue a probe makes is titled by it)
+PROBE_MESSAGE = "sentry-ops ingestion probe"
+
+
 def probe_ingestion(host: SentryHost, within: float) -> Result:
     """Send a synthetic event; it must come out processed (issue + payload) within `within` s."""
     name = "ingestion: synthetic event"
@@ -66,7 +70,7 @@ def probe_ingestion(host: SentryHost, within: float) -> Result:
     marker = uuid.uuid4().hex
     event = {
         "event_id": marker,
-        "message": f"sentry-ops ingestion probe {marker[:8]}",
+        "message": f"{PROBE_MESSAGE} {marker[:8]}",
         "level": "info",
         "platform": "other",
         "timestamp": dt.datetime.now(dt.UTC).isoformat(),

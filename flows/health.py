@@ -18,7 +18,6 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 
-from blocks import sentry_web
 from blocks.host_docker import parse_df
 from blocks.layouts import Role, StackLayout
 from blocks.sentry_host import SentryHost
@@ -30,6 +29,7 @@ from flows.shared import (
     artifact_slug,
     check_web,
     failed,
+    ingestion,
     load_block,
     results_artifact,
     summary,
@@ -203,11 +203,6 @@ def check_disk(host: SentryHost, min_free_gb: float, forecast_days: float) -> li
     return results + forecasts
 
 
-@task(cache_policy=NO_CACHE, timeout_seconds=300)
-def check_ingestion(host: SentryHost, within: float) -> Result:
-    return sentry_web.probe_ingestion(host, within)
-
-
 # -- flow ---------------------------------------------------------------------------------------
 @flow(
     name="health-check",
@@ -244,7 +239,7 @@ def health_check(
             if role in sentry_host.stack.services
         ),
         check_disk.submit(sentry_host, min_free_gb, disk_forecast_days),
-        check_ingestion.submit(sentry_host, ingestion_within_seconds),
+        ingestion.submit(sentry_host, ingestion_within_seconds),
     ]
     checks: list[Result] = []
     for future in futures:

@@ -11,7 +11,8 @@ Runbook, in order:
    back;
 3. the restore flow onto the target from that set (`source`: its images copied where the target
    lacks them), checked like a drill (row counts, ClickHouse, the newest event through Sentry's
-   API, `/_health/`);
+   API, `/_health/`); a guide host onto a self-hosted checkout at `target_version`: the
+   database migrated there across the hard stops (flows/restore.py `restore_onto`);
 4. passed: the cut-over steps in the report (DNS, DSN host, `system.url-prefix`); the source
    stays stopped and untouched until the operator removes it. Failed: the source is started
    again, as it was, and the move fails naming why.
@@ -109,6 +110,7 @@ def move(
     target: SentryHost | str,
     store: BackupStore | str,
     replace: bool = False,
+    target_version: str | None = None,
     drain_timeout: float = 300,
     web_timeout: float = 600,
 ) -> dict:
@@ -122,6 +124,9 @@ def move(
         store: The backup store the final backup goes to: a BackupStore block, or its name.
         replace: The target holds Sentry data that may be overwritten (after your approval in
             the UI and a verified safety backup of it).
+        target_version: Only when the target is of another layout (a guide host moving onto a
+            self-hosted checkout): the release to end on; the database is migrated to it across
+            the hard stops (the restore flow's `target_version`).
         drain_timeout: Seconds to let the workers finish queued tasks once ingestion is paused.
         web_timeout: Seconds for the restored stack to get healthy.
     """
@@ -131,6 +136,8 @@ def move(
     store, _ = load_block(store, BackupStore)
     if src.project_dir == tgt.project_dir and same_engine(src, tgt):
         raise MoveError(f"{src.label} and {tgt.label} are one stack: nothing to move")
+    if problem := restoring.onto_problem(src.layout, tgt.layout, target_version):
+        raise MoveError(f"{src.label} -> {tgt.label}: {problem}")
     held = target_data(tgt)
     if held and not replace:
         raise MoveError(
@@ -152,7 +159,7 @@ def move(
         out.stage("stop the source", t, "every service stopped, its data untouched")
     try:
         restored = restore(target, store, backup_id=final, source=source, replace=replace,
-                           web_timeout=web_timeout)  # fmt: skip
+                           target_version=target_version, web_timeout=web_timeout)  # fmt: skip
     except Exception as exc:
         t = time.monotonic()
         restart_source(src)

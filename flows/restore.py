@@ -18,7 +18,8 @@ Runbook, in order:
    the set's config laid down, external volumes created where missing, Postgres, every volume and
    ClickHouse restored (each object hashed as it is read); the data checked against the manifest;
    the whole stack started (`compose up --wait`), `/_health/` and `?full`, the newest event read
-   back through the restored Sentry's API;
+   back through the restored Sentry's API, then the ingestion probe (a new event sent and read
+   back processed, with the host block's probe credentials: a warning without them);
 4. every check passed: the marker is removed and the result recorded beside the set; a check
    failed: the marker stays, so the host is refused to other mutating flows (backups too: a
    half-restored stack is never backed up as if whole) and red in health, and the run fails
@@ -39,26 +40,34 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from blocks import backup_set
+from blocks import backup_set, postgres
 from blocks import restore as restoring
 from blocks import scratch as scratch_stack
 from blocks.backup_set import BackupManifest
 from blocks.backup_store import BackupStore
+from blocks.layouts import DataVolume
 from blocks.poll import poll
 from blocks.sentry_host import SentryHost
 from blocks.sentry_web import full_health, probe_web
+from blocks.ssh import RemoteCommandError
+from blocks.upgrade_plan import UpgradePlanError, plan_line, plan_upgrade
 from flows.shared import (
     HOUR,
     Report,
     RestoreError,
     Result,
     Status,
+    UpgradeError,
     artifact_slug,
     ask,
     check_newest_event,
+    checkout_clean,
     close_restore,
     host_lock,
+    ingestion,
+    install,
     load_block,
+    migrate,
     pick_full,
     pre_backup,
     restore_objects,
@@ -92,13 +101,51 @@ def approval_text(
 
 
 # -- tasks --------------------------------------------------------------------------------------
+@task(cache_policy=NO_CACHE, timeout_seconds=600)
+def onto_preflight(
+    target: SentryHost, manifest: BackupManifest, target_version: str
+) -> tuple[list[str], list[Result]]:
+    """A set onto another layout's host: the hops from the set's release to `target_version`
+    (every hard stop between) among the checkout's release tags; the checkout clean."""
+    try:
+        tags = target.git_tags()
+    except RemoteCommandError as exc:
+        raise RestoreError(
+            f"{target.label}: {target.project_dir} is not a git checkout of getsentry/self-hosted"
+            f" ({exc}): clone it there first (its release tags are the versions a restore can "
+            "end on); nothing was changed"
+        ) from exc
+    try:
+        hops = plan_upgrade(manifest.sentry_version, target_version, available=tags)
+    except UpgradePlanError as exc:
+        raise RestoreError(f"{target.label}: {exc}; nothing was changed") from exc
+    if not hops and target_version not in tags:
+        raise RestoreError(f"{target.label}: no release tag {target_version}; nothing was changed")
+    hops = hops or [target_version]
+    try:
+        clean = checkout_clean(target)
+    except UpgradeError as exc:
+        raise RestoreError(str(exc)) from exc
+    line = plan_line(manifest.sentry_version, hops)
+    return hops, [clean, Result("hops", Status.OK, f"{line} (install.sh at each)")]
+
+
 @task(cache_policy=NO_CACHE, timeout_seconds=3600)
 def preflight(
-    target: SentryHost, source: SentryHost | None, manifest: BackupManifest, replace: bool
+    target: SentryHost,
+    source: SentryHost | None,
+    manifest: BackupManifest,
+    replace: bool,
+    onto: bool = False,
 ) -> list[Result]:
     """What the target holds and lacks, before anything changes: its data volumes in use, the
-    set's images, room on its Docker disk."""
-    missing = sorted({ref for ref in manifest.images.values() if target.image_id(ref) is None})
+    set's images (onto another layout: the target's install.sh makes its own), room on its
+    Docker disk."""
+    missing = (
+        []
+        if onto
+        else sorted({ref for ref in manifest.images.values() if target.image_id(ref) is None})
+    )
     if missing and source is None:
         raise RestoreError(
             f"{target.label} lacks images the set ran: {', '.join(missing)}: pull or build them "
@@ -117,15 +164,20 @@ def preflight(
         freed=sum(held.values()),
     )  # fmt: skip
     images = (
-        f"{len(missing)} to copy from {source.label}" if missing and source else "all on the target"
+        "the target's own release's (install.sh)"
+        if onto
+        else f"{len(missing)} to copy from {source.label}"
+        if missing and source
+        else "all on the target"
     )
     return [room, Result("images", Status.OK, images)]
 
 
 @task(cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
-def clear_stack(target: SentryHost) -> list[str]:
-    """Containers removed, data volumes emptied (kept: names, labels, driver options)."""
-    return restoring.clear_stack(target)
+def clear_stack(target: SentryHost, only: set[DataVolume] | None = None) -> list[str]:
+    """Containers removed, data volumes (or `only` those) emptied (kept: names, labels, driver
+    options)."""
+    return restoring.clear_stack(target, only)
 
 
 @task(cache_policy=NO_CACHE, timeout_seconds=1800)
@@ -145,12 +197,79 @@ def create_external_volumes(target: SentryHost, backup_id: str) -> list[str]:
     return restoring.create_external_volumes(target, backup_id)
 
 
+@task(cache_policy=NO_CACHE, timeout_seconds=600)
+def check_out(target: SentryHost, version: str) -> None:
+    target.checkout(version)
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=1800)
+def carry_config(target: SentryHost, store: BackupStore, manifest: BackupManifest) -> str:
+    config = backup_set.read_object(store, manifest, "config") if manifest.config_included else None
+    return restoring.carry_secret_key(target, config, manifest.layout)
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=600)
+def read_through(target: SentryHost) -> str:
+    return restoring.nodestore_read_through(target)
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=1800)
+def check_migrated(target: SentryHost, manifest: BackupManifest, version: str) -> list[Result]:
+    """After the hops: the release web runs, and the set's projects, issues and superuser still
+    there (the row counts were compared before the migrations; they may add and fill tables)."""
+    running = target.running_version()
+    with postgres.psql(target) as db:
+        app = postgres.app_counts(db)
+    results = [Result.check("release", running == version, f"sentry --version {running}")]
+    for name, table in (("projects", "sentry_project"), ("issues", "sentry_groupedmessage")):
+        want = manifest.row_counts.get(table)
+        results.append(Result.check(f"{name} after the migrations", app[name] == want,
+                                    f"{app[name]}, the set {want}"))  # fmt: skip
+    results.append(Result.check("superuser after the migrations", app["superusers"] > 0,
+                                f"{app['superusers']} superuser(s)"))  # fmt: skip
+    return results
+
+
 @task(cache_policy=NO_CACHE, timeout_seconds=3600)
 def start_stack(target: SentryHost, timeout: float) -> list[Result]:
     """The whole stack up (`compose up -d --wait`), then /_health/ until ok and ?full."""
     target.compose_up(wait=True, timeout=timeout)
     web, _ = poll(lambda: probe_web(target), lambda r: r.ok, timeout=timeout, interval=1)
     return [web, full_health(target)] if web.ok else [web]
+
+
+def restore_onto(
+    target: SentryHost, store: BackupStore, manifest: BackupManifest, hops: list[str], out: Report
+) -> None:
+    """A guide set into the target's self-hosted checkout, migrated across the hard stops:
+    the first hop's release checked out with the set's secret key in sentry/config.yml; its
+    install.sh (volumes, images, Snuba's tables, an empty schema); the Postgres and files
+    volumes emptied again and the set's Postgres and volumes restored (ClickHouse not: see
+    `blocks.restore.not_carried`), checked against the manifest; the nodestore told to read the
+    restored payloads; `sentry upgrade` at the first hop, then each later hop's checkout +
+    install.sh."""
+    t = time.monotonic()
+    check_out(target, hops[0])
+    out.stage(f"check out {hops[0]}", t, carry_config(target, store, manifest))
+    out.add(install(target, hops[0]))
+    t = time.monotonic()
+    volumes = {DataVolume.POSTGRES} | {
+        DataVolume(o.name.removeprefix("volume:"))
+        for o in manifest.objects
+        if o.name.startswith("volume:")
+    }
+    emptied = clear_stack(target, volumes)
+    out.stage("empty what the set restores", t, ", ".join(emptied) or "empty")
+    restore_objects(target, store, manifest, out, with_clickhouse=False)
+    if manifest.row_counts.get("nodestore_node"):
+        t = time.monotonic()
+        out.stage("nodestore", t, read_through(target))
+    out.add(migrate(target, hops[0]))
+    for hop in hops[1:]:
+        t = time.monotonic()
+        check_out(target, hop)
+        out.stage(f"check out {hop}", t)
+        out.add(install(target, hop))
 
 
 def restore_into(
@@ -160,9 +279,14 @@ def restore_into(
     manifest: BackupManifest,
     web_timeout: float,
     out: Report,
+    onto: list[str] | None = None,
+    ingestion_within: float = 120,
 ) -> float | None:
     """The restore proper, under the locks, the marker written first; the RTO when every check
-    passed (the marker then removed), else None (the marker stays)."""
+    passed (the marker then removed), else None (the marker stays). `onto`: the hops of a set
+    restored onto another layout (`restore_onto`). Its checks end with the health check's
+    ingestion probe (with the target block's probe credentials: after a move, the source's,
+    which the restored database holds)."""
     t0 = t = time.monotonic()
     target.makedirs(target.project_dir)  # a new host may have none yet
     target.mark("restore", {
@@ -173,18 +297,28 @@ def restore_into(
     try:
         emptied = clear_stack(target)
         out.stage("clear the stack", t, f"emptied {', '.join(emptied)}" if emptied else "empty")
-        t = time.monotonic()
-        out.stage("lay the config", t, lay_config(target, store, manifest))
-        if source is not None:
-            out.add(bring_images(source, target))
-        t = time.monotonic()
-        made = create_external_volumes(target, manifest.backup_id)
-        out.stage("external volumes", t, f"created {', '.join(made)}" if made else "all there")
-        restore_objects(target, store, manifest, out)
+        if onto:
+            restore_onto(target, store, manifest, onto, out)
+        else:
+            t = time.monotonic()
+            out.stage("lay the config", t, lay_config(target, store, manifest))
+            if source is not None:
+                out.add(bring_images(source, target))
+            t = time.monotonic()
+            made = create_external_volumes(target, manifest.backup_id)
+            out.stage("external volumes", t, f"created {', '.join(made)}" if made else "all there")
+            restore_objects(target, store, manifest, out)
         t = time.monotonic()
         out.checks += start_stack(target, web_timeout)
-        if not out.failed:
+        if not out.failed and onto:
+            out.checks += check_migrated(target, manifest, onto[-1])
+            out.checks.append(
+                Result("not carried", Status.WARNING, restoring.not_carried(manifest))
+            )
+        elif not out.failed:
             out.checks.append(check_newest_event(target, manifest))
+        if not out.failed:
+            out.checks.append(ingestion(target, ingestion_within))
         out.stage("start the stack", t)
     except Exception as exc:
         out.check("restore", False, f"{exc.__class__.__name__}: {exc}"[:500])
@@ -225,8 +359,10 @@ def restore(
     source_host_id: str | None = None,
     replace: bool = False,
     unfinished: Literal["refuse", "resume", "abandon"] = "refuse",
+    target_version: str | None = None,
     approval_timeout: int = 4 * HOUR,
     web_timeout: float = 600,
+    ingestion_within_seconds: float = 120,
 ) -> dict:
     """Restore a backup set onto a host: its own (in place), or another host's (a move, or a
     host that is gone); checked like a drill; RTO and RPO reported.
@@ -244,8 +380,13 @@ def restore(
         unfinished: What to do when an earlier restore did not finish here: refuse (default),
             resume (restore the same set again, from the start) or abandon (stop its services,
             remove the marker, keep the data as it is).
+        target_version: Only for a set of another layout (a guide host's set onto a
+            self-hosted checkout): the release (a tag of the checkout) to end on; the set's
+            database is migrated to it across the hard stops, install.sh at each.
         approval_timeout: Seconds to wait for the approval of a replace; then nothing changes.
         web_timeout: Seconds for the restored stack to get healthy.
+        ingestion_within_seconds: Seconds for the ingestion probe's event (sent with the
+            host block's probe_dsn, read back with its api_token) to come out processed.
     """
     logger = get_run_logger()
     started_at = dt.datetime.now(dt.UTC)
@@ -290,7 +431,13 @@ def restore(
         raise RestoreError(f"set {manifest.backup_id} fails verification: {'; '.join(bad)}; "
                            "nothing was changed")  # fmt: skip
     out.stage("verify objects", t, f"{len(manifest.objects)} objects match the manifest")
-    out.add(*preflight(target, src, manifest, replace or bool(marker)))
+    onto: list[str] | None = None
+    if problem := restoring.onto_problem(manifest.layout, target.layout, target_version):
+        raise RestoreError(problem)
+    if manifest.layout != target.layout:
+        onto, checked = onto_preflight(target, manifest, str(target_version))
+        out.add(*checked)
+    out.add(*preflight(target, src, manifest, replace or bool(marker), onto is not None))
 
     t = time.monotonic()
     with host_lock(target, "restore", unfinished_ok=("restore",), engine=True):
@@ -310,7 +457,10 @@ def restore(
             who = f"approved by {answer.approver or '?'}: {answer.comment or 'no comment'}"
             out.stage("approval", t, who)
             pre_backup(host, store, out, "safety backup")
-        rto = restore_into(target, src, backup_store, manifest, web_timeout, out)
+        rto = restore_into(
+            target, src, backup_store, manifest, web_timeout, out, onto,
+            ingestion_within_seconds,
+        )  # fmt: skip
     result = close_restore(
         backup_store, manifest, out, rto, started_at, "restore",
         f"Restore onto {target.label} of", artifact_slug(f"restore-{host}"), host,
@@ -318,6 +468,8 @@ def restore(
     )  # fmt: skip
     passed = result["passed"]
     result["status"] = "restored" if passed else "failed"
+    if onto:
+        result["hops"] = onto
     if not passed:
         raise RestoreError(
             f"restore of {manifest.backup_id} onto {target.label} failed: "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -30,12 +31,13 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from prefect.variables import Variable
 
-from blocks import backup_set, host_lease, nodestore, postgres, restore, retention, sentry_web
+from blocks import backup_set, host_lease, jobs, nodestore, postgres, restore, retention, sentry_web
 from blocks.backup_set import BackupManifest, ObjectReader, open_object
 from blocks.backup_store import BackupStore
-from blocks.layouts import DataVolume
+from blocks.layouts import DataVolume, Role
 from blocks.result import Report, Result, Status, failed, summary
 from blocks.sentry_host import SentryHost
+from blocks.upgrade_plan import INSTALL_FLAGS
 
 __all__ = ["Report", "Result", "Status", "failed", "summary"]  # the one result type, re-exported
 
@@ -445,11 +447,16 @@ def check_newest_event(scratch: SentryHost, manifest: BackupManifest) -> Result:
 
 
 def restore_objects(
-    host: SentryHost, store: BackupStore, manifest: BackupManifest, out: Report
+    host: SentryHost,
+    store: BackupStore,
+    manifest: BackupManifest,
+    out: Report,
+    with_clickhouse: bool = True,
 ) -> None:
     """Every object of the set into the host's stack (its containers created, nothing else
-    running yet): Postgres, each data volume, ClickHouse; then the data checked against the
-    manifest. A drill's scratch stack, a restore's target."""
+    running yet): Postgres, each data volume, ClickHouse (unless `with_clickhouse` is off: a
+    restore onto another layout's Snuba schema); then the data checked against the manifest.
+    A drill's scratch stack, a restore's target."""
     t = time.monotonic()
     restore_postgres(host, store, manifest)
     out.stage("restore postgres", t, "bytes hashed equal the manifest")
@@ -460,7 +467,7 @@ def restore_objects(
             out.stage(f"restore {obj.name}", t, "bytes hashed equal the manifest")
         elif obj.name not in ("postgres", "config", "clickhouse"):
             raise RestoreError(f"this sentry-ops cannot restore object {obj.name!r}")
-    if manifest.clickhouse is not None:
+    if manifest.clickhouse is not None and with_clickhouse:
         t = time.monotonic()
         out.checks += restore_clickhouse(host, store, manifest)
         out.stage("restore clickhouse", t, f"{len(manifest.clickhouse.tables)} tables")
@@ -566,3 +573,99 @@ def close_restore(
     )
     emit(f"sentry.{by.replace('-', '_')}.completed", manifest.backup_id, host, result)
     return result
+
+
+# -- shared by the upgrade and the restore onto self-hosted: install.sh, migrations, checks --
+class UpgradeError(Exception):
+    """A step that failed; `rolled_back` says where the rollback of its hop left the host."""
+
+    def __init__(
+        self, message: str, rolled_back: str | None = None, left: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.rolled_back, self.left = rolled_back, left
+
+
+def this_run() -> str:
+    return str(flow_run.id or "local")
+
+
+def checkout_clean(host: SentryHost) -> Result:
+    """self-hosted's checkout ready for `git checkout <tag>` + install.sh: no tracked file
+    modified, and the block's docker_socket (the engine install.sh drives from its container)
+    the engine `docker` reaches over SSH: else install.sh would turn another engine's stack off
+    and start this one's there, on that engine's volumes of the same names."""
+    engine, socket_engine = host.engine_id(), host.socket_engine_id()
+    if engine != socket_engine:
+        raise UpgradeError(
+            f"{host.label}: docker_socket {host.docker_socket} is the socket of engine "
+            f"{socket_engine}, not of the engine `docker` reaches over SSH ({engine}): set the "
+            "block's docker_socket to that engine's socket; nothing was changed"
+        )
+    changed = host.modified_files()
+    if changed:
+        raise UpgradeError(
+            f"{host.label}: tracked files of the self-hosted checkout are modified "
+            f"({changed[:300]}): `git checkout <tag>` would refuse or lose them; move "
+            "overrides to .env.custom or docker-compose.override.yml; nothing was changed"
+        )
+    return Result("checkout", Status.OK, "clean: the release tags are there")
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=24 * 3600)
+def migrate(host: SentryHost, version: str) -> Result:
+    """`sentry upgrade --noinput` with the new image, detached in a named container; its log
+    lines go to the run's logs; a retry (a dropped SSH connection) re-attaches to it."""
+    logger = get_run_logger()
+    progress = create_progress_artifact(
+        0.0,
+        key=artifact_slug(f"migrations-{host.project}"),
+        description=f"sentry upgrade to {version} on {host.label}",
+    )
+    applied = [0]
+
+    def on_line(line: str) -> None:
+        logger.info("sentry upgrade: %s", line)
+        if re.search(r"\bAppl(y|ied)", line):
+            applied[0] += 1
+            update_progress_artifact(progress, min(95.0, 10.0 * applied[0]))
+
+    starter = host.sentry_job(Role.WEB, "upgrade", "--noinput")
+    job = jobs.run(host, "upgrade", starter, run_id=this_run(), on_line=on_line)
+    update_progress_artifact(progress, 100.0)
+    problem = job.failure(f"{host.label}: `sentry upgrade --noinput` to {version}")
+    if problem:
+        raise UpgradeError(problem)
+    how = "re-attached" if job.reattached else "detached"
+    return Result(
+        "migrations",
+        Status.DONE,
+        f"to {version}, {how} job {job.name}: " + (job.tail[-1] if job.tail else ""),
+        job.seconds,
+    )
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=3600)
+def ingestion(host: SentryHost, timeout: float) -> Result:
+    """The health check's ingestion probe (a warning, not a pass, without probe credentials)."""
+    return sentry_web.probe_ingestion(host, within=timeout)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=24 * 3600)
+def install(host: SentryHost, version: str) -> Result:
+    """self-hosted's `./install.sh` of the checked-out release, detached in a named container
+    (it stops the stack, builds, runs `sentry upgrade`); re-attached on a retry."""
+    logger = get_run_logger()
+
+    def on_line(line: str) -> None:
+        logger.info("install.sh: %s", line)
+
+    job = jobs.run(
+        host, "install", host.install_job(*INSTALL_FLAGS), run_id=this_run(), on_line=on_line
+    )
+    problem = job.failure(f"{host.label}: ./install.sh of {version}")
+    if problem:
+        raise UpgradeError(problem)
+    return Result(
+        f"install.sh {version}", Status.DONE, job.tail[-1] if job.tail else "", job.seconds
+    )

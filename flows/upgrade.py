@@ -20,33 +20,27 @@ On self-hosted the hop is its own `./install.sh` at the release tag.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import time
 from dataclasses import dataclass
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
-    create_progress_artifact,
-    update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.input import RunInput
-from prefect.runtime import flow_run
 from pydantic import Field
 
-from blocks import backup_set, jobs, postgres, restore, rollout
+from blocks import backup_set, postgres, restore, rollout
 from blocks.backup_store import BackupStore
 from blocks.host_sentry import rolling_problem
 from blocks.layouts import Role
 from blocks.poll import poll
 from blocks.rollout import RolloutError
 from blocks.sentry_host import SentryHost
-from blocks.sentry_web import probe_ingestion
 from blocks.upgrade_plan import (
     FRESH_BACKUP_SECONDS,
     HARD_STOPS,
-    INSTALL_FLAGS,
     UpgradePlanError,
     disk_needed,
     parameter_problems,
@@ -60,28 +54,24 @@ from flows.shared import (
     Report,
     Result,
     Status,
+    UpgradeError,
     artifact_slug,
     ask,
+    checkout_clean,
     emit,
     host_lock,
+    ingestion,
+    install,
     load_block,
+    migrate,
     pre_backup,
     reading,
     restore_clickhouse,
     results_artifact,
     summary,
+    this_run,
     verify_objects,
 )
-
-
-class UpgradeError(Exception):
-    """A step that failed; `rolled_back` says where the rollback of its hop left the host."""
-
-    def __init__(
-        self, message: str, rolled_back: str | None = None, left: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.rolled_back, self.left = rolled_back, left
 
 
 class NotApproved(Exception):
@@ -134,10 +124,6 @@ class Hop:
 def log_step(result: Result) -> None:
     detail = f" ({result.detail})" if result.detail else ""
     get_run_logger().info("%s: %s%s", result.name, result.status, detail)
-
-
-def this_run() -> str:
-    return str(flow_run.id or "local")
 
 
 # -- before any change: plan, preflight, pre-backup, approval -------------------------------------
@@ -204,17 +190,6 @@ def guide_ready(host: SentryHost, hops: list[str]) -> tuple[list[Result], int]:
         detail = f"{web} restarts in place, web is down meanwhile: {problem}"
         results.append(Result("rolling restart", Status.WARNING, detail))
     return results, (size * len(hops) if host.pull_images else 0)
-
-
-def checkout_clean(host: SentryHost) -> Result:
-    changed = host.modified_files()
-    if changed:
-        raise UpgradeError(
-            f"{host.label}: tracked files of the self-hosted checkout are modified "
-            f"({changed[:300]}): `git checkout <tag>` would refuse or lose them; move "
-            "overrides to .env.custom or docker-compose.override.yml; nothing was changed"
-        )
-    return Result("checkout", Status.OK, "clean: the release tags are there")
 
 
 def disk_enough(host: SentryHost, image_bytes: int) -> Result:
@@ -453,39 +428,6 @@ def restart_previous(
 
 
 # -- the steps that run long: tasks ---------------------------------------------------------------
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=24 * 3600)
-def migrate(host: SentryHost, version: str) -> Result:
-    """`sentry upgrade --noinput` with the new image, detached in a named container; its log
-    lines go to the run's logs; a retry (a dropped SSH connection) re-attaches to it."""
-    logger = get_run_logger()
-    progress = create_progress_artifact(
-        0.0,
-        key=artifact_slug(f"migrations-{host.project}"),
-        description=f"sentry upgrade to {version} on {host.label}",
-    )
-    applied = [0]
-
-    def on_line(line: str) -> None:
-        logger.info("sentry upgrade: %s", line)
-        if re.search(r"\bAppl(y|ied)", line):
-            applied[0] += 1
-            update_progress_artifact(progress, min(95.0, 10.0 * applied[0]))
-
-    starter = host.sentry_job(Role.WEB, "upgrade", "--noinput")
-    job = jobs.run(host, "upgrade", starter, run_id=this_run(), on_line=on_line)
-    update_progress_artifact(progress, 100.0)
-    problem = job.failure(f"{host.label}: `sentry upgrade --noinput` to {version}")
-    if problem:
-        raise UpgradeError(problem)
-    how = "re-attached" if job.reattached else "detached"
-    return Result(
-        "migrations",
-        Status.DONE,
-        f"to {version}, {how} job {job.name}: " + (job.tail[-1] if job.tail else ""),
-        job.seconds,
-    )
-
-
 @task(cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
 def roll_web(host: SentryHost, batch_size: int, timeout: float) -> list[Result]:
     """Replace web's containers batch by batch, each batch gated on health (blocks/rollout.py);
@@ -522,32 +464,6 @@ def verify(host: SentryHost, version: str, timeout: float) -> Result:
         f"health on {version}",
         ok,
         f"/_health/?full {status}, sentry --version {running}: {body[:200]!r}",
-    )
-
-
-@task(cache_policy=NO_CACHE, timeout_seconds=3600)
-def ingestion(host: SentryHost, timeout: float) -> Result:
-    """The health check's ingestion probe (a warning, not a pass, without probe credentials)."""
-    return probe_ingestion(host, within=timeout)
-
-
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=24 * 3600)
-def install(host: SentryHost, version: str) -> Result:
-    """self-hosted's `./install.sh` of the checked-out release, detached in a named container
-    (it stops the stack, builds, runs `sentry upgrade`); re-attached on a retry."""
-    logger = get_run_logger()
-
-    def on_line(line: str) -> None:
-        logger.info("install.sh: %s", line)
-
-    job = jobs.run(
-        host, "install", host.install_job(*INSTALL_FLAGS), run_id=this_run(), on_line=on_line
-    )
-    problem = job.failure(f"{host.label}: ./install.sh of {version}")
-    if problem:
-        raise UpgradeError(problem)
-    return Result(
-        f"install.sh {version}", Status.DONE, job.tail[-1] if job.tail else "", job.seconds
     )
 
 

@@ -32,7 +32,7 @@ from infra.sandbox.common import (
     stop_pid,
     wait_for,
 )
-from infra.sandbox.drill_host import drill_docker
+from infra.sandbox.drill_host import copy_images_to_drill, drill_docker
 from infra.sandbox.lifecycle import connection, down, setup_config, up
 from infra.sandbox.prefect_server import prefect_database, start_prefect_server
 from infra.sandbox.stacks import (
@@ -45,6 +45,7 @@ from infra.sandbox.stacks import (
     project_name,
     remove_external_volumes,
     remove_stack,
+    self_hosted_checkout,
     stack_info,
     stack_settings,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "compose",
     "compose_argv",
     "connection",
+    "copy_images_to_drill",
     "create_probe_credentials",
     "down",
     "drill_docker",
@@ -71,6 +73,7 @@ __all__ = [
     "project_name",
     "remove_external_volumes",
     "remove_stack",
+    "self_hosted_checkout",
     "setup_config",
     "sh",
     "spawn",

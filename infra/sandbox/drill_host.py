@@ -66,3 +66,15 @@ def stop_drill_engine() -> None:
     netns = d / "exec" / "netns" / "default"
     if netns.exists():
         sh("umount", str(netns), check=False)
+
+
+def copy_images_to_drill(*refs: str) -> None:
+    """Images put into the drill host's engine where it lacks them (`docker save | load`), as an
+    install there would pull or build them."""
+    missing = [r for r in refs if drill_docker("image", "inspect", r, check=False).returncode]
+    if missing:
+        save = subprocess.Popen(["docker", "save", *missing], stdout=subprocess.PIPE)
+        subprocess.run(["docker", "-H", drill_docker_host(), "load", "-q"], stdin=save.stdout,
+                       check=True, capture_output=True)  # fmt: skip
+        if save.wait() != 0:
+            raise RuntimeError(f"docker save {missing} failed")

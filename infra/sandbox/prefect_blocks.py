@@ -61,10 +61,11 @@ def host_from_connection(info: dict, layout: str = "guide") -> SentryHost:
 def drill_host_from_connection(info: dict) -> SentryHost:
     """The sandbox's drill host: another Docker engine behind its own sshd; scratch stacks go
     under its `drill_dir`."""
-    stack = info["stack"]
+    stack, ssh = info["stack"], info["drill_ssh"]
     return SentryHost(
-        **ssh_fields(info["drill_ssh"]),
+        **ssh_fields(ssh),
         project_dir=info["drill_dir"],
+        **({"docker_socket": ssh["docker_socket"]} if "docker_socket" in ssh else {}),
         **{k: stack[k] for k in ("tool_image", "pull_images") if k in stack},
     )
 

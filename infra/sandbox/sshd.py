@@ -76,4 +76,6 @@ Subsystem sftp internal-sftp
         "private_key_path": str(keys / "client_ed25519_key"),
         "known_hosts_path": str(ssh / "known_hosts"),
         "host_key": host_pub,
+        # the engine's socket on that host (what a block's docker_socket names)
+        "docker_socket": (docker_host or "unix:///var/run/docker.sock").removeprefix("unix://"),
     }

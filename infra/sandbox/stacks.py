@@ -230,21 +230,38 @@ def install_files(layout: str, name: str, info: dict) -> None:
         release_checkout(d, values)
 
 
-def release_checkout(d: Path, values: dict) -> None:
-    """self-hosted is a git checkout of its release tags: the sandbox's has SELF_HOSTED_RELEASES
-    (their .env differ in SENTRY_VERSION) and is checked out at the first; what an operator adds
-    (.env.custom, sentry/config.yml) is git-ignored, as in self-hosted."""
-    (d / ".gitignore").write_text(".env.custom\nsentry/config.yml\nsentry-ops.scale.yml\n")
+def release_checkout(
+    d: Path, values: dict, releases: tuple[str, ...] = SELF_HOSTED_RELEASES
+) -> None:
+    """self-hosted is a git checkout of its release tags: the sandbox's has `releases` (their
+    .env differ in SENTRY_VERSION) and is checked out at the first; what an operator adds or
+    edits (.env.custom, sentry/config.yml, sentry/sentry.conf.py) is git-ignored, as in
+    self-hosted (its .gitignore @26.8.0)."""
+    (d / ".gitignore").write_text(
+        ".env.custom\nsentry/config.yml\nsentry/sentry.conf.py\nsentry-ops.scale.yml\n"
+    )
     git = ["git", "-C", str(d), "-c", "user.name=sandbox", "-c", "user.email=sandbox@localhost",
            "-c", "advice.detachedHead=false"]  # fmt: skip
     sh(*git, "init", "-q")
-    for version in SELF_HOSTED_RELEASES:
+    for version in releases:
         env = {**values, "SENTRY_VERSION": version}
         write_private(d / ".env", "".join(f"{k}={v}\n" for k, v in env.items()))
         sh(*git, "add", "-A")
         sh(*git, "commit", "-q", "-m", f"release {version}")
         sh(*git, "tag", version)
-    sh(*git, "checkout", "-q", SELF_HOSTED_RELEASES[0])
+    sh(*git, "checkout", "-q", releases[0])
+
+
+def self_hosted_checkout(d: Path, name: str, slot: int, releases: tuple[str, ...]) -> None:
+    """A self-hosted checkout not yet installed (as `git clone` leaves it, for another engine):
+    the release tags, `.env.custom`, and `sentry/config.yml` with self-hosted's placeholder key;
+    no volume, no container (its install.sh makes them)."""
+    shutil.copytree(HERE / "stacks" / "self-hosted", d)
+    values = {"COMPOSE_PROJECT_NAME": project_name(name), **stack_settings(slot, "self-hosted")}
+    write_private(d / "sentry" / "config.yml", "system.secret-key: '!!changeme!!'\n")
+    custom = {"SENTRY_BIND": values.pop("SENTRY_BIND"), "SENTRY_EVENT_RETENTION_DAYS": "90"}
+    write_private(d / ".env.custom", "".join(f"{k}={v}\n" for k, v in custom.items()))
+    release_checkout(d, values, releases)
 
 
 def psql(name: str, service: str, user: str, db: str, query: str) -> str:

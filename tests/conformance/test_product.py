@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from blocks import nodestore
+from blocks import nodestore, sentry_config
 from blocks.backup_set import ClickHouseSnapshot, ClickHouseTable
 from blocks.clickhouse import checksum_expression, classify, recreated
 from blocks.dotenv import parse_env
@@ -269,3 +269,26 @@ def test_aggregate_states_are_finalized_in_the_checksum():
     assert states
     expression = checksum_expression([(n, type_, "") for n, type_ in table["columns"]])
     assert all(f"finalizeAggregation(`{n}`)" in expression for n in states)
+
+
+# a restore onto self-hosted: its config files as upstream ships them
+def test_a_restore_edits_self_hosteds_config_files_as_its_install_scripts_do():
+    fx = sample("selfhosted_sentry_conf_nodestore")
+    conf, yml = fx["sentry_conf_py"], fx["config_yml"]
+    # a fresh install's nodestore: the passthrough, reading nothing from Postgres
+    assert sentry_config.nodestore_reads_through(conf) is False
+    edited = sentry_config.with_nodestore_read_through(conf)
+    assert sentry_config.nodestore_reads_through(edited) is True
+    assert edited.replace(conf.split("{")[0], "").count('"read_through": True') == 1
+    # what bootstrap-s3-nodestore.sh's sed makes of the same block, both options before the }
+    assert '    "read_through": True,\n    "delete_through": True,\n}' in edited
+    assert '"read_through": True' in fx["bootstrap_read_through_edit"]
+    assert sentry_config.with_nodestore_read_through(edited) == edited  # idempotent
+    # the example's key is the placeholder install.sh replaces; a carried key is kept by it
+    assert sentry_config.secret_key(yml) is None
+    carried = sentry_config.with_secret_key(yml, "it's-a-guide-key")
+    assert sentry_config.secret_key(carried) == "it's-a-guide-key"
+    assert carried.count("system.secret-key") == yml.count("system.secret-key")
+    assert carried.splitlines()[:-1] == yml.splitlines()[:-1]  # comments kept
+    # a Postgres nodestore (the guide's): nothing to edit
+    assert sentry_config.nodestore_reads_through("SENTRY_NODESTORE = 'x'\n") is None

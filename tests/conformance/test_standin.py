@@ -142,3 +142,50 @@ def test_cleanup_removes_old_issues_and_payloads_and_keeps_new_ones(layout_host)
         layout_host, "SELECT title FROM sentry_groupedmessage WHERE title LIKE '%Error: %'"
     )
     assert "OldError: 40 days" not in titles and "NewError: today" in titles
+
+
+def test_the_s3_nodestore_reads_postgres_payloads_only_when_told_to(sandbox):
+    """self-hosted's S3 passthrough nodestore: a payload that is only in nodestore_node (a
+    database restored from the guide era) is read, and cleaned up, only with read_through and
+    delete_through in sentry.conf.py (fixture selfhosted_sentry_conf_nodestore: off in the
+    example config a fresh install copies)."""
+    import base64
+    import uuid
+    import zlib
+    from pathlib import Path
+
+    from blocks import sentry_config
+    from infra.sandbox.prefect_blocks import host_from_connection
+
+    host = host_from_connection(sandbox, "self-hosted")
+    event_id = uuid.uuid4().hex
+    project = int(psql(host, "SELECT id FROM sentry_project WHERE slug = 'internal'"))
+    body = json.dumps({"event_id": event_id, "message": "GuideEra: in Postgres"}).encode()
+    data = base64.b64encode(zlib.compress(body)).decode()
+    key = nodestore.node_id(project, event_id)
+    old = (dt.datetime.now(dt.UTC) - dt.timedelta(days=400)).isoformat()
+    psql(host, f"INSERT INTO nodestore_node (id, data, timestamp) VALUES ('{key}', '{data}', "
+               f"'{old}')")  # fmt: skip
+    row = f"({project}, now(), '{event_id}', 1, 'GuideEra: in Postgres', 'error')"
+    insert = f"INSERT INTO default.errors_local VALUES {row}"
+    port = str(host.clickhouse_port)
+    argv = host.exec_argv(Role.CLICKHOUSE, "clickhouse-client", "--port", port, "-q", insert)
+    host.run(argv, timeout=60)
+    conf = Path(host.project_dir, "sentry", "sentry.conf.py")
+    original = conf.read_text()
+    try:
+        assert sentry_config.nodestore_reads_through(original) is False
+        # Sentry answers for the event (its Snuba row), its payload empty: not a readable event
+        status, body = host.web_request(
+            f"/api/0/organizations/{host.organization}/eventids/{event_id}/",
+            headers={"Authorization": f"Bearer {host.api_token.get_secret_value()}"},
+        )
+        assert status == 200 and not json.loads(body)["event"].get("message"), body
+        assert host.lookup_event(event_id) is None
+        conf.write_text(sentry_config.with_nodestore_read_through(original))
+        assert processed(host, event_id)["event"]["message"] == "GuideEra: in Postgres"
+        host.run(host.sentry_argv("cleanup", "--days", "90"), timeout=300)
+        assert psql(host, f"SELECT count(*) FROM nodestore_node WHERE id = '{key}'") == "0"
+    finally:
+        conf.write_text(original)
+        psql(host, f"DELETE FROM nodestore_node WHERE id = '{key}'")

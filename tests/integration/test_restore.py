@@ -12,17 +12,19 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL
 
-from blocks import backup_set, postgres
+from blocks import backup_set, nodestore, postgres, sentry_config
 from blocks.layouts import Role
 from blocks.sentry_host import SentryHost
+from blocks.sentry_web import PROBE_MESSAGE
 from flows.backup import backup
 from flows.health import health_check
-from flows.move import move
+from flows.move import MoveError, move
 from flows.restore import restore
 from flows.shared import RestoreError, Unfinished
 from infra import sandbox as sb
@@ -31,13 +33,17 @@ from infra.sandbox.prefect_blocks import (
     host_from_connection,
     store_from_connection,
 )
+from infra.sandbox.stacks import EXTERNAL_VOLUMES
 from tests.helpers import SHARED
 from tests.integration.test_scaling import wait_processed
 from tests.integration.test_upgrade import paused_run
 
 # ports of their own (infra/sandbox/stacks.py): the restore test's stack, and the move test's (the
-# two run in different pytest processes, side by side)
-RESTORE_SLOT, MOVE_SLOT = 6, 8
+# two run in different pytest processes, side by side); the self-hosted checkout a guide host moves
+# onto
+RESTORE_SLOT, MOVE_SLOT, ONTO_SLOT = 6, 8, 9
+# that checkout's release tags: 24.8.0 is a hard stop between the guide stack's 24.1.0 and 24.9.0
+ONTO_RELEASES = ("24.1.0", "24.2.0", "24.8.0", "24.9.0")
 
 
 def stack_of_its_own(sandbox, slot: int) -> Iterator[dict]:
@@ -62,10 +68,20 @@ def move_stack(sandbox, prefect_api):
 
 
 def counts(host) -> dict[str, int]:
-    """Rows per table, but the cron's heartbeat in sentry_option."""
+    """Rows per table, but the cron's heartbeat in sentry_option and the rows of the ingestion
+    probes (the health check's, and the restore's own: an issue and, in Postgres, a payload
+    each)."""
     with postgres.psql(host) as db:
         found = postgres.row_counts(db)
+        probes = int(db.value("SELECT count(*) FROM sentry_groupedmessage WHERE title LIKE "
+                              f"'{PROBE_MESSAGE} %'") or 0)  # fmt: skip
+        payloads = [data for (data,) in db.rows("SELECT data FROM nodestore_node") if data]
     found.pop("sentry_option", None)
+    found["sentry_groupedmessage"] -= probes
+    found["nodestore_node"] -= sum(
+        str(nodestore.decode(data).get("message", "")).startswith(PROBE_MESSAGE)
+        for data in payloads
+    )
     return found
 
 
@@ -232,3 +248,94 @@ def test_replacing_a_hosts_data_asks_then_backs_it_up_and_restores_the_set(
     # the restored host backs up again: ClickHouse can FREEZE into the shadow dir the restore's
     # staging used (it was left root's: "Access to file denied" on the next backup)
     assert backup(name, store_name)["backup_id"] != taken["backup_id"]
+
+
+@SHARED  # on the drill host's engine, like the move above
+def test_a_guide_host_moves_onto_self_hosted_across_a_hard_stop(move_stack, store_name, sandbox):
+    """Issue 27, item 3: the guide stack (Sentry 24.1.0) moved onto a self-hosted checkout that
+    was never installed, on another engine, to end on 24.9.0: through the hard stop 24.8.0
+    (install.sh there, the set's database restored and migrated, then 24.9.0's install.sh). The
+    guide's secret key is carried into sentry/config.yml (its placeholder would stop the web),
+    the nodestore reads the Postgres payloads through; ClickHouse is reported not carried; the
+    new host ingests; the source starts again as it was."""
+    source, name = move_stack["host"], move_stack["name"]
+    events = [source.send_event({"message": f"guide era {i}", "level": "error"}) for i in range(2)]
+    wait_processed(source, events)
+    drill = drill_host_from_connection(sandbox)
+    onto = f"{name}-sh"
+    d = Path(sandbox["drill_dir"]) / onto
+    sb.self_hosted_checkout(d, onto, ONTO_SLOT, ONTO_RELEASES)
+    # what its install.sh would pull or build (the sandbox's install.sh does neither)
+    sb.copy_images_to_drill(
+        *(f"sentry-ops-sandbox/sentry:{v}" for v in ONTO_RELEASES[2:]),
+        "sentry-ops-sandbox/services:latest", sb.TOOL_IMAGE, "sentry-ops-sandbox/seaweedfs:latest",
+    )  # fmt: skip
+    info = {**sb.stack_info("self-hosted", onto, ONTO_SLOT), "project_dir": str(d)}
+    target = host_from_connection(
+        {**sandbox, "ssh": sandbox["drill_ssh"], "stacks": {"self-hosted": info}}, "self-hosted"
+    ).model_copy(update={
+        "docker_data_dir": drill.docker_data_dir, "docker_socket": drill.docker_socket,
+        "probe_dsn": source.probe_dsn, "api_token": source.api_token,  # carried in the database
+    })  # fmt: skip
+    assert target.docker_socket != "/var/run/docker.sock"  # the drill engine's own
+    target.save(onto, overwrite=True)
+    before = counts(source)
+    try:
+        with pytest.raises(MoveError, match="needs target_version"):
+            move(name, onto, store_name)  # refused before anything changes
+        assert source.running_services() != set()
+        result = move(name, onto, store_name, target_version="24.9.0")
+        restored = result["restore"]
+        assert restored["passed"], restored["failed"]
+        assert restored["hops"] == ["24.8.0", "24.9.0"]
+        names = [s["name"] for s in restored["steps"]]
+        assert (
+            names.index("check out 24.8.0")
+            < names.index("install.sh 24.8.0")
+            < names.index("restore postgres")
+            < names.index("migrations")
+            < names.index("install.sh 24.9.0")
+        )
+        checks = {c["name"]: c for c in restored["checks"]}
+        assert checks["release"]["status"] == "ok" and "24.9.0" in checks["release"]["detail"]
+        assert checks["not carried"]["status"] == "warning"
+        assert "ClickHouse database 'sentry'" in checks["not carried"]["detail"]
+        assert target.running_version() == "24.9.0"
+        after = counts(target)
+        migrated = {t for t in before if t.endswith("_migrations")}  # the hops' own bookkeeping
+        kept = {t: n for t, n in before.items() if t not in migrated}
+        assert {t: after.get(t) for t in kept} == kept  # every row the guide had
+        assert "sentry_deploy" in after  # 24.8.0's table: the migrations ran
+        guide_env = dict(
+            line.split("=", 1)
+            for line in Path(source.project_dir, ".env").read_text().splitlines()
+            if "=" in line
+        )
+        config = (d / "sentry" / "config.yml").read_text()
+        assert sentry_config.secret_key(config) == guide_env["SENTRY_SECRET_KEY"]
+        conf = (d / "sentry" / "sentry.conf.py").read_text()
+        assert sentry_config.nodestore_reads_through(conf) is True
+        assert target.modified_files() == ""  # the checkout stays clean for the next upgrade
+        assert target.lookup_event(events[0]) is None  # not in the new Snuba: as reported
+        fresh = target.send_event({"message": "on self-hosted now", "level": "error"})
+        wait_processed(target, [fresh])  # the new host ingests, with the guide's DSN key
+
+        # a block whose docker_socket is another engine's (install.sh would drive that one's
+        # stack, self-hosted's shared volume names and all): refused before anything changes
+        wrong = target.model_copy(update={"docker_socket": "/var/run/docker.sock"})
+        wrong.save(f"{onto}-wrong", overwrite=True)
+        with pytest.raises(RestoreError, match=r"docker\.sock is the socket"):
+            restore(f"{onto}-wrong", store_name, source=name, target_version="24.9.0")
+
+        target.compose_stop()  # the operator falls back: the source, as it was
+        source.compose_up(wait=True)
+        assert counts(source) == before
+        wait_processed(source, events)
+    finally:
+        if target.exists(target.project_dir):
+            target.compose_down(remove_volumes=True, stop_timeout=2)
+            target.remove_tree(target.project_dir)
+        left = sb.drill_docker("volume", "ls", "-q").stdout.split()
+        external = [v for v in left if v in EXTERNAL_VOLUMES or v == "sentry-taskbroker"]
+        if external:  # install.sh's, which `down -v` keeps
+            sb.drill_docker("volume", "rm", "-f", *external)

@@ -51,3 +51,32 @@ def test_the_cutover_names_the_new_host_the_dsn_setting_and_how_to_undo():
 def test_move_is_one_deployment_per_store_never_scheduled():
     (spec,) = [d for d in deployments() if d["name"] == "move"]
     assert spec["entrypoint"] == "flows/move.py:move" and not spec.get("schedules")
+
+
+def test_a_layout_change_is_guide_onto_self_hosted_at_a_named_release():
+    from blocks.restore import not_carried, onto_problem
+
+    assert onto_problem("guide", "guide", None) is None
+    assert "needs target_version" in (onto_problem("guide", "self-hosted", None) or "")
+    assert onto_problem("guide", "self-hosted", "26.8.0") is None
+    assert "cannot be restored onto a guide host" in (
+        onto_problem("self-hosted", "guide", "24.1.0") or ""
+    )
+    assert "upgrade flow" in (onto_problem("guide", "guide", "24.9.0") or "")
+    text = not_carried(manifest())
+    assert "no Snuba" in text and "secret key is carried" in text
+
+
+def test_the_set_env_and_the_secret_key_come_from_the_sets_config_tar():
+    import io
+    import tarfile
+
+    from blocks.restore import set_env
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        body = b"SENTRY_SECRET_KEY='k=1'\nSENTRY_VERSION=24.1.0\n"
+        info = tarfile.TarInfo("./.env")
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+    assert set_env(buf.getvalue(), "guide")["SENTRY_SECRET_KEY"] == "k=1"

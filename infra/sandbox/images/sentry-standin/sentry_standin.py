@@ -32,6 +32,11 @@ commit 57915b5d; the sandbox cannot read a release tag of that repository whole)
   api/bases/organization.py
 - nodestore_node rows: id md5("<project>:<event>"), data base64(zlib(compact sorted JSON)) -> S
   services/nodestore/django/backend.py, utils/strings.py
+- the S3 nodestore (self-hosted) reads a payload missing from S3 out of nodestore_node, and
+  `cleanup` deletes there too, only when sentry.conf.py's SENTRY_NODESTORE_OPTIONS set
+  "read_through": True / "delete_through": True (default False) -> sentry-nodestore-s3's
+  S3PassthroughDjangoNodeStorage, as getsentry/self-hosted sentry/sentry.conf.example.py and
+  install/bootstrap-s3-nodestore.sh @26.8.0 configure it
 - the taskbroker store: `inflight_taskactivations` with taskbroker's schema, status 'Pending'; at
   most TASKBROKER_MAX_PENDING_COUNT (2048) pending, the rest waits in "Kafka" ->
   getsentry/taskbroker migrations/sqlite @26.7.2, src/config/store.rs, activation_writer.rs
@@ -219,6 +224,18 @@ def _s3():
 S3_BUCKET, S3_PREFIX = "nodestore", "nodestore/"
 
 
+def passthrough(option: str) -> bool:
+    """S3PassthroughDjangoNodeStorage's read_through/delete_through, from sentry.conf.py's
+    SENTRY_NODESTORE_OPTIONS (both False unless set True there)."""
+    try:
+        with open(os.path.join(env("SENTRY_CONF", "/etc/sentry"), "sentry.conf.py")) as f:
+            text = f.read()
+    except OSError:
+        return False
+    options = re.search(r"^SENTRY_NODESTORE_OPTIONS\s*=\s*\{(.*?)\}", text, re.M | re.S)
+    return bool(options and re.search(rf"[\"']{option}[\"']\s*:\s*True\b", options.group(1)))
+
+
 def node_id(project_id: int, event_id: str) -> str:
     """Sentry's node id of an event's payload (sentry.eventstore.models: Event.generate_node_id)."""
     return hashlib.md5(f"{project_id}:{event_id}".encode()).hexdigest()
@@ -254,13 +271,14 @@ def nodestore_get(conn: psycopg.Connection, key: str) -> dict | None:
     if env("SENTRY_NODESTORE") == "s3":
         try:
             raw = _s3().get_object(Bucket=S3_BUCKET, Key=S3_PREFIX + key)["Body"].read()
+            return json.loads(raw.split(b"\n", 1)[0])
         except Exception:
-            return None
-    else:
-        row = conn.execute("SELECT data FROM nodestore_node WHERE id = %s", (key,)).fetchone()
-        if not row:
-            return None
-        raw = zlib.decompress(base64.b64decode(row[0]))
+            if not passthrough("read_through"):
+                return None
+    row = conn.execute("SELECT data FROM nodestore_node WHERE id = %s", (key,)).fetchone()
+    if not row:
+        return None
+    raw = zlib.decompress(base64.b64decode(row[0]))
     return json.loads(raw.split(b"\n", 1)[0])
 
 
@@ -275,7 +293,12 @@ def nodestore_cleanup(conn: psycopg.Connection, cutoff: dt.datetime) -> int:
                 if dt.datetime.fromisoformat(meta.get("timestamp", "9999-01-01")) < cutoff:
                     s3.delete_object(Bucket=S3_BUCKET, Key=obj["Key"])
                     removed += 1
-        return removed
+        if not passthrough("delete_through"):
+            return removed
+        return (
+            removed
+            + conn.execute("DELETE FROM nodestore_node WHERE timestamp < %s", (cutoff,)).rowcount
+        )
     return conn.execute("DELETE FROM nodestore_node WHERE timestamp < %s", (cutoff,)).rowcount
 
 
