@@ -227,14 +227,23 @@ def checksum_expression(columns: Sequence[Sequence[str]]) -> str:
     so a table without aggregate states hashes exactly as `cityHash64(*)`. An aggregate state
     (Snuba's AggregatingMergeTree tables) is hashed by its finalized value: ClickHouse 18.16
     refuses cityHash64 of a state (tried), and finalizeAggregation gives the same figure on the
-    backup's and the restore's server of one version."""
+    backup's and the restore's server of one version. A Nullable column, and a state whose final
+    value may be NULL (Snuba's `anyIf(Nullable(String), ...)`), is hashed as whether it is NULL
+    and its value: cityHash64 is NULL when any argument is (every row of Snuba's
+    errors_local has NULL columns: its sum was NULL, tried on 26.9), and 18.16 refuses a
+    Nullable inside a tuple; `isNull(c), assumeNotNull(c)` gives one figure on both (tried)."""
     hashed = []
     for name, type_, kind, *_ in columns:
         if kind in ("MATERIALIZED", "ALIAS", "EPHEMERAL"):
             continue
         column = "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
-        hashed.append(f"finalizeAggregation({column})" if type_.startswith("AggregateFunction(")
-                      else column)  # fmt: skip
+        if type_.startswith("AggregateFunction("):  # its final value may be Nullable (anyIf)
+            value = f"finalizeAggregation({column})"
+            hashed += [f"isNull({value})", f"assumeNotNull({value})"]
+        elif type_.startswith(("Nullable(", "LowCardinality(Nullable(")):
+            hashed += [f"isNull({column})", f"assumeNotNull({column})"]
+        else:
+            hashed.append(column)
     return f"toString(sum(cityHash64({', '.join(hashed)})))"
 
 
@@ -245,6 +254,9 @@ def count_rows(client: Client, table: ClickHouseTable, parts: Sequence[str] | No
     name = quoted(table.database, table.name)
     checksum = checksum_expression(client.rows(f"DESCRIBE TABLE {name}"))
     row = client.rows(f"SELECT count(), {checksum} FROM {name}{in_parts(parts)}")[0]
+    if row[1] is None:  # a sum with NULL terms: not a checksum of the rows
+        raise ClickHouseError(f"the checksum of {name} came back NULL: a column type sentry-ops "
+                              "cannot hash; report it with the table's DESCRIBE")  # fmt: skip
     return int(row[0]), str(row[1])
 
 
@@ -363,8 +375,10 @@ class Frozen:
 
 def frozen_copies(host: SentryHost) -> list[Frozen]:
     """Each folder under shadow/ of the host's ClickHouse volume, with its age and size."""
+    # only folders: ClickHouse keeps its FREEZE counter, shadow/increment.txt, beside them
+    # (ClickHouse/ClickHouse src/Storages/MergeTree/MergeTreeData.cpp, freezePartitionsByMatcher)
     script = (
-        '[ -d /volume/shadow ] || exit 0; cd /volume/shadow && for d in *; do [ -e "$d" ] || '
+        '[ -d /volume/shadow ] || exit 0; cd /volume/shadow && for d in *; do [ -d "$d" ] || '
         'continue; echo "$d $(stat -c %Y "$d") $(du -sb "$d" | cut -f1)"; done'
     )
     argv = host.volume_run_argv(DataVolume.CLICKHOUSE, host.tool_image, "sh", "-c", script)

@@ -271,6 +271,16 @@ def test_aggregate_states_are_finalized_in_the_checksum():
     assert all(f"finalizeAggregation(`{n}`)" in expression for n in states)
 
 
+def test_snubas_nullable_columns_cannot_null_the_checksum():
+    errors = next(t for t in sample("snuba_clickhouse_tables")["tables"]
+                  if t["name"] == "errors_local")  # fmt: skip
+    nullable = [n for n, type_ in errors["columns"] if type_.startswith(("Nullable(",
+                "LowCardinality(Nullable("))]  # fmt: skip
+    assert len(nullable) > 10  # replay_id, trace_id, user_id, ...: NULL in most real rows
+    expression = checksum_expression([(n, type_, "") for n, type_ in errors["columns"]])
+    assert all(f"isNull(`{n}`), assumeNotNull(`{n}`)" in expression for n in nullable)
+
+
 # a restore onto self-hosted: its config files as upstream ships them
 def test_a_restore_edits_self_hosteds_config_files_as_its_install_scripts_do():
     fx = sample("selfhosted_sentry_conf_nodestore")

@@ -66,10 +66,19 @@ def test_the_checksum_hashes_what_select_star_reads_and_aggregate_states_finaliz
                ("c", "AggregateFunction(count)", "", ""),
                ("q", "AggregateFunction(quantiles(0.5, 0.9), Float64)", "", "")]  # fmt: skip
     assert checksum_expression(columns) == (
-        "toString(sum(cityHash64(`d`, `n.p`, finalizeAggregation(`c`), finalizeAggregation(`q`))))"
+        "toString(sum(cityHash64(`d`, `n.p`, isNull(finalizeAggregation(`c`)), "
+        "assumeNotNull(finalizeAggregation(`c`)), isNull(finalizeAggregation(`q`)), "
+        "assumeNotNull(finalizeAggregation(`q`)))))"
     )
     assert checksum_expression([("we`ird", "String", "")]) == (
         "toString(sum(cityHash64(`we\\`ird`)))"
+    )
+    # a NULL in any argument makes cityHash64 NULL, and the sum of the rows NULL with it
+    nullable = [("u", "Nullable(String)", ""), ("e", "LowCardinality(Nullable(String))", ""),
+                ("f", "Array(Nullable(UInt32))", "")]  # fmt: skip
+    assert checksum_expression(nullable) == (
+        "toString(sum(cityHash64(isNull(`u`), assumeNotNull(`u`), isNull(`e`), "
+        "assumeNotNull(`e`), `f`)))"
     )
 
 
