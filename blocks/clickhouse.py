@@ -224,26 +224,25 @@ def in_parts(parts: Sequence[str] | None) -> str:
 def checksum_expression(columns: Sequence[Sequence[str]]) -> str:
     """`sum(cityHash64(...))` over the columns `SELECT *` reads ((name, type, default kind) rows
     of DESCRIBE TABLE; MATERIALIZED, ALIAS and EPHEMERAL ones left out, as `*` does), in order,
-    so a table without aggregate states hashes exactly as `cityHash64(*)`. An aggregate state
-    (Snuba's AggregatingMergeTree tables) is hashed by its finalized value: ClickHouse 18.16
-    refuses cityHash64 of a state (tried), and finalizeAggregation gives the same figure on the
-    backup's and the restore's server of one version. A Nullable column, and a state whose final
-    value may be NULL (Snuba's `anyIf(Nullable(String), ...)`), is hashed as whether it is NULL
-    and its value: cityHash64 is NULL when any argument is (every row of Snuba's
-    errors_local has NULL columns: its sum was NULL, tried on 26.9), and 18.16 refuses a
-    Nullable inside a tuple; `isNull(c), assumeNotNull(c)` gives one figure on both (tried)."""
+    so a table without aggregate states or Nullable columns hashes exactly as `cityHash64(*)`.
+    An aggregate state (Snuba's AggregatingMergeTree tables) is hashed by its finalized value:
+    ClickHouse 18.16 refuses cityHash64 of a state (tried), and finalizeAggregation gives the
+    same figure on the backup's and the restore's server of one version. A Nullable column, and
+    a state whose final value may be NULL (Snuba's `anyIf(Nullable(String), ...)`), is hashed
+    as whether it is NULL and its value: cityHash64 is NULL when any argument is (every row of
+    Snuba's errors_local has NULL columns: its sum was NULL, tried on 26.9), and 18.16 refuses
+    a Nullable inside a tuple; `isNull(c), assumeNotNull(c)` gives one figure on both (tried)."""
     hashed = []
     for name, type_, kind, *_ in columns:
         if kind in ("MATERIALIZED", "ALIAS", "EPHEMERAL"):
             continue
         column = "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
-        if type_.startswith("AggregateFunction("):  # its final value may be Nullable (anyIf)
-            value = f"finalizeAggregation({column})"
+        state = type_.startswith("AggregateFunction(")  # its final value may be Nullable
+        value = f"finalizeAggregation({column})" if state else column
+        if state or type_.startswith(("Nullable(", "LowCardinality(Nullable(")):
             hashed += [f"isNull({value})", f"assumeNotNull({value})"]
-        elif type_.startswith(("Nullable(", "LowCardinality(Nullable(")):
-            hashed += [f"isNull({column})", f"assumeNotNull({column})"]
         else:
-            hashed.append(column)
+            hashed.append(value)
     return f"toString(sum(cityHash64({', '.join(hashed)})))"
 
 
