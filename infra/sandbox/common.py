@@ -16,6 +16,9 @@ STATE = Path(os.environ.get("SENTRY_OPS_SANDBOX_DIR", REPO / ".sandbox")).resolv
 
 # the hosts' tool image (pg_dump 17, zstd, tar), built offline: the services image on Debian 13
 TOOL_IMAGE = "sentry-ops-sandbox/services-trixie:latest"
+# self-hosted's ClickHouse and Snuba, stand-ins (infra/sandbox/images/*-standin, clickhouse-modern)
+CLICKHOUSE_IMAGE = "sentry-ops-sandbox/clickhouse-modern:latest"
+SNUBA_IMAGE = "sentry-ops-sandbox/snuba:latest"
 STANDIN_VERSIONS = ("24.1.0", "24.2.0", "24.3.0-broken")  # also on the drill host
 UPGRADE_VERSIONS = ("24.8.0", "24.9.0")  # a hard stop and the version after it (upgrade tests)
 SELF_HOSTED_RELEASES = ("24.1.0", "24.2.0")  # tags of the sandbox's self-hosted checkout

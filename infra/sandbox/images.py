@@ -12,7 +12,9 @@ import zipfile
 from pathlib import Path
 
 from infra.sandbox.common import (
+    CLICKHOUSE_IMAGE,
     HERE,
+    SNUBA_IMAGE,
     STANDIN_VERSIONS,
     STATE,
     TOOL_IMAGE,
@@ -33,6 +35,12 @@ TRIXIE_PACKAGES = (
     "ca-certificates,docker-cli,docker-compose"
 )
 SEAWEEDFS = "4.48"
+# the sandbox's modern ClickHouse: the engine of PyPI's chdb-core-lite (its extension module,
+# 175 MB; chdb-core's is 555 MB, and a self-hosted drill copies the image to its engine)
+CHDB_LITE = "26.5.0"
+SNUBA_TABLES = (
+    HERE.parent.parent / "tests" / "conformance" / "fixtures" / "snuba_clickhouse_tables.json"
+)
 
 
 def digest(*parts: str | bytes) -> str:
@@ -137,6 +145,48 @@ def weed_context() -> Path:
     return context
 
 
+def wheel(name: str, version: str) -> Path:
+    """A wheel from PyPI in the sandbox's cache."""
+    wheels = STATE / "cache" / "wheels"
+    found = list(wheels.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
+    if not found:
+        log(f"fetching {name} {version} (PyPI)")
+        sh(sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+           f"{name}=={version}", "-d", str(wheels))  # fmt: skip
+        found = list(wheels.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
+    return found[0]
+
+
+def clickhouse_context() -> Path:
+    """The ClickHouse stand-in's build context: its files, and chDB's engine from the wheel."""
+    context = STATE / "cache" / f"clickhouse-modern-{CHDB_LITE}"
+    engine = context / "chdb"
+    if not (engine / "_chdb.abi3.so").exists():
+        with zipfile.ZipFile(wheel("chdb-core-lite", CHDB_LITE)) as zf:
+            for member in zf.namelist():
+                if re.fullmatch(r"chdb/[^/]+\.so", member):
+                    engine.mkdir(parents=True, exist_ok=True)
+                    with (
+                        zf.open(member) as src,
+                        open(engine / f"{Path(member).name}.tmp", "wb") as out,
+                    ):
+                        shutil.copyfileobj(src, out)
+                    (engine / f"{Path(member).name}.tmp").rename(engine / Path(member).name)
+    for file in (HERE / "images" / "clickhouse-modern").iterdir():
+        shutil.copy(file, context / file.name)
+    return context
+
+
+def snuba_context() -> Path:
+    """The Snuba stand-in's build context: its files and Snuba's DDL (the conformance fixture)."""
+    context = STATE / "cache" / "snuba-standin"
+    context.mkdir(parents=True, exist_ok=True)
+    for file in (HERE / "images" / "snuba-standin").iterdir():
+        shutil.copy(file, context / file.name)
+    shutil.copy(SNUBA_TABLES, context / "snuba_tables.json")
+    return context
+
+
 def ensure_images() -> None:
     base = ensure_base_image()
     trixie = ensure_base_image("trixie", TRIXIE_PACKAGES)
@@ -144,6 +194,8 @@ def ensure_images() -> None:
     ensure_built("sentry-ops-sandbox/services:latest", services, base)
     ensure_built(TOOL_IMAGE, services, trixie)
     ensure_built("sentry-ops-sandbox/seaweedfs:latest", weed_context(), trixie)
+    ensure_built(CLICKHOUSE_IMAGE, clickhouse_context(), base, CHDB_LITE=CHDB_LITE)
+    ensure_built(SNUBA_IMAGE, snuba_context(), base)
     for version in STANDIN_VERSIONS + UPGRADE_VERSIONS:
         ensure_built(
             f"sentry-ops-sandbox/sentry:{version}",

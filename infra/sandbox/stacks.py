@@ -35,6 +35,7 @@ class StackPorts:
     clickhouse_http: int
     clickhouse_interserver: int
     seaweedfs: int  # first of 13 consecutive ports (their gRPC ports are +10000)
+    snuba: int  # self-hosted: snuba-api
 
     @classmethod
     def slot(cls, n: int) -> StackPorts:
@@ -42,7 +43,7 @@ class StackPorts:
         b = 100 * n
         return cls(
             19000 + b, 19050 + b, 15432 + b, 15440 + b, 16379 + b, 19001 + b, 18123 + b,
-            19009 + b, 19060 + b,
+            19009 + b, 19060 + b, 19080 + b,
         )  # fmt: skip
 
 
@@ -146,6 +147,7 @@ def stack_settings(slot: int, layout: str = "guide", version: str = DEFAULT_VERS
         "SENTRY_BIND": str(p.web),
         "WEB_PORT": str(p.web_internal),
         "PGBOUNCER_PORT": str(p.pgbouncer),
+        "SNUBA_PORT": str(p.snuba),
         **{f"SEAWEEDFS_{k}_PORT": str(v) for k, v in weed.items()},
         **{f"SEAWEEDFS_{k}_GRPC_PORT": str(v + 10000) for k, v in weed.items()},
     }
@@ -318,6 +320,8 @@ def ensure_stack(layout: str, name: str | None = None, slot: int | None = None) 
             else ["postgres", "pgbouncer", "redis", "clickhouse", "seaweedfs"]
         )
         compose(name, "up", "-d", "--wait", *deps)
+        if layout == "self-hosted":  # install.sh's bootstrap-snuba.sh, before the migrations
+            compose(name, "run", "--rm", "-T", "snuba-api", "bootstrap", "--force")
         compose(name, "run", "--rm", "-T", web, "upgrade", "--noinput")
         compose(name, "run", "--rm", "-T", web, "createuser", "--email", ADMIN_EMAIL,
                 "--superuser", input=f"{admin_password}\n{admin_password}\n")  # fmt: skip

@@ -166,8 +166,17 @@ def test_the_s3_nodestore_reads_postgres_payloads_only_when_told_to(sandbox):
     old = (dt.datetime.now(dt.UTC) - dt.timedelta(days=400)).isoformat()
     psql(host, f"INSERT INTO nodestore_node (id, data, timestamp) VALUES ('{key}', '{data}', "
                f"'{old}')")  # fmt: skip
-    row = f"({project}, now(), '{event_id}', 1, 'GuideEra: in Postgres', 'error')"
-    insert = f"INSERT INTO default.errors_local VALUES {row}"
+    # a row of Snuba's errors_local (fixture snuba_clickhouse_tables.json: the columns without
+    # a default), as its errors consumer writes it
+    columns = (
+        "project_id, timestamp, event_id, platform, group_id, primary_hash, received, "
+        "message_timestamp, retention_days, deleted, message, title, level, type"
+    )
+    row = (
+        f"({project}, now(), '{uuid.UUID(event_id)}', 'python', 1, generateUUIDv4(), now(), "
+        "now(), 90, 0, 'GuideEra: in Postgres', 'GuideEra: in Postgres', 'error', 'error')"
+    )
+    insert = f"INSERT INTO default.errors_local ({columns}) VALUES {row}"
     port = str(host.clickhouse_port)
     argv = host.exec_argv(Role.CLICKHOUSE, "clickhouse-client", "--port", port, "-q", insert)
     host.run(argv, timeout=60)

@@ -206,6 +206,11 @@ def clickhouse(query: str, body: bytes | None = None) -> str:
 
 
 CH_DB = env("SENTRY_CLICKHOUSE_DATABASE", "default")
+# Sentry with Snuba (self-hosted: SNUBA in its environment, x-sentry-defaults): Snuba owns the
+# ClickHouse schema (its bootstrap makes errors_local; `sentry upgrade` touches no ClickHouse
+# table) and events land there as Snuba's errors consumer writes them. Without it (the guide's
+# stack), the stand-in keeps its own small errors_local.
+SNUBA = bool(env("SNUBA"))
 
 
 # -- nodestore: Postgres (guide era) or S3 on SeaweedFS (self-hosted >= 25.9) ------------------
@@ -368,13 +373,14 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         if not applied:
             print("  No migrations to apply.")
         print("Creating missing DSNs\nCorrecting Group.num_comments counter")
-    clickhouse(f"CREATE DATABASE IF NOT EXISTS {CH_DB}")
-    clickhouse(
-        f"CREATE TABLE IF NOT EXISTS {CH_DB}.errors_local (project_id UInt64, "
-        "timestamp DateTime, event_id String, group_id UInt64, message String, "
-        "level String) ENGINE = MergeTree() PARTITION BY toMonday(timestamp) "
-        "ORDER BY (project_id, toStartOfDay(timestamp), event_id)"
-    )
+    if not SNUBA:
+        clickhouse(f"CREATE DATABASE IF NOT EXISTS {CH_DB}")
+        clickhouse(
+            f"CREATE TABLE IF NOT EXISTS {CH_DB}.errors_local (project_id UInt64, "
+            "timestamp DateTime, event_id String, group_id UInt64, message String, "
+            "level String) ENGINE = MergeTree() PARTITION BY toMonday(timestamp) "
+            "ORDER BY (project_id, toStartOfDay(timestamp), event_id)"
+        )
     if env("SENTRY_NODESTORE") == "s3":
         s3 = _s3()
         if S3_BUCKET not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
@@ -572,14 +578,28 @@ def process_event(conn: psycopg.Connection, project_id: int, event: dict) -> str
         (project_id, title, event.get("level", "error"), when, when),
     ).fetchone()[0]
     nodestore_put(conn, node_id(project_id, event_id), event, when)
+    stamp = when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
     row = {
         "project_id": project_id,
-        "timestamp": when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "timestamp": stamp,
         "event_id": event_id,
         "group_id": group_id,
         "message": message,
         "level": event.get("level", "error"),
     }
+    if SNUBA:  # the columns Snuba's errors processor fills that have no default
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        row |= {
+            "event_id": str(uuid.UUID(event_id)),
+            "platform": str(event.get("platform", "other")),
+            "title": title,
+            "primary_hash": str(uuid.UUID(hashlib.md5(title.encode()).hexdigest())),
+            "received": now,
+            "message_timestamp": now,
+            "retention_days": int(env("SENTRY_EVENT_RETENTION_DAYS", "90")),
+            "deleted": 0,
+            "type": "error",
+        }
     clickhouse(f"INSERT INTO {CH_DB}.errors_local FORMAT JSONEachRow", json.dumps(row).encode())
     return event_id
 
@@ -654,9 +674,10 @@ class Handler(BaseHTTPRequestHandler):
                 return self._reply(401, json.dumps({"detail": "Invalid token"}), "application/json")
             if not set(re.split(r"[\s,]+", row[0])) & LOOKUP_SCOPES:
                 return self._reply(403, json.dumps({"detail": FORBIDDEN}), "application/json")
+            match = f"toUUID('{event_id}') AND deleted = 0" if SNUBA else f"'{event_id}'"
             found = clickhouse(
                 f"SELECT project_id, group_id FROM {CH_DB}.errors_local WHERE event_id = "
-                f"'{event_id}' FORMAT TSV"
+                f"{match} FORMAT TSV"
             ).split()
             if not found:
                 return self._reply(404, json.dumps({"detail": NOT_FOUND}), "application/json")

@@ -3,7 +3,7 @@
 # that an upgrade relies on, against the sandbox's Sentry stand-in. Like the real one it refuses to
 # guess: without --skip-user-creation it would create a user, without a report choice it prompts
 # (no TTY: it fails); it turns the stack off, makes sure the external volumes exist, starts the
-# dependencies and runs `sentry upgrade --noinput --create-kafka-topics`, then tells the operator
+# dependencies, runs `snuba-api bootstrap --force` and `sentry upgrade --noinput --create-kafka-topics`, then tells the operator
 # to run `docker compose up --wait`.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -38,6 +38,8 @@ done
 
 echo "▶ Setting up / migrating database ..."
 "${dc[@]}" up -d --wait postgres pgbouncer redis clickhouse seaweedfs
+echo "▶ Bootstrapping and migrating Snuba ..."
+"${dc[@]}" run --rm -T snuba-api bootstrap --force
 "${dc[@]}" run --rm -T web upgrade --noinput --create-kafka-topics
 if [ "$skip_user" = 0 ]; then
   "${dc[@]}" run --rm web createuser
