@@ -9,6 +9,7 @@ import json
 import re
 import secrets
 import time
+import uuid
 
 import pytest
 from pydantic import SecretStr
@@ -150,7 +151,6 @@ def test_the_s3_nodestore_reads_postgres_payloads_only_when_told_to(sandbox):
     delete_through in sentry.conf.py (fixture selfhosted_sentry_conf_nodestore: off in the
     example config a fresh install copies)."""
     import base64
-    import uuid
     import zlib
     from pathlib import Path
 
@@ -198,3 +198,34 @@ def test_the_s3_nodestore_reads_postgres_payloads_only_when_told_to(sandbox):
     finally:
         conf.write_text(original)
         psql(host, f"DELETE FROM nodestore_node WHERE id = '{key}'")
+
+
+def test_self_hosted_clickhouse_is_modern_and_holds_snubas_tables(sandbox):
+    """self-hosted runs ClickHouse 25.x with the tables Snuba's migrations make (fixture
+    snuba_clickhouse_tables.json, Snuba 26.8.0): the sandbox's self-hosted ClickHouse is of that
+    line (Atomic database, store/<uuid> paths, SYSTEM UNFREEZE off as a server's default) and
+    holds exactly those tables, views and engines; an event's row is Snuba's."""
+    from blocks import clickhouse
+    from infra.sandbox.prefect_blocks import host_from_connection
+
+    host = host_from_connection(sandbox, "self-hosted")
+    snuba = sample("snuba_clickhouse_tables")
+    expected = {(t["name"], t["engine"]) for t in snuba["tables"] + snuba["views"]}
+    with clickhouse.connect(host) as (client, version):
+        assert int(version.split(".")[0]) >= 25, version
+        engine = client.rows("SELECT engine FROM system.databases WHERE name = 'default'")
+        assert engine == [("Atomic",)]
+        have = client.rows("SELECT name, engine, data_paths FROM system.tables "
+                           "WHERE database = 'default'")  # fmt: skip
+        assert {(name, eng) for name, eng, _ in have} == expected
+        paths = [p for _, eng, ps in have if eng.endswith("MergeTree") for p in ps]
+        assert paths and all("/store/" in p for p in paths), paths
+        with pytest.raises(Exception, match="enable_system_unfreeze"):
+            client.command("SYSTEM UNFREEZE WITH NAME 'none'")
+        event_id = host.send_event({"message": "SnubaRow: columns", "platform": "python"})
+        processed(host, event_id)
+        row = client.rows(
+            "SELECT toString(event_id), platform, retention_days, deleted, group_id > 0 "
+            f"FROM default.errors_local WHERE event_id = toUUID('{event_id}')"
+        )
+    assert row == [(str(uuid.UUID(event_id)), "python", 90, 0, True)]

@@ -41,6 +41,12 @@ commit 57915b5d; the sandbox cannot read a release tag of that repository whole)
   most TASKBROKER_MAX_PENDING_COUNT (2048) pending, the rest waits in "Kafka" ->
   getsentry/taskbroker migrations/sqlite @26.7.2, src/config/store.rs, activation_writer.rs
 - never writes `sentry_message` -> S (unused since Sentry 10)
+- with SNUBA set (self-hosted's x-sentry-defaults), `upgrade` makes no ClickHouse table (Snuba's
+  bootstrap does: install/bootstrap-snuba.sh @26.8.0) and an event's searchable row is Snuba's
+  errors_local row (the columns without a default: dashed UUID event_id, platform, primary_hash,
+  received, message_timestamp, retention_days = SENTRY_EVENT_RETENTION_DAYS, deleted = 0, type;
+  Snuba's DDL at 26.8.0, tests/conformance/fixtures/snuba_clickhouse_tables.json); the lookup
+  reads it by toUUID and deleted = 0 -> getsentry/snuba errors processor and storage at 26.8.0
 
 Kinder than Sentry, known (issue 25, not yet closed): web and worker ingest on the guide layout
 without Relay and Snuba, which a real guide-shaped stack with a modern image needs.
