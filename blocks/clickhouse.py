@@ -134,6 +134,14 @@ def connect(host: SentryHost) -> Iterator[tuple[Client, str]]:
         yield (ModernClient(port) if major >= 20 else LegacyHTTPClient(port)), version
 
 
+def table_names(host: SentryHost) -> set[str]:
+    """The names of the tables and views in the stack's ClickHouse database."""
+    with connect(host) as (client, _):
+        database = host.stack.clickhouse_database
+        return {r[0] for r in client.rows(f"SELECT name FROM system.tables WHERE database = "
+                                          f"'{database}'")}  # fmt: skip
+
+
 def ping(host: SentryHost) -> str:
     """ClickHouse answers a query; its version."""
     with connect(host) as (client, version):

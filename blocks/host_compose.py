@@ -71,9 +71,11 @@ class ComposeVerbs:
         self.compose("stop", *services, timeout=600)
 
     def stop_ingestion(self) -> list[str]:
-        """Stop the services events come in through (`StackLayout.ingest`: the guide's web,
-        self-hosted's nginx); their names."""
-        services = [self.stack.service(r) for r in self.stack.ingest if r in self.stack.services]
+        """Stop the services events come in through (`StackLayout.ingest`: the guide's relay
+        and web, self-hosted's nginx and relay) that the project defines; their names."""
+        defined = self.defined_services()
+        services = [self.stack.services[r] for r in self.stack.ingest
+                    if self.stack.services.get(r) in defined]  # fmt: skip
         self.compose_stop(*services)
         return services
 

@@ -113,6 +113,14 @@ class SentryVerbs:
         """How blocks/jobs.py starts self-hosted's `./install.sh <args>` detached."""
         return lambda name, labels: self.install_job_argv(name, labels, *args)
 
+    def snuba_bootstrap(self, timeout: float = 3600) -> str:
+        """Snuba's migrations, as self-hosted's install.sh runs them before Sentry's
+        (install/bootstrap-snuba.sh: `docker compose run --rm snuba-api bootstrap --force`;
+        idempotent: what exists is kept); its output."""
+        argv = self.compose_argv("run", "--rm", "-T", self.stack.service(Role.SNUBA),
+                                 "bootstrap", "--force")  # fmt: skip
+        return self.run(argv, timeout=timeout).text
+
     def upgrade(self, timeout: float = 3600) -> tuple[bool, str]:
         """`sentry upgrade --noinput` (idempotent: pending migrations only) -> (applied, log)."""
         out = self.run(self.sentry_argv("upgrade", "--noinput"), timeout=timeout).text

@@ -38,6 +38,8 @@ class Role(StrEnum):
     CLEANUP = "cleanup"
     NODESTORE = "nodestore"
     NGINX = "nginx"
+    RELAY = "relay"
+    SNUBA = "snuba"
 
 
 class DataVolume(StrEnum):
@@ -139,6 +141,11 @@ class StackLayout(BaseModel):
     # which sends /api/store/ and /api/<project>/ to relay and the rest to web
     # (getsentry/self-hosted docker-compose.yml and nginx.conf, 26.8.0).
     ingest: tuple[Role, ...] = (Role.WEB,)
+    # What a stack needs to ingest at all: Sentry since 2020 takes events only through Relay
+    # (the Python store endpoint was removed, getsentry/sentry#19135) and reads them through
+    # Snuba (events in ClickHouse). The guide's own service list has neither: its preset names
+    # them as a working guide-shaped install adds them (optional there, required on self-hosted)
+    pipeline: tuple[Role, ...] = (Role.RELAY, Role.SNUBA)
 
     @field_validator("services")
     @classmethod
@@ -201,6 +208,10 @@ GUIDE = StackLayout(
         Role.CLICKHOUSE: "sentry-clickhouse",
         Role.KAFKA: "sentry-kafka",
         Role.ZOOKEEPER: "sentry-zookeeper",
+        # not in the guide: what a guide-shaped install must add to ingest (Relay taking the
+        # SDKs' events, Snuba over a ClickHouse >= 23.8), under the guide's naming
+        Role.RELAY: "sentry-relay",
+        Role.SNUBA: "sentry-snuba",
     },
     # compose keys as in the guide; compose prefixes them with the project name
     volumes={
@@ -226,6 +237,8 @@ GUIDE = StackLayout(
     ),
     event_retention_days=30,
     # Sentry's Celery queues that hold event work (sentry/conf/server.py), summed
+    # SDKs post to Relay (the DSN's port), people and the API use web: both stopped
+    ingest=(Role.RELAY, Role.WEB),
     backlog=Backlog(
         kind="redis-lists",
         queues=(
@@ -255,6 +268,8 @@ SELF_HOSTED = StackLayout(
         Role.KAFKA: "kafka",
         Role.NODESTORE: "seaweedfs",
         Role.NGINX: "nginx",
+        Role.RELAY: "relay",
+        Role.SNUBA: "snuba-api",
     },
     volumes={
         DataVolume.POSTGRES: VolumeRef(name="sentry-postgres", external=True),
@@ -277,6 +292,8 @@ SELF_HOSTED = StackLayout(
             Role.KAFKA,
             Role.NODESTORE,
             Role.NGINX,
+            Role.RELAY,
+            Role.SNUBA,
         }
     ),
     postgres_user="postgres",
@@ -323,7 +340,7 @@ SELF_HOSTED = StackLayout(
     # Redis (its RDB and AOF files) likewise, for the second or so its copy takes
     paused_for_copy={DataVolume.NODESTORE: Role.NODESTORE, DataVolume.REDIS: Role.REDIS},
     sqlite_copy={DataVolume.TASKBROKER: "taskbroker-activations.sqlite"},
-    ingest=(Role.NGINX,),
+    ingest=(Role.NGINX, Role.RELAY),
 )
 
 LAYOUTS: dict[str, StackLayout] = {layout.name: layout for layout in (GUIDE, SELF_HOSTED)}

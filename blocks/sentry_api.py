@@ -28,10 +28,12 @@ class SentryAPI:
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
         timeout: float = 15,
+        port: int | None = None,
     ) -> tuple[int, bytes]:
-        """HTTP to Sentry's web port on the host, through the SSH tunnel -> (status, body).
-        Status 0: nothing answered."""
-        with self.tunnel(self.web_port) as port:
+        """HTTP to Sentry's web port (or `port`) on the host, through the SSH tunnel ->
+        (status, body). Status 0: nothing answered."""
+        target = port or self.web_port
+        with self.tunnel(target) as port:
             request = urllib.request.Request(
                 f"http://127.0.0.1:{port}{path}", data=data, headers=headers or {}
             )
@@ -41,10 +43,13 @@ class SentryAPI:
             except urllib.error.HTTPError as exc:
                 return exc.code, exc.read(1 << 20)
             except OSError as exc:
-                return 0, f"no answer on port {self.web_port}: {exc}".encode()
+                return 0, f"no answer on port {target}: {exc}".encode()
 
     def send_event(self, event: dict) -> str:
-        """Send an event to the store endpoint of `probe_dsn`'s project, as an SDK would."""
+        """Send an event to the store endpoint of `probe_dsn`'s project, as an SDK would: on
+        the DSN's port of the host (where Relay, or a proxy in front of it, takes events: a
+        guide host publishing Relay on its own port), else on web_port (self-hosted's nginx
+        sends /api/<project>/store/ to Relay)."""
         if self.probe_dsn is None:
             raise ValueError(f"{self.label}: the block has no probe_dsn")
         dsn = urllib.parse.urlsplit(self.probe_dsn.get_secret_value())
@@ -54,6 +59,7 @@ class SentryAPI:
             f"/api/{project}/store/",
             data=json.dumps(event).encode(),
             headers={"X-Sentry-Auth": auth, "Content-Type": "application/json"},
+            port=dsn.port,
         )
         return store_response_id(self.label, f"POST /api/{project}/store/", status, body)
 

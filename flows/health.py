@@ -1,12 +1,13 @@
 """Health check of a Sentry host: is every part of the stack up, and is it ingesting?
 
-Runbook, in order: the block's names exist in the compose project; containers of every role
-running (and healthy where they have a healthcheck); Sentry web answers `/_health/` and its full
-status checks `/_health/?full`; Postgres `pg_isready`; Redis PING; ClickHouse `SELECT 1`; free
-disk where Docker keeps its data and on every data volume; then, because `/_health/` stays green
-while nothing is ingested, a synthetic event sent to the probe project's store endpoint must come
-out processed (its issue and its payload) through Sentry's API within a bound. Every check runs
-even when another fails; the flow then fails naming each failed check.
+Runbook, in order: the block's names exist in the compose project; containers of every role running
+(and healthy where they have a healthcheck); the stack has what ingestion needs (Relay and Snuba: a
+guide-shaped stack without them cannot ingest); Sentry web answers `/_health/` and its full status
+checks `/_health/?full`; Postgres `pg_isready`; Redis PING; ClickHouse `SELECT 1`; free disk where
+Docker keeps its data and on every data volume; then, because `/_health/` stays green while nothing
+is ingested, a synthetic event sent to the probe project's store endpoint must come out processed
+(its issue and its payload) through Sentry's API within a bound. Every check runs even when
+another fails; the flow then fails naming each failed check.
 """
 
 from __future__ import annotations
@@ -63,6 +64,22 @@ def assess_containers(rows: list[dict], defined: set[str], layout: StackLayout) 
         detail = "; ".join(bad) if bad else f"{len(mine)} running"
         checks.append(Result.check(f"{role}: container", not bad, detail))
     return checks
+
+
+def assess_pipeline(defined: set[str], layout: StackLayout) -> list[Result]:
+    """The services a stack needs to ingest at all (`StackLayout.pipeline`: Relay and Snuba),
+    defined by the project: one check, failing in one sentence that names what is missing."""
+    missing = [(role, layout.services[role]) for role in layout.pipeline
+               if layout.services.get(role) not in defined]  # fmt: skip
+    if not missing:
+        names = ", ".join(layout.services[role] for role in layout.pipeline)
+        return [Result.check("ingestion pipeline", True, f"{names} defined")]
+    what = " and ".join(f"no {role.name.title()} (service {name})" for role, name in missing)
+    return [Result.check("ingestion pipeline", False,
+        f"this stack has {what}, so it cannot ingest: Sentry takes events only through Relay "
+        "(its Python store endpoint was removed in 2020, getsentry/sentry#19135) and reads "
+        "them through Snuba; add the missing services (README: a guide host needs Relay and "
+        "Snuba), or name yours in the block's service_names")]  # fmt: skip
 
 
 def assess_disk(df_output: str, min_free_gb: float, names: list[str]) -> list[Result]:
@@ -152,7 +169,8 @@ def check_unfinished(host: SentryHost) -> list[Result]:
 
 @task(cache_policy=NO_CACHE, timeout_seconds=120)
 def check_containers(host: SentryHost) -> list[Result]:
-    return assess_containers(host.ps(), host.defined_services(), host.stack)
+    defined = host.defined_services()
+    return assess_containers(host.ps(), defined, host.stack) + assess_pipeline(defined, host.stack)
 
 
 @task(cache_policy=NO_CACHE, timeout_seconds=60)

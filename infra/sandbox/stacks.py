@@ -35,7 +35,8 @@ class StackPorts:
     clickhouse_http: int
     clickhouse_interserver: int
     seaweedfs: int  # first of 13 consecutive ports (their gRPC ports are +10000)
-    snuba: int  # self-hosted: snuba-api
+    snuba: int  # snuba-api (self-hosted) / sentry-snuba (guide)
+    relay: int  # relay / sentry-relay: where the guide's DSN points
 
     @classmethod
     def slot(cls, n: int) -> StackPorts:
@@ -43,7 +44,7 @@ class StackPorts:
         b = 100 * n
         return cls(
             19000 + b, 19050 + b, 15432 + b, 15440 + b, 16379 + b, 19001 + b, 18123 + b,
-            19009 + b, 19060 + b, 19080 + b,
+            19009 + b, 19060 + b, 19080 + b, 19085 + b,
         )  # fmt: skip
 
 
@@ -133,6 +134,8 @@ def stack_settings(slot: int, layout: str = "guide", version: str = DEFAULT_VERS
         "CLICKHOUSE_PORT": str(p.clickhouse),
         "CLICKHOUSE_HTTP_PORT": str(p.clickhouse_http),
         "CLICKHOUSE_INTERSERVER_PORT": str(p.clickhouse_interserver),
+        "SNUBA_PORT": str(p.snuba),
+        "RELAY_PORT": str(p.relay),
     }
     if layout == "guide":
         return {**settings, "SENTRY_WEB_PORT": str(p.web)}
@@ -147,7 +150,6 @@ def stack_settings(slot: int, layout: str = "guide", version: str = DEFAULT_VERS
         "SENTRY_BIND": str(p.web),
         "WEB_PORT": str(p.web_internal),
         "PGBOUNCER_PORT": str(p.pgbouncer),
-        "SNUBA_PORT": str(p.snuba),
         **{f"SEAWEEDFS_{k}_PORT": str(v) for k, v in weed.items()},
         **{f"SEAWEEDFS_{k}_GRPC_PORT": str(v + 10000) for k, v in weed.items()},
     }
@@ -285,7 +287,10 @@ def create_probe_credentials(layout: str, name: str, slot: int) -> None:
                "SELECT k.public_key, k.project_id FROM sentry_projectkey k JOIN sentry_project p "
                "ON p.id = k.project_id WHERE p.slug = 'internal'")  # fmt: skip
     public_key, project_id = row.split("|")
-    port = StackPorts.slot(slot).web
+    # where SDKs send: the guide's Relay on its own port; self-hosted's nginx (it routes the
+    # store endpoint to Relay)
+    ports = StackPorts.slot(slot)
+    port = ports.relay if layout == "guide" else ports.web
     probe = {
         "probe_dsn": f"http://{public_key}@127.0.0.1:{port}/{project_id}",
         "api_token": token,
@@ -320,8 +325,10 @@ def ensure_stack(layout: str, name: str | None = None, slot: int | None = None) 
             else ["postgres", "pgbouncer", "redis", "clickhouse", "seaweedfs"]
         )
         compose(name, "up", "-d", "--wait", *deps)
-        if layout == "self-hosted":  # install.sh's bootstrap-snuba.sh, before the migrations
-            compose(name, "run", "--rm", "-T", "snuba-api", "bootstrap", "--force")
+        # Snuba's tables first, as self-hosted's install.sh runs bootstrap-snuba.sh before the
+        # migrations
+        snuba = "sentry-snuba" if layout == "guide" else "snuba-api"
+        compose(name, "run", "--rm", "-T", snuba, "bootstrap", "--force")
         compose(name, "run", "--rm", "-T", web, "upgrade", "--noinput")
         compose(name, "run", "--rm", "-T", web, "createuser", "--email", ADMIN_EMAIL,
                 "--superuser", input=f"{admin_password}\n{admin_password}\n")  # fmt: skip

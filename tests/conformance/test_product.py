@@ -302,3 +302,19 @@ def test_a_restore_edits_self_hosteds_config_files_as_its_install_scripts_do():
     assert carried.splitlines()[:-1] == yml.splitlines()[:-1]  # comments kept
     # a Postgres nodestore (the guide's): nothing to edit
     assert sentry_config.nodestore_reads_through("SENTRY_NODESTORE = 'x'\n") is None
+
+
+def test_every_layout_needs_relay_and_snuba_to_ingest():
+    """Ingestion goes only through Relay, reads through Snuba (fixture sentry_store_response's
+    notes: getsentry/sentry#19135 removed the Python store endpoint): health requires both on
+    every layout, and names the guide's missing ones in one sentence."""
+    from blocks.layouts import GUIDE, SELF_HOSTED, Role
+    from flows.health import assess_pipeline
+
+    assert "#19135" in load("sentry_store_response").notes
+    for layout in (GUIDE, SELF_HOSTED):
+        assert set(layout.pipeline) == {Role.RELAY, Role.SNUBA}
+    assert {Role.RELAY, Role.SNUBA} <= SELF_HOSTED.required
+    guide_only = set(GUIDE.services.values()) - {"sentry-relay", "sentry-snuba"}
+    (check,) = assess_pipeline(guide_only, GUIDE)
+    assert not check.ok and "cannot ingest" in check.detail

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from blocks import nodestore
 from blocks.layouts import Role
 from blocks.ssh import RemoteCommandError
-from tests.conformance.corpus import sample
+from tests.conformance.corpus import load, sample
 from tests.helpers import SHARED
 
 pytestmark = SHARED  # the sandbox's shared stacks (tests/helpers.py)
@@ -229,3 +229,25 @@ def test_self_hosted_clickhouse_is_modern_and_holds_snubas_tables(sandbox):
             f"FROM default.errors_local WHERE event_id = toUUID('{event_id}')"
         )
     assert row == [(str(uuid.UUID(event_id)), "python", 90, 0, True)]
+
+
+def test_web_takes_no_events_relay_does(layout_host):
+    """Sentry has no Python store endpoint since 2020 (getsentry/sentry#19135, in the notes of
+    fixture sentry_store_response.json): web answers 404 to an SDK's event; Relay (the DSN's
+    port on the guide stack, nginx's route to it on self-hosted) takes it with the store
+    response."""
+    from blocks.dotenv import parse_env
+
+    assert "#19135" in load("sentry_store_response").notes
+    env = parse_env(layout_host.get(f"{layout_host.project_dir}/.env").decode())
+    web = int(env["WEB_PORT"]) if layout_host.layout == "self-hosted" else layout_host.web_port
+    dsn = layout_host.probe_dsn.get_secret_value()
+    key, project = re.match(r"https?://(\w+)@[^/]+/(\d+)$", dsn).groups()
+    status, body = layout_host.web_request(
+        f"/api/{project}/store/", data=b"{}", port=web,
+        headers={"X-Sentry-Auth": f"Sentry sentry_version=7, sentry_key={key}"},
+    )  # fmt: skip
+    assert status == 404, body
+    event_id = layout_host.send_event({"message": "RelayOnly: through Relay"})
+    assert re.fullmatch(r"[0-9a-f]{32}", event_id)
+    assert processed(layout_host, event_id)["event"]["message"] == "RelayOnly: through Relay"

@@ -66,6 +66,7 @@ def test_bootstrap_from_nothing_then_rerun_is_a_noop(bare_host):
     assert steps["web: /_health/"]["status"] == "ok" and "ok" in steps["web: /_health/"]["detail"]
     assert steps["web: /_health/?full"]["status"] == "ok"
     assert steps["superuser"]["status"] == "done" and steps["migrations"]["status"] == "done"
+    assert steps["snuba migrations"]["status"] == "done", steps["snuba migrations"]
     assert host.transport.stat_mode(f"{host.project_dir}/.env") == 0o600
     env_before = host.get(f"{host.project_dir}/.env")
     secret_key = next(
@@ -85,7 +86,15 @@ def test_bootstrap_from_nothing_then_rerun_is_a_noop(bare_host):
     again = run(bare_host)
     steps = {s["name"]: s["status"] for s in again.result()}
     assert steps["names"] == "ok"  # the stack exists now: its names are checked first
-    for step in (".env", "stack files", "dependencies", "migrations", "superuser", "services"):
+    for step in (
+        ".env",
+        "stack files",
+        "dependencies",
+        "snuba migrations",
+        "migrations",
+        "superuser",
+        "services",
+    ):
         assert steps[step] == ALREADY, (step, steps)
     assert host.get(f"{host.project_dir}/.env") == env_before  # same secret key, untouched
     with postgres.psql(host) as db:

@@ -3,9 +3,9 @@ from __future__ import annotations
 import json
 
 from blocks.host_compose import parse_ps
-from blocks.layouts import GUIDE
+from blocks.layouts import GUIDE, SELF_HOSTED
 from blocks.sentry_web import assess_full_health
-from flows.health import assess_containers, assess_disk
+from flows.health import assess_containers, assess_disk, assess_pipeline
 
 DEFINED = {
     "sentry",
@@ -81,3 +81,23 @@ def test_full_health_names_sentrys_problems():
     assert "failing: CeleryAliveCheck" in bad.detail
     assert assess_full_health(200, b'{"problems":[],"healthy":{"WarningStatusCheck":true}}').ok
     assert not assess_full_health(502, b"<html>Bad Gateway</html>").ok
+
+
+def test_a_guide_stack_without_relay_and_snuba_cannot_ingest_and_health_says_why():
+    """The guide's own service list (no Relay, no Snuba): one failed check, one sentence naming
+    both services a working guide-shaped install adds; with them, the check passes."""
+    (check,) = assess_pipeline(DEFINED, GUIDE)
+    assert not check.ok and check.name == "ingestion pipeline"
+    assert check.detail.startswith(
+        "this stack has no Relay (service sentry-relay) and no Snuba (service sentry-snuba), "
+        "so it cannot ingest"
+    ), check.detail
+    (check,) = assess_pipeline(DEFINED | {"sentry-relay"}, GUIDE)
+    assert not check.ok and "no Snuba (service sentry-snuba)" in check.detail
+    assert "Relay (service" not in check.detail.split("so it")[0]
+    (check,) = assess_pipeline(DEFINED | {"sentry-relay", "sentry-snuba"}, GUIDE)
+    assert check.ok
+    # optional on the guide: their containers are checked only where the project defines them
+    names = {c.name for c in assess_containers(healthy_rows(), DEFINED, GUIDE)}
+    assert "relay: container" not in names
+    assert {"relay", "snuba-api"} <= set(SELF_HOSTED.services.values())

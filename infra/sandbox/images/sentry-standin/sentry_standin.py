@@ -23,8 +23,11 @@ commit 57915b5d; the sandbox cannot read a release tag of that repository whole)
 - GET /_health/ -> 200 "ok" without the database; GET /_health/?full -> 200
   {"problems":[],"healthy":{"WarningStatusCheck":true}} whatever the database, Redis or Snuba
   do -> S middleware/health.py, status_checks/__init__.py (its only check's warnings filtered)
-- POST /api/<project>/store/ with a DSN key -> 200 {"id": "<32 hex>"} -> getsentry/relay
-  relay-server/src/endpoints/store.rs
+- web has no store endpoint (POST /api/<project>/store/ -> 404: the Python store endpoint was
+  removed in 2020, getsentry/sentry#19135); RELAY takes events: `relay run` (this program as
+  `relay`, RELAY_PORT) answers POST /api/<project>/store/ with a DSN key -> 200
+  {"id": "<32 hex>"} -> getsentry/relay relay-server/src/endpoints/store.rs, and GET
+  /api/relay/healthcheck/ready/ -> relay-server/src/endpoints/health_check.rs
 - GET /api/0/organizations/<org>/eventids/<id>/ wants a token with org:read, org:write or
   org:admin, else 403 {"detail": "You do not have permission to perform this action."}; unknown:
   404 {"detail": "The requested resource does not exist"}; the body's keys organizationSlug,
@@ -48,13 +51,16 @@ commit 57915b5d; the sandbox cannot read a release tag of that repository whole)
   Snuba's DDL at 26.8.0, tests/conformance/fixtures/snuba_clickhouse_tables.json); the lookup
   reads it by toUUID and deleted = 0 -> getsentry/snuba errors processor and storage at 26.8.0
 
-Kinder than Sentry, known (issue 25, not yet closed): web and worker ingest on the guide layout
-without Relay and Snuba, which a real guide-shaped stack with a modern image needs.
+A stack ingests only through the services a real one needs: without Relay nothing takes an
+SDK's event (web answers 404), without Snuba (SNUBA unset) an event is never searchable.
+Kinder than Relay, known: an event's timestamp is kept however old (Relay moves one older than
+its max_secs_in_past, 30 days, to the time received); tests use it to make old events.
 
   sentry run web                   the endpoints above
   sentry run worker|taskworker     processes the queue: the issue row (sentry_groupedmessage), the
                                    payload in the nodestore (Postgres nodestore_node, or S3 on
-                                   SeaweedFS), a searchable row in ClickHouse errors_local
+                                   SeaweedFS), Snuba's searchable row in ClickHouse errors_local
+  relay run                        the RELAY STAND-IN (this program under the name `relay`)
   sentry run cron|taskscheduler    writes a heartbeat option every few seconds
 
 Configuration comes from the environment (SENTRY_POSTGRES_*, SENTRY_REDIS_PORT, SENTRY_NODESTORE,
@@ -212,10 +218,10 @@ def clickhouse(query: str, body: bytes | None = None) -> str:
 
 
 CH_DB = env("SENTRY_CLICKHOUSE_DATABASE", "default")
-# Sentry with Snuba (self-hosted: SNUBA in its environment, x-sentry-defaults): Snuba owns the
+# Where Sentry reads events: Snuba (SNUBA in self-hosted's x-sentry-defaults). Snuba owns the
 # ClickHouse schema (its bootstrap makes errors_local; `sentry upgrade` touches no ClickHouse
-# table) and events land there as Snuba's errors consumer writes them. Without it (the guide's
-# stack), the stand-in keeps its own small errors_local.
+# table) and events land there as Snuba's errors consumer writes them. Without it an event is
+# never searchable: a stack without Snuba cannot ingest, as a real one cannot.
 SNUBA = bool(env("SNUBA"))
 
 
@@ -379,14 +385,6 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         if not applied:
             print("  No migrations to apply.")
         print("Creating missing DSNs\nCorrecting Group.num_comments counter")
-    if not SNUBA:
-        clickhouse(f"CREATE DATABASE IF NOT EXISTS {CH_DB}")
-        clickhouse(
-            f"CREATE TABLE IF NOT EXISTS {CH_DB}.errors_local (project_id UInt64, "
-            "timestamp DateTime, event_id String, group_id UInt64, message String, "
-            "level String) ENGINE = MergeTree() PARTITION BY toMonday(timestamp) "
-            "ORDER BY (project_id, toStartOfDay(timestamp), event_id)"
-        )
     if env("SENTRY_NODESTORE") == "s3":
         s3 = _s3()
         if S3_BUCKET not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
@@ -584,28 +582,26 @@ def process_event(conn: psycopg.Connection, project_id: int, event: dict) -> str
         (project_id, title, event.get("level", "error"), when, when),
     ).fetchone()[0]
     nodestore_put(conn, node_id(project_id, event_id), event, when)
-    stamp = when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-    row = {
+    if not SNUBA:  # no Snuba: the event is never searchable, nothing can read it back
+        print(f"event {event_id}: SNUBA is not configured, not stored for search", flush=True)
+        return event_id
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    row = {  # Snuba's errors row: the columns its processor fills that have no default
         "project_id": project_id,
-        "timestamp": stamp,
-        "event_id": event_id,
+        "timestamp": when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "event_id": str(uuid.UUID(event_id)),
+        "platform": str(event.get("platform", "other")),
         "group_id": group_id,
+        "primary_hash": str(uuid.UUID(hashlib.md5(title.encode()).hexdigest())),
         "message": message,
+        "title": title,
         "level": event.get("level", "error"),
+        "received": now,
+        "message_timestamp": now,
+        "retention_days": int(env("SENTRY_EVENT_RETENTION_DAYS", "90")),
+        "deleted": 0,
+        "type": "error",
     }
-    if SNUBA:  # the columns Snuba's errors processor fills that have no default
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        row |= {
-            "event_id": str(uuid.UUID(event_id)),
-            "platform": str(event.get("platform", "other")),
-            "title": title,
-            "primary_hash": str(uuid.UUID(hashlib.md5(title.encode()).hexdigest())),
-            "received": now,
-            "message_timestamp": now,
-            "retention_days": int(env("SENTRY_EVENT_RETENTION_DAYS", "90")),
-            "deleted": 0,
-            "type": "error",
-        }
     clickhouse(f"INSERT INTO {CH_DB}.errors_local FORMAT JSONEachRow", json.dumps(row).encode())
     return event_id
 
@@ -680,11 +676,13 @@ class Handler(BaseHTTPRequestHandler):
                 return self._reply(401, json.dumps({"detail": "Invalid token"}), "application/json")
             if not set(re.split(r"[\s,]+", row[0])) & LOOKUP_SCOPES:
                 return self._reply(403, json.dumps({"detail": FORBIDDEN}), "application/json")
-            match = f"toUUID('{event_id}') AND deleted = 0" if SNUBA else f"'{event_id}'"
-            found = clickhouse(
-                f"SELECT project_id, group_id FROM {CH_DB}.errors_local WHERE event_id = "
-                f"{match} FORMAT TSV"
-            ).split()
+            found = (
+                SNUBA
+                and clickhouse(
+                    f"SELECT project_id, group_id FROM {CH_DB}.errors_local WHERE event_id = "
+                    f"toUUID('{event_id}') AND deleted = 0 FORMAT TSV"
+                ).split()
+            )
             if not found:
                 return self._reply(404, json.dumps({"detail": NOT_FOUND}), "application/json")
             payload = nodestore_get(conn, node_id(int(found[0]), event_id))
@@ -699,6 +697,25 @@ class Handler(BaseHTTPRequestHandler):
             "event": serialize_event(event_id, found[1], payload),
         }
         self._reply(200, json.dumps(body), "application/json")
+
+    def do_POST(self) -> None:  # web takes no events (no store endpoint since 2020): Relay does
+        self._reply(404, "not found")
+
+
+class RelayHandler(Handler):
+    """RELAY STAND-IN: what a Relay in front of Sentry does with an SDK's event (the store
+    endpoint; the DSN key checked against the project's keys, as Relay's project config says),
+    then hands it on to Sentry's event processing (real Relay: Kafka -> Sentry's ingest consumer
+    -> the save_event task; here the task queue itself). Its readiness: GET
+    /api/relay/healthcheck/ready/ -> {"is_healthy": true} (getsentry/relay
+    relay-server/src/endpoints/health_check.rs)."""
+
+    server_version = "relay-standin"
+
+    def do_GET(self) -> None:
+        if urllib.parse.urlsplit(self.path).path.rstrip("/") == "/api/relay/healthcheck/ready":
+            return self._reply(200, json.dumps({"is_healthy": True}), "application/json")
+        self._reply(404, "not found")
 
     def do_POST(self) -> None:
         url = urllib.parse.urlsplit(self.path)
@@ -752,6 +769,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         server.shutdown()  # stop accepting, finish the requests in hand
         server.server_close()
         return 0
+    elif args.service == "relay":
+        port = int(env("RELAY_PORT", "3000"))
+        server = WebServer(("127.0.0.1", port), RelayHandler)
+        print(f"relay (stand-in) on 127.0.0.1:{port}, events to {type(task_queue()).__name__}",
+              flush=True)  # fmt: skip
+        stopping = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        stopping.wait()
+        server.shutdown()
+        server.server_close()
+        return 0
     elif args.service in ("worker", "taskworker"):
         queue = task_queue()
         print(f"sentry {VERSION} {args.service} processing {type(queue).__name__}", flush=True)
@@ -796,6 +825,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     # As PID 1 in a container, SIGTERM has no default action: exit on it like the real services.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if os.path.basename(sys.argv[0]) == "relay":  # the Relay stand-in: `relay run`
+        if argv[:1] != ["run"]:
+            print("usage: relay run", file=sys.stderr)
+            return 2
+        return cmd_run(argparse.Namespace(service="relay"))
     parser = argparse.ArgumentParser(prog="sentry", description="Sentry STAND-IN (sandbox only)")
     # click's version_option prints __semantic_version__: official images set SENTRY_BUILD
     build = hashlib.sha1(VERSION.encode()).hexdigest()

@@ -68,8 +68,9 @@ INI
     exec setpriv --reuid=postgres --regid=postgres --init-groups pgbouncer /etc/pgbouncer/pgbouncer.ini
     ;;
 nginx)
-    : "${SENTRY_BIND:?}" "${WEB_PORT:?}"
+    : "${SENTRY_BIND:?}" "${WEB_PORT:?}" "${RELAY_PORT:?}"
     sed -e "s/\${SENTRY_BIND}/$SENTRY_BIND/g" -e "s/\${WEB_PORT}/$WEB_PORT/g" \
+        -e "s/\${RELAY_PORT}/$RELAY_PORT/g" \
         /etc/nginx/nginx.conf.template >/tmp/nginx.conf
     exec nginx -c /tmp/nginx.conf -g 'daemon off;'
     ;;

@@ -3,13 +3,15 @@
 does that sentry-ops depends on.
 
 - `snuba bootstrap --force` creates Snuba's ClickHouse tables, views and materialized views in
-  database `default`, as Snuba's migrations at the pinned tag leave them: the statements are
-  upstream's own (snuba_tables.json in this image: getsentry/snuba's migrations at 26.8.0, the tag
-  getsentry/self-hosted 26.8.0 pins, read back from system.tables; the conformance fixture
-  tests/conformance/fixtures/snuba_clickhouse_tables.json, copied in at build time). Like
-  Snuba's runner it is idempotent: what exists is left alone, what is missing is created, every
-  table before the views that read or write it. self-hosted runs it from install.sh
-  (install/bootstrap-snuba.sh @26.8.0: `$dcr snuba-api bootstrap --force`).
+  CLICKHOUSE_DATABASE (`default` unless set: the guide stack's Snuba uses `sentry`), as Snuba's
+  migrations at the pinned tag leave them: the statements are upstream's own (snuba_tables.json in
+  this image: getsentry/snuba's migrations at 26.8.0, the tag getsentry/self-hosted 26.8.0 pins,
+  read back from system.tables; the conformance fixture
+  tests/conformance/fixtures/snuba_clickhouse_tables.json, copied in at build time). Like Snuba's
+  runner it is idempotent: what exists is left alone, what is missing is created, every table
+  before the views that read or write it; a ClickHouse older than Snuba's minimum (23.8.11.29) is
+  refused. self-hosted runs it from install.sh (install/bootstrap-snuba.sh @26.8.0: `$dcr
+  snuba-api bootstrap --force`).
 - `snuba api` serves GET /health on SNUBA_PORT: 200 once ClickHouse answers and every table is
   there, else 502 naming what is missing (snuba/web/views.py health's `down_file`/`clickhouse`
   checks, loosely: the sandbox's web never calls it).
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import urllib.error
@@ -29,7 +32,12 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TABLES = "/usr/src/snuba/snuba_tables.json"
-DATABASE = "default"
+# Snuba's ClickHouse database (snuba/settings/__init__.py CLUSTERS: CLICKHOUSE_DATABASE, default
+# "default"); the fixture's statements name `default`, moved here to this one
+DATABASE = os.environ.get("CLICKHOUSE_DATABASE", "default")
+# the oldest ClickHouse Snuba 26.8.0 runs on (snuba/migrations/clickhouse.py
+# CLICKHOUSE_SERVER_MIN_VERSION): older servers are refused, as the real one does
+MIN_VERSION = (23, 8, 11, 29)
 
 
 def clickhouse(query: str) -> str:
@@ -49,17 +57,31 @@ def objects() -> list[dict]:
     return sample["tables"] + sample["views"]
 
 
+def in_database(create: str) -> str:
+    """A statement of the fixture (database `default`) for DATABASE."""
+    create = re.sub(r"(?<![\w`'])default\.(?=[a-z_])", f"{DATABASE}.", create)
+    return create.replace("Merge('default',", f"Merge('{DATABASE}',")
+
+
+def check_version() -> None:
+    version = clickhouse("SELECT version()").strip()
+    if tuple(int(x) for x in re.findall(r"\d+", version)[:4]) < MIN_VERSION:
+        raise SystemExit(f"ClickHouse {version} is not supported: Snuba needs "
+                         f"{'.'.join(map(str, MIN_VERSION))} or later")  # fmt: skip
+
+
 def missing() -> list[str]:
     have = set(clickhouse(f"SELECT name FROM system.tables WHERE database = '{DATABASE}'").split())
     return [o["name"] for o in objects() if o["name"] not in have]
 
 
 def bootstrap() -> int:
+    check_version()
     clickhouse(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
     todo = set(missing())
     for obj in objects():
         if obj["name"] in todo:
-            clickhouse(obj["create"])
+            clickhouse(in_database(obj["create"]))
     print(f"Finished running migrations ({len(todo)} created, "
           f"{len(objects()) - len(todo)} already there)")  # fmt: skip
     return 0
