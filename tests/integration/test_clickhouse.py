@@ -1,5 +1,6 @@
 """ClickHouse in the backup set, both layouts: FREEZE, stream, unfreeze; the drill restores it and
-compares rows and checksums per table. A modern ClickHouse engine (26.5) with Snuba's tables in the sandbox, real SSH, S3."""
+compares rows and checksums per table. A modern ClickHouse engine (26.5) holding Snuba's tables in
+the sandbox, real SSH, S3."""
 
 from __future__ import annotations
 
