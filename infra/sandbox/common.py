@@ -21,7 +21,8 @@ CLICKHOUSE_IMAGE = "sentry-ops-sandbox/clickhouse-modern:latest"
 SNUBA_IMAGE = "sentry-ops-sandbox/snuba:latest"
 STANDIN_VERSIONS = ("24.1.0", "24.2.0", "24.3.0-broken")  # also on the drill host
 UPGRADE_VERSIONS = ("24.8.0", "24.9.0")  # a hard stop and the version after it (upgrade tests)
-SELF_HOSTED_RELEASES = ("24.1.0", "24.2.0")  # tags of the sandbox's self-hosted checkout
+# tags of the sandbox's self-hosted checkout (24.3.0-broken: its web crashes after migrating)
+SELF_HOSTED_RELEASES = ("24.1.0", "24.2.0", "24.3.0-broken")
 DEFAULT_VERSION = STANDIN_VERSIONS[0]
 
 SSH_PORT = int(os.environ.get("SANDBOX_SSH_PORT", "22022"))

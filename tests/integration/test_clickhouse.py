@@ -16,6 +16,7 @@ from blocks.layouts import Role
 from flows.backup import BackupError, backup, clickhouse_snapshot, list_backups, verify_backup
 from flows.restore_drill import DrillError, restore_drill
 from infra.sandbox.prefect_blocks import store_from_connection
+from tests.conformance.corpus import sample
 from tests.helpers import SHARED
 from tests.integration.test_backup import cut_ssh_when, kill_ssh_sessions
 
@@ -106,6 +107,17 @@ def test_snapshot_restores_with_equal_rows_and_checksums(
         assert checks[f"clickhouse {name}"]["detail"].endswith("recreated from its DDL")
     assert checks["clickhouse odd_engine"]["status"] == "warning"
     assert checks["clickhouse newest event"]["status"] == "ok"
+    # Snuba's real table set (its migrations at 26.8.0, both stacks' Snuba): every table back
+    # with its rows and checksum, its Merge table and materialized views recreated and there
+    snuba = sample("snuba_clickhouse_tables")
+    for table in snuba["tables"]:
+        detail = checks[f"clickhouse {table['name']}"]["detail"]
+        if table["engine"].endswith("MergeTree"):
+            assert "checksum equal" in detail, (table["name"], detail)
+        else:
+            assert detail.endswith("recreated from its DDL"), (table["name"], detail)
+    for view in snuba["views"]:
+        assert checks[f"clickhouse {view['name']}"]["detail"].endswith("recreated from its DDL")
 
 
 def test_an_ssh_cut_while_frozen_leaves_no_frozen_copy_and_no_manifest(

@@ -24,6 +24,7 @@ def test_health_passes_with_ingestion_proven(saved_layout_host, layout_host):
         "disk: docker",
         "postgres: container",
         "worker: container",
+        "ingestion pipeline",
         "ingestion: synthetic event",
     } <= set(checks)
     assert all(c["status"] == "ok" for c in checks.values()), checks
@@ -74,6 +75,23 @@ def test_names_the_host_lacks_fail_naming_the_field_to_set(sandbox, prefect_api,
         health_check(f"test-renamed-{layout}", ingestion_within_seconds=3)
     assert "service 'no-such-worker' (role worker) is not in the compose project" in str(info.value)
     assert "set service_names.worker in the block" in str(info.value)
+
+
+def test_a_stack_without_relay_and_snuba_fails_health_in_one_sentence(sandbox, prefect_api):
+    """The guide's own service list has no Relay and no Snuba (optional in its preset): a host
+    block naming services its project lacks stands for such a stack. The check fails in one
+    sentence naming both; the other checks go on."""
+    from infra.sandbox.prefect_blocks import host_from_connection
+
+    host = host_from_connection(sandbox, "guide")
+    bare = {Role.RELAY: "relay-not-here", Role.SNUBA: "snuba-not-here"}
+    host.model_copy(update={"service_names": bare}).save("test-no-pipeline", overwrite=True)
+    with pytest.raises(UnhealthyError) as info:
+        health_check("test-no-pipeline", ingestion_within_seconds=30)
+    message = str(info.value)
+    assert ("ingestion pipeline: this stack has no Relay (service relay-not-here) and no Snuba "
+            "(service snuba-not-here), so it cannot ingest") in message  # fmt: skip
+    assert "names" not in message.split("ingestion pipeline")[0]  # optional: not a names error
 
 
 def test_a_shrinking_disk_fails_the_check_days_before_it_is_full(saved_host, sentry_host):

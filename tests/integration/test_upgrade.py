@@ -302,6 +302,41 @@ def test_a_migration_job_of_another_run_is_waited_for_never_doubled(stack):
 
 
 @SHARED  # the sandbox's self-hosted stack
+def test_a_broken_self_hosted_release_rolls_back_with_snubas_clickhouse_restored(
+    sandbox, prefect_api, store_name
+):
+    """install.sh at a release whose web crashes after migrating: the rollback restores Postgres
+    and ClickHouse (Snuba's real tables on the modern ClickHouse) from the pre-backup, every
+    table's rows and checksum as before, and reinstalls the previous release."""
+    from blocks import clickhouse
+    from infra.sandbox.prefect_blocks import save_blocks
+
+    name = "test-self-hosted-broken"
+    save_blocks(sandbox, name, "self-hosted")
+    host = host_from_connection(sandbox, "self-hosted")
+    assert host.running_version() == "24.1.0"
+    wait_processed(host, [host.send_event({"message": "before a broken release"})])
+
+    def figures() -> dict:
+        with clickhouse.connect(host) as (client, _):
+            tables = clickhouse.list_tables(client, host.stack.clickhouse_database)
+            return {t.name: clickhouse.count_rows(client, t, None) for t in tables if t.copied}
+
+    before = figures()
+    assert before["errors_local"][0] >= 1 and len(before) >= 15, before
+    final = upgrade(host=name, store=store_name, target_version="24.3.0-broken",
+                    require_approval=False, auto_restore=True, health_timeout=60,
+                    ingestion_probe=False, return_state=True)  # fmt: skip
+    assert final.is_failed(), final
+    assert host.running_version() == "24.1.0"
+    assert host.git("describe", "--tags").text.strip() == "24.1.0"
+    assert figures() == before
+    text = asyncio.run(run_texts(final.state_details.flow_run_id))
+    assert "restore postgres" in text and "restore clickhouse" in text and "ROLLED BACK" in text
+    assert host.marker("upgrade") is None
+
+
+@SHARED  # the sandbox's self-hosted stack
 def test_self_hosted_hop_is_its_install_sh_at_the_release_tag(sandbox, prefect_api, store_name):
     """Leaves the sandbox's self-hosted stack at 24.2.0: the next `sandbox.up()` installs it anew
     (Sentry has no downgrade), so it runs last."""
