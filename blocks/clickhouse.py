@@ -217,11 +217,14 @@ def newest_event_id(client: Client, database: str, parts: Sequence[str]) -> str 
     """The event id of the newest row of Snuba's errors table among `parts`."""
     if not parts:
         return None
+    # an aggregate, not ORDER BY ... LIMIT 1: ClickHouse 26.5's top-K filter mistypes that
+    # query over errors_local ("Type mismatch in IN or VALUES section. Expected: DateTime. Got:
+    # UUID", tried); argMax over (timestamp, event_id) picks the same row on every version
     rows = client.rows(
-        f"SELECT toString(event_id) FROM {quoted(database, 'errors_local')}{in_parts(parts)} "
-        "ORDER BY timestamp DESC, event_id DESC LIMIT 1"
+        "SELECT count(), toString(argMax(event_id, (timestamp, event_id))) FROM "
+        f"{quoted(database, 'errors_local')}{in_parts(parts)}"
     )
-    return str(rows[0][0]).replace("-", "") if rows else None
+    return str(rows[0][1]).replace("-", "") if rows and int(rows[0][0]) else None
 
 
 def in_parts(parts: Sequence[str] | None) -> str:

@@ -144,7 +144,8 @@ class SentryHost(ComposeVerbs, DockerVerbs, DataVerbs, ProjectVerbs, SentryVerbs
     probe_dsn: SecretStr | None = Field(
         default=None,
         description="DSN of a project to send the health check's synthetic event to "
-        "(http://<public key>@host/<project id>); empty: no ingestion probe.",
+        "(http://<public key>@host[:port]/<project id>): posted on the host to the DSN's port "
+        "(where Relay takes events), or web_port when it names none; empty: no ingestion probe.",
     )
     api_token: SecretStr | None = Field(
         default=None,
