@@ -226,9 +226,10 @@ def not_carried(manifest: BackupManifest) -> str:
         else "no ClickHouse snapshot in the set"
     )
     return (
-        f"{tables}: the guide's stack has no Snuba, so its tables are not Snuba's schema; the "
-        "target's Snuba starts with its own, empty: events from before the move are not "
-        "searchable and the event lookup finds none of them (their issues, projects, users, "
-        "releases and payloads are carried). Also left: the guide's compose file and .env (the "
-        "target runs self-hosted's own; its secret key is carried)"
+        f"{tables}: sentry-ops restores ClickHouse only into the database it came from (the "
+        "guide's own tables, or its added Snuba's at that Snuba's version), and the target's "
+        "Snuba keeps its tables in its own database, starting empty: events from before the "
+        "move are not searchable and the event lookup finds none of them (their issues, "
+        "projects, users, releases and payloads are carried). Also left: the guide's compose "
+        "file and .env (the target runs self-hosted's own; its secret key is carried)"
     )

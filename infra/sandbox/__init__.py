@@ -22,8 +22,10 @@ blocks. What callers use is exported here: `from infra import sandbox as sb; sb.
 
 from infra.sandbox.common import (
     BUCKET,
+    CLICKHOUSE_IMAGE,
     HERE,
     REPO,
+    SNUBA_IMAGE,
     STATE,
     TOOL_IMAGE,
     port_open,
@@ -53,8 +55,10 @@ from infra.sandbox.tools import ensure_flows_image
 
 __all__ = [
     "BUCKET",
+    "CLICKHOUSE_IMAGE",
     "HERE",
     "REPO",
+    "SNUBA_IMAGE",
     "STACKS",
     "STATE",
     "TOOL_IMAGE",

@@ -123,8 +123,17 @@ def test_snapshot_restores_with_equal_rows_and_checksums(
 def test_an_ssh_cut_while_frozen_leaves_no_frozen_copy_and_no_manifest(
     saved_host, sentry_host, store_name, sandbox
 ):
+    # ballast: a table whose frozen parts take seconds to stream, so the cut lands while frozen
+    # (Snuba's tables are near empty here and stream in a blink)
+    db = sentry_host.stack.clickhouse_database
+    ch(sentry_host, f"CREATE TABLE IF NOT EXISTS {db}.ssh_cut_ballast (id UInt64, blob String) "
+                    "ENGINE = MergeTree ORDER BY id")  # fmt: skip
+    ch(sentry_host, f"INSERT INTO {db}.ssh_cut_ballast SELECT number, randomString(200) "
+                    "FROM numbers(1000000)")  # fmt: skip
     container = sentry_host.service_containers(sentry_host.stack.service(Role.CLICKHOUSE))[0]
-    shadow = ["docker", "exec", container["ID"], "ls", "/var/lib/clickhouse/shadow"]
+    # a frozen copy's folder (shadow/increment.txt, ClickHouse's FREEZE counter, stays)
+    shadow = ["docker", "exec", container["ID"], "find", "/var/lib/clickhouse/shadow",
+              "-mindepth", "1", "-maxdepth", "1", "-type", "d"]  # fmt: skip
     watcher, cut = cut_ssh_when(
         lambda: bool(subprocess.run(shadow, capture_output=True, text=True).stdout.strip())
     )
@@ -138,6 +147,7 @@ def test_an_ssh_cut_while_frozen_leaves_no_frozen_copy_and_no_manifest(
     assert clickhouse.leftover_freezes(sentry_host) == []
     store = store_from_connection(sandbox, prefix=store_name)
     assert not any(s.complete for s in backup_set.list_sets(store))
+    ch(sentry_host, f"DROP TABLE {db}.ssh_cut_ballast")
 
 
 def test_clickhouse_down_fails_before_anything_is_uploaded(

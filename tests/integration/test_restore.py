@@ -6,6 +6,7 @@ Docker, S3 and Prefect."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL
+from pydantic import SecretStr
 
 from blocks import backup_set, nodestore, postgres, sentry_config
 from blocks.layouts import Role
@@ -269,13 +271,19 @@ def test_a_guide_host_moves_onto_self_hosted_across_a_hard_stop(move_stack, stor
     sb.copy_images_to_drill(
         *(f"sentry-ops-sandbox/sentry:{v}" for v in ONTO_RELEASES[2:]),
         "sentry-ops-sandbox/services:latest", sb.TOOL_IMAGE, "sentry-ops-sandbox/seaweedfs:latest",
+        sb.CLICKHOUSE_IMAGE, sb.SNUBA_IMAGE,
     )  # fmt: skip
     info = {**sb.stack_info("self-hosted", onto, ONTO_SLOT), "project_dir": str(d)}
+    # the DSN's key and project are carried in the database; its host is the new one (the
+    # cut-over moves it): self-hosted's nginx, which sends the store endpoint to Relay
+    key, project = re.match(r"http://(\w+)@[^/]+/(\d+)$",
+                            source.probe_dsn.get_secret_value()).groups()  # fmt: skip
+    dsn = SecretStr(f"http://{key}@127.0.0.1:{info['web_port']}/{project}")
     target = host_from_connection(
         {**sandbox, "ssh": sandbox["drill_ssh"], "stacks": {"self-hosted": info}}, "self-hosted"
     ).model_copy(update={
         "docker_data_dir": drill.docker_data_dir, "docker_socket": drill.docker_socket,
-        "probe_dsn": source.probe_dsn, "api_token": source.api_token,  # carried in the database
+        "probe_dsn": dsn, "api_token": source.api_token,
     })  # fmt: skip
     assert target.docker_socket != "/var/run/docker.sock"  # the drill engine's own
     target.save(onto, overwrite=True)
