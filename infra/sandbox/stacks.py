@@ -11,6 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from blocks.layouts import Role, get_layout
 from infra.sandbox.common import (
     ADMIN_EMAIL,
     DEFAULT_VERSION,
@@ -327,7 +328,7 @@ def ensure_stack(layout: str, name: str | None = None, slot: int | None = None) 
         compose(name, "up", "-d", "--wait", *deps)
         # Snuba's tables first, as self-hosted's install.sh runs bootstrap-snuba.sh before the
         # migrations
-        snuba = "sentry-snuba" if layout == "guide" else "snuba-api"
+        snuba = get_layout(layout).service(Role.SNUBA)
         compose(name, "run", "--rm", "-T", snuba, "bootstrap", "--force")
         compose(name, "run", "--rm", "-T", web, "upgrade", "--noinput")
         compose(name, "run", "--rm", "-T", web, "createuser", "--email", ADMIN_EMAIL,
