@@ -134,12 +134,16 @@ def connect(host: SentryHost) -> Iterator[tuple[Client, str]]:
         yield (ModernClient(port) if major >= 20 else LegacyHTTPClient(port)), version
 
 
+def names_in(client: Client, database: str) -> set[str]:
+    """The names of the tables and views in `database`."""
+    return {r[0] for r in client.rows(f"SELECT name FROM system.tables WHERE database = "
+                                      f"'{database}'")}  # fmt: skip
+
+
 def table_names(host: SentryHost) -> set[str]:
     """The names of the tables and views in the stack's ClickHouse database."""
     with connect(host) as (client, _):
-        database = host.stack.clickhouse_database
-        return {r[0] for r in client.rows(f"SELECT name FROM system.tables WHERE database = "
-                                          f"'{database}'")}  # fmt: skip
+        return names_in(client, host.stack.clickhouse_database)
 
 
 def ping(host: SentryHost) -> str:
@@ -200,9 +204,7 @@ def classify(engine: str) -> tuple[bool, str]:
 
 def newest_event(client: Client, database: str, parts: Sequence[str] | None = None) -> str | None:
     """max(timestamp) of Snuba's errors table (of some of its parts), if the database has it."""
-    names = {r[0] for r in client.rows(f"SELECT name FROM system.tables WHERE database = "
-                                       f"'{database}'")}  # fmt: skip
-    if "errors_local" not in names:
+    if "errors_local" not in names_in(client, database):
         return None
     if parts is not None and not parts:
         return None

@@ -69,9 +69,13 @@ class SentryVerbs:
     def sentry_version_argv(self, role: Role = Role.WEB) -> list[str]:
         return self.exec_argv(role, "sentry", "--version")
 
+    def one_off_argv(self, role: Role, *args: str) -> list[str]:
+        """A one-off command in a new container of `role`'s service (its image, config)."""
+        return self.compose_argv("run", "--rm", "-T", self.stack.service(role), *args)
+
     def sentry_argv(self, *args: str) -> list[str]:
-        """A one-off `sentry <args>` in a new container of the web service (its image, config)."""
-        return self.compose_argv("run", "--rm", "-T", self.stack.service(Role.WEB), *args)
+        """A one-off `sentry <args>` in a new container of the web service."""
+        return self.one_off_argv(Role.WEB, *args)
 
     def sentry_job_argv(
         self, name: str, labels: dict[str, str], role: Role, *args: str
@@ -117,9 +121,7 @@ class SentryVerbs:
         """Snuba's migrations, as self-hosted's install.sh runs them before Sentry's
         (install/bootstrap-snuba.sh: `docker compose run --rm snuba-api bootstrap --force`;
         idempotent: what exists is kept); its output."""
-        argv = self.compose_argv("run", "--rm", "-T", self.stack.service(Role.SNUBA),
-                                 "bootstrap", "--force")  # fmt: skip
-        return self.run(argv, timeout=timeout).text
+        return self.run(self.one_off_argv(Role.SNUBA, "bootstrap", "--force"), timeout=timeout).text
 
     def upgrade(self, timeout: float = 3600) -> tuple[bool, str]:
         """`sentry upgrade --noinput` (idempotent: pending migrations only) -> (applied, log)."""
