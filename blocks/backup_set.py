@@ -47,6 +47,7 @@ from blocks.result import Result
 FORMAT = 2
 MANIFEST = "manifest.json"
 VERIFICATION = "verification.json"
+WAL_FOLDER = "wal"  # <host id>/wal/: the host's WAL archive (blocks/wal_archive.py), not a set
 STAMP = "%Y%m%dT%H%M%SZ"
 HOST_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,150}$")
 BACKUP_ID = re.compile(r"^(?P<stamp>\d{8}T\d{6}Z)-(?P<host>[a-z0-9][a-z0-9_-]*)$")
@@ -73,6 +74,7 @@ class SetError(StoreError):
 
 class Kind(StrEnum):
     POSTGRES = "postgres"
+    POSTGRES_BASE = "postgres-base"  # a physical base backup (pg_basebackup), for PITR
     VOLUME = "volume"
     CLICKHOUSE = "clickhouse"
     CONFIG = "config"
@@ -84,7 +86,11 @@ def object_name(kind: Kind, part: str = "") -> str:
 
 
 def file_name(kind: Kind, part: str, compression: Compression, encrypted: bool) -> str:
-    base = {Kind.POSTGRES: "postgres.dump", Kind.CONFIG: "config.tar"}.get(kind)
+    base = {
+        Kind.POSTGRES: "postgres.dump",
+        Kind.POSTGRES_BASE: "postgres-base.tar",
+        Kind.CONFIG: "config.tar",
+    }.get(kind)
     if kind is Kind.CLICKHOUSE and not part:
         base = "clickhouse.tar"
     name = base or f"{kind}-{part}.tar"
@@ -231,6 +237,19 @@ class ClickHouseSnapshot(BaseModel):
     )
 
 
+class PostgresBase(BaseModel):
+    """A physical base backup in the set (`postgres-base`): where WAL replay starts from."""
+
+    system_identifier: str = Field(pattern=r"^[0-9]{1,20}$", description="pg_control_system()")
+    timeline: int
+    wal_start: str = Field(
+        pattern=r"^[0-9A-F]{24}$",
+        description="the WAL segment current before the base began: replay needs it and later",
+    )
+    finished_at: dt.datetime = Field(description="when pg_basebackup ended (consistent from)")
+    server_version: str
+
+
 class BackupManifest(BaseModel):
     """The commit marker of a backup set: everything needed to verify and restore it."""
 
@@ -267,6 +286,11 @@ class BackupManifest(BaseModel):
     sentry_ops_version: str
     clickhouse: ClickHouseSnapshot | None = Field(
         default=None, description="the ClickHouse snapshot's tables, when the set has one"
+    )
+    postgres_base: PostgresBase | None = Field(
+        default=None,
+        description="the physical base backup (with the host's WAL archive: point-in-time "
+        "restores), when the set has one",
     )
 
     def object(self, name: str) -> StoredObject:
@@ -449,6 +473,24 @@ class _Decrypting(_Chunked):
         self._out += plain
         self._counter += 1
         self._block, self._done = nxt, last
+
+
+def encrypting(store: BackupStore, source: BinaryIO, aad: str) -> BinaryIO:
+    """`source` as the store keeps it: encrypted (chunked AES-256-GCM bound to `aad`, the
+    object's place) when the store has a backup_key, else as it is. Also the WAL archive's
+    codec (blocks/wal_archive.py)."""
+    secret = _secret(store)
+    if secret is None:
+        return source
+    return _Encrypting(source, secret, aad.encode())  # type: ignore[return-value]
+
+
+def decrypting(store: BackupStore, source: BinaryIO, aad: str, what: str) -> BinaryIO:
+    """The plaintext of an object `encrypting` wrote with the same `aad`."""
+    secret = _secret(store)
+    if secret is None:
+        raise SetError(f"{what} is encrypted and the store block has no backup_key")
+    return _Decrypting(source, secret, aad.encode(), what)  # type: ignore[return-value]
 
 
 # -- writing a set --------------------------------------------------------------------------------
@@ -688,6 +730,8 @@ def list_sets(store: BackupStore, host_ids: str | Sequence[str] | None = None) -
     sizes: dict[tuple[str, str], int] = {}
     for key, size in (found for base in bases for found in store.list_objects(base)):
         parts = key[len(store.prefix) + 1 :].split("/")
+        if len(parts) > 2 and parts[1] == WAL_FOLDER:
+            continue  # the host's WAL archive (blocks/wal_archive.py), not a set
         group = (parts[0], parts[1]) if len(parts) == 3 else ("?", "/".join(parts[:-1]))
         groups.setdefault(group, []).append(key)
         sizes[group] = sizes.get(group, 0) + size

@@ -127,11 +127,13 @@ class DataVerbs:
         command = ["sh", "-c", untar, where]
         return self.container_io_argv("in", image, None, command, job="restore", options=mount)
 
-    def volume_run_argv(self, volume: DataVolume, image: str, *argv: str) -> list[str]:
-        """A short command of the tool image with a data volume mounted at /volume."""
+    def volume_run_argv(self, volume: DataVolume | str, image: str, *argv: str) -> list[str]:
+        """A short command of the tool image with a data volume (or the volume of that name)
+        mounted at /volume."""
+        name = self.volume_name(volume) if isinstance(volume, DataVolume) else volume
         return ["docker", "run", "--rm", "--network", "none", "--label", "sentry-ops.job=volume",
-                *self.pull_argv(), "-v", f"{self.volume_name(volume)}:/volume", "--entrypoint",
-                argv[0], image, *argv[1:]]  # fmt: skip
+                *self.pull_argv(), "-v", f"{name}:/volume", "--entrypoint", argv[0], image,
+                *argv[1:]]  # fmt: skip
 
     def empty_volume(self, volume: DataVolume) -> None:
         """Everything in a data volume deleted; the volume itself (its name, labels and driver
@@ -147,7 +149,13 @@ class DataVerbs:
                 *self.pull_argv(), "--entrypoint", tool, image, *args]  # fmt: skip
 
     def tool_job_argv(
-        self, name: str, labels: dict[str, str], netns: str, *command: str, secret_file: str = ""
+        self,
+        name: str,
+        labels: dict[str, str],
+        netns: str,
+        *command: str,
+        secret_file: str = "",
+        options: Sequence[str] = (),
     ) -> list[str]:
         """`command` of the tool image, detached, named `name`, in the network namespace of the
         container `netns`. With `secret_file`, the container is created, then given that file
@@ -155,7 +163,7 @@ class DataVerbs:
         neither argv nor the container's environment (`docker inspect` shows no secret)."""
         verb = ["create"] if secret_file else ["run", "-d"]
         create = ["docker", *verb, "--name", name, *commands.labels(labels), "--network",
-                  f"container:{netns}", *self.pull_argv(), "--entrypoint", command[0],
+                  f"container:{netns}", *self.pull_argv(), *options, "--entrypoint", command[0],
                   self.tool_image, *command[1:]]  # fmt: skip
         return ["sh", "-c", SECRET_FILE_JOB, "sentry-ops", *create] if secret_file else create
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import re
 import threading
 import time
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from blocks.host_data import secret_tar
-from blocks.layouts import Role
+from blocks.layouts import DataVolume, Role
 from blocks.sentry_host import SentryHost
 from blocks.ssh import Prefixed, RemoteCommandError
 
@@ -457,3 +458,141 @@ def password_file(where: Target) -> bytes | None:
     if where.password is None:
         return None
     return secret_tar(PGPASS_FILE, pgpass(where.password))
+
+
+# -- physical: base backups and point-in-time restores (the WAL archive: blocks/wal.py) ---------
+BASE_BACKUP = (
+    'set -o pipefail; pg_basebackup -h 127.0.0.1 -p "$0" -U "$1" --no-password -D - -Ft '
+    "-X fetch --checkpoint=fast | zstd -1 -T0"
+)
+
+
+@dataclass
+class BaseStream:
+    stream: BinaryIO  # tar.zst of the data directory, WAL to its consistency point included
+    system_identifier: str
+    timeline: int
+    wal_start: str
+    server_version: str
+
+
+@contextlib.contextmanager
+def base_backup(host: SentryHost, image: str, timeout: float = 300) -> Iterator[BaseStream]:
+    """`pg_basebackup -Ft -X fetch` next to the database, zstd-compressed there: a physical
+    copy that WAL replay starts from (the WAL it needs to be consistent is inside)."""
+    where = target(host)
+    with psql(host, where) as db:
+        version = server_version(db)
+        check_tool(host, image, version, "pg_basebackup")
+        system_id, segment = db.rows(
+            "SELECT system_identifier::text, pg_walfile_name(pg_current_wal_lsn()) "
+            "FROM pg_control_system()"
+        )[0]
+    command = ["bash", "-c", BASE_BACKUP, str(where.port), where.user]
+    argv = host.container_io_argv("out", image, where.container, command, job="backup")
+    with host.stream(argv, timeout=timeout, stdin=pgpass(where.password)) as stream:
+        yield BaseStream(stream, system_id, int(segment[:8], 16), segment, version)
+
+
+# Run in a tool container on the restored data directory (the Postgres volume, at /volume),
+# before Postgres starts: recovery settings into postgresql.auto.conf (Postgres reads them from
+# there; removed with ALTER SYSTEM RESET once recovery ended), recovery.signal, the files owned
+# by the server image's postgres user. restore_command runs in the data directory (its cwd):
+# the staged segments are in ./sentry_ops_wal. Arguments: uid gid target-time-or-empty.
+RECOVERY = r"""set -eu
+cd /volume
+test -s PG_VERSION || { echo "no PG_VERSION: not a base backup" >&2; exit 1; }
+{
+    echo "restore_command = 'cp sentry_ops_wal/%f \"%p\"'"
+    echo "recovery_target_timeline = 'latest'"
+    echo "recovery_target_action = 'promote'"
+    if [ -n "$2" ]; then echo "recovery_target_time = '$2'"; fi
+} >>postgresql.auto.conf
+touch recovery.signal
+rm -f postmaster.pid
+chown -R "$0:$1" /volume
+chmod 0700 /volume
+"""
+RECOVERY_SETTINGS = (
+    "restore_command", "recovery_target_timeline", "recovery_target_action",
+    "recovery_target_time",
+)  # fmt: skip
+
+
+def prepare_recovery(host: SentryHost, image: str, target_time: dt.datetime | None) -> None:
+    """The unpacked base backup (and its staged WAL) made ready to replay to `target_time`
+    (None: to the end of the archive), owned by `image`'s postgres user."""
+    ids = []
+    for flag in ("-u", "-g"):
+        out = host.run(
+            [
+                "docker",
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                *host.pull_argv(),
+                "--entrypoint",
+                "id",
+                image,
+                flag,
+                "postgres",
+            ],
+            timeout=600,
+        ).text
+        ids.append(out.strip())  # fmt: skip
+    when = target_time.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00") if target_time else ""
+    argv = host.volume_run_argv(
+        DataVolume.POSTGRES, host.tool_image, "sh", "-c", RECOVERY, *ids, when
+    )
+    host.run(argv, timeout=3600)
+
+
+def finish_recovery(
+    host: SentryHost, timeout: float, on_wait: Callable[[], str | None]
+) -> dt.datetime | None:
+    """Wait for the replay to end (Postgres promoted: out of recovery), then remove the
+    recovery settings and the staged WAL. `on_wait` is asked while it waits: a sentence when the
+    server can no longer get there (its container ended), else None. Returns the commit time of
+    the last transaction replayed (None: none after the base backup)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        try:
+            with psql(host) as db:
+                if db.value("SELECT pg_is_in_recovery()") == "f":
+                    reached = db.value(
+                        "SELECT to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', "
+                        '\'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\')'
+                    )
+                    for name in RECOVERY_SETTINGS:
+                        db.rows(f"ALTER SYSTEM RESET {name}")
+                    db.rows("SELECT pg_reload_conf()")
+                    break
+        except (PostgresError, RemoteCommandError) as exc:
+            last = str(exc)[-300:]
+        if problem := on_wait():
+            raise PostgresError(f"{host.label}: the point-in-time replay failed: {problem}")
+        if time.monotonic() > deadline:
+            raise PostgresError(
+                f"{host.label}: Postgres still replays WAL after {timeout:.0f} s ({last}); "
+                "raise the timeout, or look at its log"
+            )
+        time.sleep(1)
+    host.run(host.volume_run_argv(DataVolume.POSTGRES, host.tool_image, "rm", "-rf",
+                                  "/volume/sentry_ops_wal"), timeout=600)  # fmt: skip
+    return dt.datetime.fromisoformat(reached.replace("Z", "+00:00")) if reached else None
+
+
+def marks(db: Psql, until: dt.datetime | None = None) -> list[dt.datetime]:
+    """sentry-ops' WAL marks (blocks/wal.py) in this database, up to `until`."""
+    if db.value("SELECT to_regclass('sentry_ops.wal_marks') IS NOT NULL") != "t":
+        return []
+    where = f"WHERE at <= {_literal(until.isoformat())}::timestamptz" if until else ""
+    return [
+        dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+        for (v,) in db.rows(
+            "SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') "
+            f"FROM sentry_ops.wal_marks {where} ORDER BY at"
+        )
+    ]

@@ -6,13 +6,16 @@ verifies them at the end."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import io
 import tarfile
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import BinaryIO
 
-from blocks import clickhouse, postgres, sentry_config
-from blocks.backup_set import BackupManifest, ClickHouseSnapshot
+from blocks import clickhouse, postgres, sentry_config, wal_archive
+from blocks.backup_set import BackupManifest, ClickHouseSnapshot, PostgresBase
+from blocks.backup_store import BackupStore
 from blocks.dotenv import parse_env
 from blocks.host_project import COMPOSE_FILES
 from blocks.layouts import DataVolume, Role, get_layout
@@ -233,3 +236,166 @@ def not_carried(manifest: BackupManifest) -> str:
         "projects, users, releases and payloads are carried). Also left: the guide's compose "
         "file and .env (the target runs self-hosted's own; its secret key is carried)"
     )
+
+
+# -- point in time: a base backup, the host's WAL archive replayed onto it (blocks/wal.py) -----
+@dataclass(frozen=True)
+class PointInTime:
+    """How a set's Postgres comes back to a point after it: its base backup, then the WAL
+    archive of the set's host and cluster replayed to `target_time` (None: its end)."""
+
+    target_time: dt.datetime | None
+    host_id: str
+    base: PostgresBase
+    head: wal_archive.Head
+
+
+def plan_point_in_time(
+    store: BackupStore,
+    manifest: BackupManifest,
+    target_time: dt.datetime | None,
+    method: str,
+) -> PointInTime | None:
+    """None: Postgres from the set's dump (`method` "dump", or "auto" and the set has no base
+    backup or its host no WAL archive); else the replay, checked before anything changes: the
+    target after the base backup and no later than the newest time the archive surely holds."""
+    base = manifest.postgres_base
+    if method == "dump":
+        if target_time is not None:
+            raise RestoreRefused("target_time needs method point-in-time (or auto), not dump")
+        return None
+    head = wal_archive.read_head(store, manifest.host_id, base.system_identifier) if base else None
+    if base is None or head is None:
+        if method == "auto" and target_time is None:
+            return None
+        why = (
+            "has no base backup (run the backup with base_backup=true, or arm ship-wal: nightly "
+            "sets then take one)"
+            if base is None
+            else f"has a base backup but its host has no WAL archive for cluster "
+            f"{base.system_identifier} (ship-wal never ran for it)"
+        )
+        raise RestoreRefused(f"set {manifest.backup_id} {why}; nothing was changed")
+    if target_time is not None:
+        if target_time.tzinfo is None:
+            raise RestoreRefused(f"target_time {target_time} has no time zone: give UTC (…Z)")
+        if target_time < base.finished_at:
+            raise RestoreRefused(
+                f"target_time {target_time:%Y-%m-%d %H:%M:%S%z} is before set "
+                f"{manifest.backup_id}'s base backup ended ({base.finished_at:%Y-%m-%d %H:%M:%S}"
+                "Z): pick an older set (leave backup_id empty: the newest that fits is taken)"
+            )
+        if head.newest_mark is None or target_time > head.newest_mark:
+            raise RestoreRefused(
+                f"target_time {target_time:%Y-%m-%d %H:%M:%S%z} is later than the archive "
+                f"surely holds ({head.newest_mark}, shipped {head.shipped_at}): leave it empty "
+                "for the newest point; nothing was changed"
+            )
+    return PointInTime(target_time, manifest.host_id, base, head)
+
+
+class RestoreRefused(Exception):
+    """A restore refused before anything changed."""
+
+
+def postgres_image(host: SentryHost) -> str:
+    return host.service_images().get(host.stack.service(Role.POSTGRES), "")
+
+
+def restore_point_in_time(
+    host: SentryHost, base: BinaryIO, staged: BinaryIO, pitr: PointInTime, timeout: float
+) -> dt.datetime | None:
+    """The base backup unpacked into the (empty) Postgres volume, the archive's segments staged
+    beside it, recovery set up and Postgres started to replay; returns the commit time of the
+    last transaction replayed, once it is promoted."""
+    host.compose_create()
+    host.restore_volume(DataVolume.POSTGRES, base)
+    host.restore_volume(DataVolume.POSTGRES, staged, wal_archive.STAGING)
+    postgres.prepare_recovery(host, postgres_image(host), pitr.target_time)
+    service = host.stack.service(Role.POSTGRES)
+    host.compose_up(service, no_deps=True)
+
+    def gone() -> str | None:
+        for row in host.service_containers(service):
+            if row.get("State") in ("exited", "dead", "restarting"):
+                tail = host.container_log_tail(row["ID"], 8)
+                return f"{service} {row.get('State')}: " + " | ".join(tail)[-600:]
+        return None
+
+    return postgres.finish_recovery(host, timeout, gone)
+
+
+def assess_point_in_time(
+    manifest: BackupManifest,
+    pitr: PointInTime,
+    reached: dt.datetime | None,
+    restored_marks: list[dt.datetime],
+    app: dict[str, int],
+    expected_marks: list[dt.datetime] | None = None,
+) -> list[Result]:
+    """The replayed database against what the archive promised (pure): the marks sentry-ops
+    wrote before each WAL switch are the rows written after the base backup that must be
+    there up to the point, and none after it; `expected_marks`: production's, up to the target
+    (a drill can read them)."""
+    base, target = pitr.base, pitr.target_time
+    point = reached or base.finished_at
+    results = [
+        Result(
+            "point reached",
+            Status.OK,
+            f"{point:%Y-%m-%d %H:%M:%S.%f}Z (last transaction replayed"
+            + (f"; target {target:%Y-%m-%d %H:%M:%S}Z" if target else "; target: the newest WAL")
+            + f"; base backup {base.finished_at:%H:%M:%S}Z)",
+        ),
+        Result.check("superuser", app["superusers"] > 0, f"{app['superusers']} superuser(s)"),
+    ]
+    after_base = [m for m in restored_marks if m > base.finished_at]
+    late = [m for m in restored_marks if target and m > target]
+    if target:
+        results.append(
+            Result.check(
+                "nothing after the target",
+                not late,
+                f"{len(late)} WAL mark(s) after {target:%H:%M:%S}Z"
+                if late
+                else f"no WAL mark after {target:%H:%M:%S}Z",
+            )
+        )
+    want = pitr.head.newest_mark if target is None else None
+    if expected_marks is not None:
+        missing = sorted(set(expected_marks) - set(restored_marks))
+        results.append(
+            Result.check(
+                "rows written after the base backup",
+                not missing and bool(after_base),
+                f"{len(after_base)} WAL mark(s) written after the base backup restored, equal "
+                "to production's up to the target"
+                if not missing and after_base
+                else f"missing {len(missing)} of production's marks (first {missing[:1]}), "
+                f"{len(after_base)} after the base",
+            )
+        )
+    elif want is not None:
+        newest = max(restored_marks, default=None)
+        ok = newest is not None and newest >= want
+        results.append(
+            Result.check(
+                "rows written after the base backup",
+                ok,
+                f"newest WAL mark {newest:%H:%M:%S.%f}Z restored (the archive's newest: "
+                f"{want:%H:%M:%S.%f}Z), {len(after_base)} after the base backup"
+                if ok and newest
+                else f"the archive's newest mark {want} is not in the restored database "
+                f"(newest there: {newest})",
+            )
+        )
+    total = sum(manifest.row_counts.values())
+    results.append(
+        Result(
+            "row counts",
+            Status.OK,
+            f"not compared: the database is at {point:%H:%M:%S}Z, the set's counts "
+            f"({total} rows) at {manifest.finished_at:%H:%M:%S}Z",
+        )
+    )
+    return results

@@ -16,6 +16,7 @@ ALERTED_FLOWS = (
     "clickhouse-snapshot",
     "verify-backup",
     "restore-drill",
+    "ship-wal",
     "upgrade",
     "health-check",
     "retention-cleanup",

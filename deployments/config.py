@@ -204,12 +204,13 @@ def load_config(path: Path) -> Config:
         n: host_block(f"[drill_hosts.{n}]", t, base) for n, t in data.get("drill_hosts", {}).items()
     }
     for name, per_template in overrides.items():
-        drill = per_template.get("restore-drill", {}).get("drill_host")
-        if drill is not None and drill not in drill_hosts:
-            raise ConfigError(
-                f"[hosts.{name}].deployments.restore-drill: drill_host = {drill!r} is not one of "
-                f"[drill_hosts.*] ({', '.join(drill_hosts) or 'none'})"
-            )
+        for template in ("restore-drill", "pitr-drill"):
+            drill = per_template.get(template, {}).get("drill_host")
+            if drill is not None and drill not in drill_hosts:
+                raise ConfigError(
+                    f"[hosts.{name}].deployments.{template}: drill_host = {drill!r} is not one "
+                    f"of [drill_hosts.*] ({', '.join(drill_hosts) or 'none'})"
+                )
     clash = set(hosts) & set(drill_hosts)  # both are SentryHost blocks
     if clash:
         raise ConfigError(

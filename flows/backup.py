@@ -34,8 +34,8 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from blocks import backup_set, clickhouse, postgres
-from blocks.backup_set import BackupManifest, ClickHouseSnapshot, Kind, SetWriter
+from blocks import backup_set, clickhouse, postgres, wal
+from blocks.backup_set import BackupManifest, ClickHouseSnapshot, Kind, PostgresBase, SetWriter
 from blocks.backup_store import BackupStore, StoreError
 from blocks.layouts import DataVolume, Role
 from blocks.sentry_host import SentryHost
@@ -168,6 +168,39 @@ def backup_postgres(host: SentryHost, writer: SetWriter, expected: dict[str, int
     }
 
 
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60], timeout_seconds=6 * 3600)
+def backup_base(host: SentryHost, writer: SetWriter, expected: dict[str, int]) -> dict:
+    """pg_basebackup next to the database, compressed there: the physical copy a point-in-time
+    restore replays the host's WAL archive onto (blocks/wal.py)."""
+    with postgres.base_backup(host, host.tool_image) as base:
+        progress = Progress(f"base backup of {host.label}", expected.get("postgres-base"))
+        obj = writer.put(
+            Kind.POSTGRES_BASE, base.stream, "zstd", on_progress=progress.update,
+            consistency="pg_basebackup -X fetch (a checkpoint, the files, the WAL to make them "
+            "consistent); later points come from the WAL archive",
+        )  # fmt: skip
+    progress.finish(obj.size)
+    info = PostgresBase(
+        system_identifier=base.system_identifier,
+        timeline=base.timeline,
+        wal_start=base.wal_start,
+        finished_at=dt.datetime.now(dt.UTC),
+        server_version=base.server_version,
+    )
+    get_run_logger().info(
+        "postgres base backup: %.1f MB in %.1fs, WAL from %s", obj.size / 1e6, obj.seconds,
+        base.wal_start,
+    )  # fmt: skip
+    return {"object": obj, "base": info}
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])
+def wal_armed(host: SentryHost) -> bool:
+    """The host's WAL archive is armed (its slot exists): nightly sets then take a base too."""
+    with postgres.psql(host) as db:
+        return wal.slot_state(db) is not None
+
+
 # submitted beside the dump: a thread cannot be interrupted, so no task timeout; the stream's
 # silence timeout (300 s) ends a stalled transfer instead
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60])
@@ -244,8 +277,16 @@ def previous_sizes(store: BackupStore, host: SentryHost) -> dict[str, int]:
     return {o.name: o.size for o in manifest.objects}
 
 
-def take_set(host_name: str, host: SentryHost, writer: SetWriter, images: dict, retries: int):
-    """Every object of the set, then its sealed manifest; returns (manifest, manifest key)."""
+def take_set(
+    host_name: str,
+    host: SentryHost,
+    writer: SetWriter,
+    images: dict,
+    retries: int,
+    with_base: bool = False,
+):
+    """Every object of the set (`with_base`: a physical base backup too), then its sealed
+    manifest; returns (manifest, manifest key)."""
     expected = previous_sizes(writer.store, host)  # for the progress artifacts
     # the small objects and facts go while the dump streams (they wait on the network, the
     # dump on the CPU); any failure fails the backup before the manifest is written
@@ -267,9 +308,12 @@ def take_set(host_name: str, host: SentryHost, writer: SetWriter, images: dict, 
     config_future = backup_config.with_options(retries=retries).submit(host, writer)
     version = sentry_version.submit(host)
     pg = backup_postgres.with_options(retries=retries)(host, writer, expected)
+    base = backup_base.with_options(retries=retries)(host, writer, expected) if with_base else None
     # ClickHouse's first: a volume copy waits on it, and would only say it never started
     ch_object, snapshot = ch_future.result() if ch_future else (None, None)
     objects = [pg["object"], *(v.result() for v in volumes)]
+    if base:
+        objects.append(base["object"])
     if ch_object:
         objects.append(ch_object)
     config = config_future.result()
@@ -287,6 +331,7 @@ def take_set(host_name: str, host: SentryHost, writer: SetWriter, images: dict, 
         newest_event=pg["newest"],
         config_included=config is not None,
         clickhouse=snapshot,
+        postgres_base=base["base"] if base else None,
     )
     return manifest, writer.seal(manifest)  # the commit marker, last
 
@@ -398,7 +443,12 @@ def clickhouse_snapshot(host: SentryHost | str, store: BackupStore | str, retrie
     persist_result=True,
     timeout_seconds=12 * HOUR,
 )
-def backup(host: SentryHost | str, store: BackupStore | str, retries: int = 2) -> dict:
+def backup(
+    host: SentryHost | str,
+    store: BackupStore | str,
+    retries: int = 2,
+    base_backup: bool | None = None,
+) -> dict:
     """Back up Postgres, the data volumes and the config of `host` to `store`, encrypted and
     sealed with the store's backup_key.
 
@@ -407,15 +457,19 @@ def backup(host: SentryHost | str, store: BackupStore | str, retries: int = 2) -
         store: The backup store: a BackupStore block, or its name.
         retries: Per-object retries of transient SSH/S3 failures (each retry starts the object
             anew).
+        base_backup: Also take a physical base backup of Postgres (what a point-in-time
+            restore replays the WAL archive onto); default: when the host's WAL archive is
+            armed (ship-wal).
     """
     host, sentry_host = load_block(host, SentryHost)
     store, backup_store = load_block(store, BackupStore)
     refuse_unfinished(sentry_host, "backup", ("upgrade",))  # said first: preflight would fail
     images = preflight(sentry_host, backup_store)  # on a half-restored stack for another reason
     warn_unencrypted(backup_store)
+    with_base = wal_armed(sentry_host) if base_backup is None else base_backup
     manifest, manifest_key = write_set(
         sentry_host, backup_store, "backup",
-        lambda writer: take_set(host, sentry_host, writer, images, retries),
+        lambda writer: take_set(host, sentry_host, writer, images, retries, with_base),
     )  # fmt: skip
     report(manifest, backup_store)
     emit("sentry.backup.completed", manifest.backup_id, host, {

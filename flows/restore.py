@@ -40,7 +40,7 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from blocks import backup_set, postgres
+from blocks import backup_set, postgres, wal
 from blocks import restore as restoring
 from blocks import scratch as scratch_stack
 from blocks.backup_set import BackupManifest
@@ -68,7 +68,8 @@ from flows.shared import (
     install,
     load_block,
     migrate,
-    pick_full,
+    pick_for_time,
+    point_in_time,
     pre_backup,
     restore_objects,
     verify_objects,
@@ -81,6 +82,19 @@ class ReplaceApproval(RunInput):
     approve: bool = Field(default=False, description="Overwrite it (unticked: refuse)")
     approver: str = Field(default="", description="Who decides, for the audit")
     comment: str = Field(default="", description="Why, for the audit")
+
+
+def pitr_line(pitr: restoring.PointInTime) -> str:
+    """What a point-in-time restore will do (pure)."""
+    head = pitr.head
+    to = f"{pitr.target_time:%Y-%m-%d %H:%M:%S}Z" if pitr.target_time else "the newest WAL"
+    return (
+        f"base backup of {pitr.base.finished_at:%Y-%m-%d %H:%M:%S}Z, then WAL of cluster "
+        f"{pitr.base.system_identifier} replayed to {to} (archive: {head.segments} segments, "
+        f"newest mark {head.newest_mark:%Y-%m-%d %H:%M:%S}Z)"
+        if head.newest_mark
+        else f"base backup, then WAL replayed to {to}"
+    )
 
 
 def held_line(held: dict[str, int]) -> str:
@@ -281,13 +295,16 @@ def restore_into(
     out: Report,
     onto: list[str] | None = None,
     ingestion_within: float = 120,
-) -> float | None:
+    pitr: restoring.PointInTime | None = None,
+) -> tuple[float | None, dt.datetime | None]:
     """The restore proper, under the locks, the marker written first; the RTO when every check
-    passed (the marker then removed), else None (the marker stays). `onto`: the hops of a set
+    passed (the marker then removed), else None (the marker stays), and the point Postgres was
+    replayed to (with `pitr`). `onto`: the hops of a set
     restored onto another layout (`restore_onto`). Its checks end with the health check's
     ingestion probe (with the target block's probe credentials: after a move, the source's,
     which the restored database holds)."""
     t0 = t = time.monotonic()
+    reached = None
     target.makedirs(target.project_dir)  # a new host may have none yet
     target.mark("restore", {
         "run": str(flow_run.id or "local"),
@@ -296,6 +313,7 @@ def restore_into(
     })  # fmt: skip
     try:
         emptied = clear_stack(target)
+        wal.forget_local(target)  # its shipper followed the cluster being replaced
         out.stage("clear the stack", t, f"emptied {', '.join(emptied)}" if emptied else "empty")
         if onto:
             restore_onto(target, store, manifest, onto, out)
@@ -307,7 +325,7 @@ def restore_into(
             t = time.monotonic()
             made = create_external_volumes(target, manifest.backup_id)
             out.stage("external volumes", t, f"created {', '.join(made)}" if made else "all there")
-            restore_objects(target, store, manifest, out)
+            reached = restore_objects(target, store, manifest, out, pitr=pitr)
         t = time.monotonic()
         out.checks += start_stack(target, web_timeout)
         if not out.failed and onto:
@@ -323,9 +341,9 @@ def restore_into(
     except Exception as exc:
         out.check("restore", False, f"{exc.__class__.__name__}: {exc}"[:500])
     if out.failed:
-        return None
+        return None, reached
     target.mark("restore", None)
-    return round(time.monotonic() - t0, 1)
+    return round(time.monotonic() - t0, 1), reached
 
 
 def abandon(target: SentryHost, marker: dict, out: Report) -> dict:
@@ -360,6 +378,8 @@ def restore(
     replace: bool = False,
     unfinished: Literal["refuse", "resume", "abandon"] = "refuse",
     target_version: str | None = None,
+    target_time: dt.datetime | None = None,
+    method: Literal["auto", "dump", "point-in-time"] = "auto",
     approval_timeout: int = 4 * HOUR,
     web_timeout: float = 600,
     ingestion_within_seconds: float = 120,
@@ -383,6 +403,13 @@ def restore(
         target_version: Only for a set of another layout (a guide host's set onto a
             self-hosted checkout): the release (a tag of the checkout) to end on; the set's
             database is migrated to it across the hard stops, install.sh at each.
+        target_time: Point-in-time recovery: the moment (UTC) Postgres is brought back to,
+            replaying the host's WAL archive onto the newest set whose base backup ended
+            before it; default the newest WAL shipped (with method auto and a set that has a
+            base backup). Files, nodestore and ClickHouse come from the set.
+        method: How Postgres comes back: auto (point in time when the set has a base backup
+            and its host a WAL archive, else the dump), dump (the set's pg_dump, as of the
+            set), point-in-time (refused when it cannot be done).
         approval_timeout: Seconds to wait for the approval of a replace; then nothing changes.
         web_timeout: Seconds for the restored stack to get healthy.
         ingestion_within_seconds: Seconds for the ingestion probe's event (sent with the
@@ -423,7 +450,7 @@ def restore(
     t = time.monotonic()
     folders = (source_host_id,) if source_host_id else (src or target).set_folders
     label = source_host_id or (src or target).label
-    manifest = pick_full(backup_store, folders, label, backup_id)
+    manifest = pick_for_time(backup_store, folders, label, backup_id, target_time)
     out.stage("pick backup", t, "seal checked")
     t = time.monotonic()
     bad = [f"{r.name}: {r.detail}" for r in verify_objects(backup_store, manifest) if not r.ok]
@@ -435,8 +462,14 @@ def restore(
     if problem := restoring.onto_problem(manifest.layout, target.layout, target_version):
         raise RestoreError(problem)
     if manifest.layout != target.layout:
+        if target_time or method == "point-in-time":
+            raise RestoreError("a point-in-time restore keeps the set's layout and Postgres "
+                               "major; onto another layout use method dump")  # fmt: skip
         onto, checked = onto_preflight(target, manifest, str(target_version))
         out.add(*checked)
+    pitr = None if onto else point_in_time(backup_store, manifest, target_time, method)
+    if pitr:
+        out.add(Result("point in time", Status.OK, pitr_line(pitr)))
     out.add(*preflight(target, src, manifest, replace or bool(marker), onto is not None))
 
     t = time.monotonic()
@@ -457,14 +490,14 @@ def restore(
             who = f"approved by {answer.approver or '?'}: {answer.comment or 'no comment'}"
             out.stage("approval", t, who)
             pre_backup(host, store, out, "safety backup")
-        rto = restore_into(
+        rto, reached = restore_into(
             target, src, backup_store, manifest, web_timeout, out, onto,
-            ingestion_within_seconds,
+            ingestion_within_seconds, pitr,
         )  # fmt: skip
     result = close_restore(
         backup_store, manifest, out, rto, started_at, "restore",
         f"Restore onto {target.label} of", artifact_slug(f"restore-{host}"), host,
-        record_failure=False,
+        record_failure=False, point=(reached or pitr.base.finished_at) if pitr else None,
     )  # fmt: skip
     passed = result["passed"]
     result["status"] = "restored" if passed else "failed"

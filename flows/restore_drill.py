@@ -35,29 +35,33 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks import backup_set
+from blocks import backup_set, postgres
 from blocks import scratch as scratch_stack
 from blocks.backup_set import BackupManifest
 from blocks.backup_store import BackupStore
 from blocks.layouts import DataVolume, Role
 from blocks.poll import poll
+from blocks.restore import PointInTime
 from blocks.scratch import DrillError, DrillStack, scratch_of
 from blocks.sentry_host import SentryHost
 from blocks.sentry_web import full_health, probe_web
 from flows.shared import (
     HOUR,
     Report,
+    RestoreError,
     Result,
     Status,
     check_newest_event,
     close_restore,
     host_lock,
     load_block,
-    pick_full,
+    pick_for_time,
+    point_in_time,
     restore_objects,
     verify_objects,
 )
@@ -156,12 +160,13 @@ def restore_and_check(
     drill: DrillStack,
     keep_on_failure: bool,
     out: Report,
-) -> float | None:
+    pitr: PointInTime | None = None,
+) -> tuple[float | None, dt.datetime | None]:
     """Scratch stack up, restored, checked, torn down (under the scratch host's lock); returns
     the RTO when it got healthy and checked: from this first restoring step (the locks held, the
     set verified) to the newest event read back through the restored Sentry."""
     logger = get_run_logger()
-    rto = None
+    rto = reached = None
     t0 = t = time.monotonic()
     out.stage("clear leftovers", t, clear_leftovers(scratch, prod))
     out.add(check_room(scratch, manifest))  # refused here: nothing was written
@@ -175,7 +180,10 @@ def restore_and_check(
             t = time.monotonic()
             made = create_external_volumes(scratch)
             out.stage("create external volumes", t, ", ".join(made))
-        restore_objects(scratch, backup_store, manifest, out)
+        reached = restore_objects(
+            scratch, backup_store, manifest, out, pitr=pitr,
+            expected_marks=lambda: production_marks(prod),
+        )  # fmt: skip
         t = time.monotonic()
         web = start_web(scratch, drill.web_timeout)
         out.checks += web
@@ -199,7 +207,14 @@ def restore_and_check(
             out.check("teardown", left.startswith("no "), left)
             out.stage("teardown", t, left)
     logger.info("scratch stack healthy: %s", healthy)
-    return rto
+    return rto, reached
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=600)
+def production_marks(prod: SentryHost) -> list[dt.datetime]:
+    """Production's WAL marks (read only): what a replay up to a point must hold."""
+    with postgres.psql(prod) as db:
+        return postgres.marks(db)
 
 
 # -- flow ---------------------------------------------------------------------------------------
@@ -217,6 +232,8 @@ def restore_drill(
     drill_host: SentryHost | str | None = None,
     keep_on_failure: bool = False,
     drill: DrillStack | None = None,
+    target_minutes_ago: float | None = None,
+    method: Literal["auto", "dump", "point-in-time"] = "auto",
 ) -> dict:
     """Restore a backup of a host into a scratch stack, check it, report RTO and RPO.
 
@@ -228,6 +245,12 @@ def restore_drill(
             with external volumes); default the production host.
         keep_on_failure: Leave a failed scratch stack for inspection.
         drill: Scratch stack settings (suffix, port offset, timeouts, allowed images).
+        target_minutes_ago: Prove point-in-time recovery: Postgres replayed from the newest
+            base backup before "now minus this many minutes" to that moment, through the WAL
+            archive, and checked to hold every WAL mark production wrote up to it and none
+            after (the weekly drill uses a few minutes); default the newest WAL (method auto,
+            a set with a base backup) or the dump.
+        method: auto, dump or point-in-time: as the restore flow's.
     """
     drill = drill or DrillStack()
     started_at = dt.datetime.now(dt.UTC)
@@ -239,8 +262,17 @@ def restore_drill(
 
     t = time.monotonic()
     # this host's, sealed, or refused
-    manifest = pick_full(backup_store, prod.set_folders, prod.label, backup_id, DrillError)
+    target_time = (
+        started_at - dt.timedelta(minutes=target_minutes_ago) if target_minutes_ago else None
+    )
+    manifest = pick_for_time(
+        backup_store, prod.set_folders, prod.label, backup_id, target_time, DrillError
+    )
     chosen = manifest.backup_id
+    try:
+        pitr = point_in_time(backup_store, manifest, target_time, method)
+    except RestoreError as exc:
+        raise DrillError(str(exc)) from None
     out.stage("pick backup", t, "seal checked")  # its id heads the report (a long one in
     # a table cell widened the stage table past a 1280 px UI)
     t = time.monotonic()
@@ -248,21 +280,55 @@ def restore_drill(
     bad = [f"{r.name}: {r.detail}" for r in results if not r.ok]
     out.check("verification", not bad, "; ".join(bad) or f"{len(results)} objects match")
     out.stage("verify objects", t)
-    rto = None
+    rto = reached = None
     if not bad:
         t = time.monotonic()
         with host_lock(scratch, "restore drill", engine=True):
             out.stage("wait for the engine and host locks", t, "held (not part of the RTO)")
-            rto = restore_and_check(
-                prod, scratch, backup_store, manifest, drill, keep_on_failure, out
+            rto, reached = restore_and_check(
+                prod, scratch, backup_store, manifest, drill, keep_on_failure, out, pitr
             )
     result = close_restore(
         backup_store, manifest, out, rto, started_at, "restore-drill", "Restore drill of",
-        "restore-drill", host,
+        "restore-drill", host, point=(reached or pitr.base.finished_at) if pitr else None,
     )  # fmt: skip
     if out.failed:
         raise DrillError(f"restore drill of {chosen} failed: {'; '.join(out.failed)}")
     return result
+
+
+@flow(
+    name="pitr-drill",
+    flow_run_name="pitr-drill-{host}",
+    log_prints=True,
+    persist_result=True,
+    timeout_seconds=12 * HOUR,
+)
+def pitr_drill(
+    host: SentryHost | str,
+    store: BackupStore | str,
+    drill_host: SentryHost | str | None = None,
+    minutes_ago: float = 5,
+    keep_on_failure: bool = False,
+    drill: DrillStack | None = None,
+) -> dict:
+    """Prove point-in-time recovery: the restore drill with Postgres replayed from the newest
+    base backup through the host's WAL archive to "now minus `minutes_ago`", checked to hold
+    every WAL mark production wrote up to then and none after.
+
+    Args:
+        host: Production's SentryHost block, or its name.
+        store: The backup store: a BackupStore block, or its name.
+        drill_host: SentryHost block of another Docker host to drill on (required for layouts
+            with external volumes); default the production host.
+        minutes_ago: The point: this many minutes before the drill starts.
+        keep_on_failure: Leave a failed scratch stack for inspection.
+        drill: Scratch stack settings (suffix, port offset, timeouts, allowed images).
+    """
+    return restore_drill(
+        host, store, drill_host=drill_host, keep_on_failure=keep_on_failure, drill=drill,
+        target_minutes_ago=minutes_ago, method="point-in-time",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -31,7 +31,17 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from prefect.variables import Variable
 
-from blocks import backup_set, host_lease, jobs, nodestore, postgres, restore, retention, sentry_web
+from blocks import (
+    backup_set,
+    host_lease,
+    jobs,
+    nodestore,
+    postgres,
+    restore,
+    retention,
+    sentry_web,
+    wal_archive,
+)
 from blocks.backup_set import BackupManifest, ObjectReader, open_object
 from blocks.backup_store import BackupStore
 from blocks.layouts import DataVolume, Role
@@ -446,45 +456,139 @@ def check_newest_event(scratch: SentryHost, manifest: BackupManifest) -> Result:
     )
 
 
+def point_in_time(
+    store: BackupStore,
+    manifest: BackupManifest,
+    target_time: dt.datetime | None,
+    method: str,
+) -> restore.PointInTime | None:
+    """How the set's Postgres comes back (`blocks.restore.plan_point_in_time`), refused as a
+    RestoreError before anything changes."""
+    try:
+        return restore.plan_point_in_time(store, manifest, target_time, method)
+    except (restore.RestoreRefused, backup_set.SetError) as exc:
+        raise RestoreError(str(exc)) from None
+
+
+def pick_for_time(
+    store: BackupStore,
+    folders: Sequence[str],
+    label: str,
+    backup_id: str | None,
+    target_time: dt.datetime | None,
+    error: type[Exception] = RestoreError,
+) -> BackupManifest:
+    """`pick_full`, but for a `target_time` (and no backup_id) the newest full set whose base
+    backup ended before it."""
+    if backup_id or target_time is None:
+        return pick_full(store, folders, label, backup_id, error)
+    sets = backup_set.list_sets(store, folders)
+    for listing in reversed(sets):
+        if not (listing.complete and listing.trusted and listing.scope == "full"):
+            continue
+        manifest = backup_set.load_listed(store, sets, listing.backup_id)
+        base = manifest.postgres_base
+        if base and base.finished_at <= target_time:
+            return manifest
+    raise error(
+        f"{label}: no full set with a base backup ended before {target_time}: nothing to replay "
+        "the WAL archive onto; nothing was changed"
+    )
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=24 * 3600)
+def restore_postgres_to_point(
+    host: SentryHost,
+    store: BackupStore,
+    manifest: BackupManifest,
+    pitr: restore.PointInTime,
+    timeout: float = 6 * 3600,
+) -> dt.datetime | None:
+    """The set's base backup, then the host's WAL archive replayed onto it to the point."""
+    staged = wal_archive.staging_tar(store, pitr.host_id, pitr.base.system_identifier,
+                                     pitr.base.wal_start)  # fmt: skip
+    what = f"restore base of {manifest.backup_id}"
+    with staged, reading(store, manifest, "postgres-base", what) as base:
+        return restore.restore_point_in_time(host, base, staged, pitr, timeout)
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=1800)
+def check_point_in_time(
+    host: SentryHost,
+    manifest: BackupManifest,
+    pitr: restore.PointInTime,
+    reached: dt.datetime | None,
+    expected_marks: list[dt.datetime] | None = None,
+) -> list[Result]:
+    with postgres.psql(host) as db:
+        marks = postgres.marks(db)
+        app = postgres.app_counts(db)
+    return restore.assess_point_in_time(manifest, pitr, reached, marks, app, expected_marks)
+
+
 def restore_objects(
     host: SentryHost,
     store: BackupStore,
     manifest: BackupManifest,
     out: Report,
     with_clickhouse: bool = True,
-) -> None:
+    pitr: restore.PointInTime | None = None,
+    expected_marks: Callable[[], list[dt.datetime]] | None = None,
+) -> dt.datetime | None:
     """Every object of the set into the host's stack (its containers created, nothing else
-    running yet): Postgres, each data volume, ClickHouse (unless `with_clickhouse` is off: a
-    restore onto another layout's Snuba schema); then the data checked against the manifest.
-    A drill's scratch stack, a restore's target."""
+    running yet): Postgres (from the dump, or with `pitr` its base backup and the WAL archive
+    replayed to the point), each data volume, ClickHouse (unless `with_clickhouse` is off: a
+    restore onto another layout's Snuba schema); then the data checked against the manifest
+    (or, replayed, against the archive's marks: `expected_marks` gives production's, when it
+    can be read). A drill's scratch stack, a restore's target. Returns the point replayed to."""
     t = time.monotonic()
-    restore_postgres(host, store, manifest)
-    out.stage("restore postgres", t, "bytes hashed equal the manifest")
+    reached = None
+    if pitr is None:
+        restore_postgres(host, store, manifest)
+        out.stage("restore postgres", t, "bytes hashed equal the manifest")
+    else:
+        reached = restore_postgres_to_point(host, store, manifest, pitr)
+        out.stage(
+            "restore postgres to a point in time", t,
+            f"base backup, then WAL replayed to {reached or pitr.base.finished_at:%H:%M:%S}Z",
+        )  # fmt: skip
     for obj in manifest.objects:
         if obj.name.startswith("volume:"):
             t = time.monotonic()
             restore_volume(host, store, manifest, obj.name)
             out.stage(f"restore {obj.name}", t, "bytes hashed equal the manifest")
-        elif obj.name not in ("postgres", "config", "clickhouse"):
+        elif obj.name not in ("postgres", "postgres-base", "config", "clickhouse"):
             raise RestoreError(f"this sentry-ops cannot restore object {obj.name!r}")
     if manifest.clickhouse is not None and with_clickhouse:
         t = time.monotonic()
         out.checks += restore_clickhouse(host, store, manifest)
         out.stage("restore clickhouse", t, f"{len(manifest.clickhouse.tables)} tables")
     t = time.monotonic()
-    out.checks += check_data(host, manifest)
+    if pitr is None:
+        out.checks += check_data(host, manifest)
+    else:
+        until = (reached or pitr.base.finished_at) if expected_marks else None
+        expected = [m for m in expected_marks() if until and m <= until] if expected_marks else None
+        out.checks += check_point_in_time(host, manifest, pitr, reached, expected)
     out.stage("check data", t)
+    return reached
 
 
 def render_report(
-    manifest: BackupManifest, out: Report, rto, rpo, title: str = "Restore drill of"
+    manifest: BackupManifest,
+    out: Report,
+    rto,
+    rpo,
+    title: str = "Restore drill of",
+    replayed: bool = False,
 ) -> str:
     lines = [
         f"# {title} `{manifest.backup_id}`",
         "",
         f"**{'PASSED' if not out.failed else 'FAILED'}** - RTO "
         f"{f'{rto:.1f} s' if rto is not None else 'n/a (not restored)'}, RPO {rpo:.0f} s "
-        f"(backup age). Sentry {manifest.sentry_version}, Postgres {manifest.postgres_version}, "
+        f"({'age of the point replayed to' if replayed else 'backup age'}). "
+        f"Sentry {manifest.sentry_version}, Postgres {manifest.postgres_version}, "
         f"layout {manifest.layout}.",
         "",
         "| stage | seconds | detail |",
@@ -542,6 +646,7 @@ def close_restore(
     key: str,
     host: str,
     record_failure: bool = True,
+    point: dt.datetime | None = None,
 ) -> dict:
     """The end of a restore (a drill's, the restore flow's): its result recorded beside the set
     (retention keeps the newest verified one; the report is never lost to it; a failure only
@@ -556,19 +661,20 @@ def close_restore(
             )  # fmt: skip
     except Exception as exc:
         out.add(Result("record verification", Status.WARNING, str(exc)[:300]))
-    rpo = round((started_at - manifest.finished_at).total_seconds(), 1)
+    rpo = round((started_at - (point or manifest.finished_at)).total_seconds(), 1)
     result = {
         "backup_id": manifest.backup_id,
         "passed": passed,
         "rto_seconds": rto,
         "rpo_seconds": rpo,
+        "point": point.isoformat() if point else None,
         "failed": out.failed,
         "checks": [r.row() for r in out.checks],
         "steps": [r.row() for r in out.steps],
     }
     create_markdown_artifact(
         key=key,
-        markdown=render_report(manifest, out, rto, rpo, title),
+        markdown=render_report(manifest, out, rto, rpo, title, point is not None),
         description=f"{title} {manifest.backup_id}",
     )
     emit(f"sentry.{by.replace('-', '_')}.completed", manifest.backup_id, host, result)

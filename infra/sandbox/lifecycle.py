@@ -183,9 +183,10 @@ def setup_config(
             f"\n[hosts.{name}.deployments.bootstrap]\nadmin_email = {q(stack['admin_email'])}\n"
         )
         if drill_host and layout == "self-hosted":  # its external volumes: drills go elsewhere
-            lines.append(
-                f"[hosts.{name}.deployments.restore-drill]\ndrill_host = {q(drill_host)}\n"
-            )
+            lines += [
+                f"[hosts.{name}.deployments.{drill}]\ndrill_host = {q(drill_host)}\n"
+                for drill in ("restore-drill", "pitr-drill")
+            ]
     if drill_host:
         drill = info["drill_ssh"]
         lines += [
