@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from blocks import backup_set
+from blocks import backup_set, wal_archive
 from blocks.backup_store import BackupStore
 
 PREFIX = "sentry_ops_"
@@ -35,6 +35,10 @@ class HostFacts:
     drill_at: dt.datetime | None = None  # the newest drill's record
     drill_ok: bool | None = None
     drill_rto: float | None = None
+    wal_mark: dt.datetime | None = None  # newest point the WAL archive surely holds
+    wal_shipped: dt.datetime | None = None
+    wal_segments: int | None = None
+    wal_slot_bytes: int | None = None
 
 
 def set_state(listing: backup_set.SetListing) -> str:
@@ -80,6 +84,13 @@ def read_facts(store: BackupStore) -> list[HostFacts]:
         if drills:
             fields.update(
                 drill_at=drills[-1].at, drill_ok=drills[-1].ok, drill_rto=drills[-1].rto_seconds
+            )
+        if head := wal_archive.newest_head(store, host_id):
+            fields.update(
+                wal_mark=head.newest_mark,
+                wal_shipped=head.shipped_at,
+                wal_segments=head.segments,
+                wal_slot_bytes=head.slot_retained_bytes,
             )
         facts.append(HostFacts(**fields))
     return facts
@@ -145,6 +156,27 @@ class _Facts:
             "drill_last_rto_seconds",
             "Recovery time of the newest restore drill: restore start to a checked, healthy stack",
             [(f, f.drill_rto) for f in fs],
+        )
+        yield family(
+            "wal_last_mark_timestamp_seconds",
+            "The newest moment the WAL archive surely holds (a restore reaches it): shipping lag "
+            "is now minus this",
+            [(f, ts(f.wal_mark)) for f in fs],
+        )
+        yield family(
+            "wal_last_shipped_timestamp_seconds",
+            "When ship-wal last shipped this host's WAL",
+            [(f, ts(f.wal_shipped)) for f in fs],
+        )
+        yield family(
+            "wal_segments", "WAL segments in the archive of the host's current cluster",
+            [(f, f.wal_segments) for f in fs],
+        )  # fmt: skip
+        yield family(
+            "wal_slot_retained_bytes",
+            "WAL the host's replication slot kept at the last shipping (grows while the "
+            "shipper is down)",
+            [(f, f.wal_slot_bytes) for f in fs],
         )
         sets = GaugeMetricFamily(
             PREFIX + "backup_sets", "Backup sets in the store by status", labels=[*labels, "status"]

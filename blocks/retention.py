@@ -10,7 +10,9 @@ whatever the clock says):
 - incomplete sets (no manifest) older than 24 h are deleted (newer ones may be in progress);
 - a set whose manifest is refused (seal missing or wrong) is left for inspection and not counted;
 - anything that is not a set sentry-ops writes is never deleted;
-- multipart uploads left open for more than 24 h are aborted.
+- multipart uploads left open for more than 24 h are aborted;
+- a host's WAL archive is kept from the first segment of the oldest kept base backup of each of
+  its clusters on; older segments are deleted (no kept set can replay them).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from blocks import backup_set
+from blocks import backup_set, wal_archive
 from blocks.backup_set import SetListing
 from blocks.backup_store import BackupStore
 
@@ -106,12 +108,37 @@ def apply(
             backup_set.delete_set(store, s)
         say(f"{'would delete' if dry_run else 'deleted'} backup {s.backup_id}: "
             f"{plan.reasons[s.backup_id]}")  # fmt: skip
+    for (host_id, system_id), start in wal_kept_from(store, plan.keep).items():
+        if dry_run:
+            continue
+        if gone := wal_archive.prune(store, host_id, system_id, start):
+            say(f"deleted {gone} WAL segment(s) of {host_id} cluster {system_id} before {start}, "
+                "the oldest kept base backup's first")  # fmt: skip
     wheres = [backup_set.folder(store, h) for h in host_ids or []] or [f"{store.prefix}/"]
     aborted = sum(
         store.abort_uploads(where, older_than=now - INCOMPLETE_GRACE, dry_run=dry_run)
         for where in wheres
     )
     return plan, aborted
+
+
+def wal_kept_from(store: BackupStore, kept: Sequence[SetListing]) -> dict[tuple[str, str], str]:
+    """(host id, cluster) -> the first WAL segment the oldest kept base backup of that cluster
+    needs: the archive (blocks/wal_archive.py) is kept from there on. A cluster no kept set has
+    a base backup of is left alone (its base may be tonight's)."""
+    start: dict[tuple[str, str], str] = {}
+    for listing in kept:
+        if not (listing.complete and listing.trusted):
+            continue
+        base = backup_set.load(store, listing.host_id, listing.backup_id).postgres_base
+        if base is None:
+            continue
+        key = (listing.host_id, base.system_identifier)
+        if key not in start or wal_archive.position(base.wal_start) < wal_archive.position(
+            start[key]
+        ):
+            start[key] = base.wal_start
+    return start
 
 
 def rows(plan: RetentionPlan, dry_run: bool) -> list[dict]:

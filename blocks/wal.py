@@ -195,6 +195,7 @@ def ship(host: SentryHost, store: BackupStore, host_id: str, wait: float = 120) 
         switched = db.value("SELECT pg_walfile_name(pg_switch_wal())") or ""
         db.rows(f"DELETE FROM {MARKS} WHERE at < now() - interval '{MARKS_KEPT}'")
         now = cluster(db)
+        slot = slot_state(db)
     assert mark is not None
     deadline = time.monotonic() + wait
     while switched not in (files := local_files(host)):
@@ -230,6 +231,7 @@ def ship(host: SentryHost, store: BackupStore, host_id: str, wait: float = 120) 
         newest_mark=mark,
         shipped_at=dt.datetime.now(dt.UTC),
         segments=sum(1 for n in archived if wal_archive.SEGMENT.match(n)),
+        slot_retained_bytes=slot.retained_bytes if slot else None,
     )
     wal_archive.write_head(store, head)
     return Shipped(now, mark, switched, shipped, stored, head)

@@ -51,6 +51,9 @@ class Head(BaseModel):
     )
     shipped_at: dt.datetime
     segments: int = Field(description="segments in the archive of this cluster")
+    slot_retained_bytes: int | None = Field(
+        default=None, description="WAL the host's slot kept when this was shipped"
+    )
 
 
 def folder(store: BackupStore, host_id: str, system_id: str) -> str:
@@ -145,6 +148,21 @@ def read_head(store: BackupStore, host_id: str, system_id: str) -> Head | None:
     if (head.host_id, head.system_identifier) != (host_id, system_id):
         raise SetError(f"the WAL head {key} names another archive; refusing it")
     return head
+
+
+def newest_head(store: BackupStore, host_id: str) -> Head | None:
+    """The most recently shipped head of any cluster of the host (None: no archive)."""
+    base = f"{backup_set.folder(store, host_id)}{backup_set.WAL_FOLDER}/"
+    heads = []
+    for key in store.list_keys(base):
+        parts = key[len(base) :].split("/")
+        if len(parts) == 2 and parts[1] == HEAD:
+            try:
+                if head := read_head(store, host_id, parts[0]):
+                    heads.append(head)
+            except SetError:
+                continue  # a head that is not ours or not sealed right says nothing
+    return max(heads, key=lambda h: h.shipped_at, default=None)
 
 
 def needed(found: dict[str, str], start: str) -> list[str]:

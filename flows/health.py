@@ -4,8 +4,10 @@ Runbook, in order: the block's names exist in the compose project; containers of
 (and healthy where they have a healthcheck); the stack has what ingestion needs (Relay and Snuba: a
 guide-shaped stack without them cannot ingest); Sentry web answers `/_health/` and its full status
 checks `/_health/?full`; Postgres `pg_isready`; Redis PING; ClickHouse `SELECT 1`; free disk where
-Docker keeps its data and on every data volume; then, because `/_health/` stays green while nothing
-is ingested, a synthetic event sent to the probe project's store endpoint must come out processed
+Docker keeps its data and on every data volume; the WAL archive's replication slot (armed by
+ship-wal: fails before WAL it keeps for a gone shipper fills the disk); then, because
+`/_health/` stays green while nothing is ingested, a synthetic event sent to the probe project's
+store endpoint must come out processed
 (its issue and its payload) through Sentry's API within a bound. Every check runs even when
 another fails; the flow then fails naming each failed check.
 """
@@ -19,8 +21,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 
+from blocks import wal
 from blocks.host_docker import parse_df
-from blocks.layouts import Role, StackLayout
+from blocks.layouts import DataVolume, Role, StackLayout
 from blocks.sentry_host import SentryHost
 from blocks.ssh import RemoteCommandError
 from flows.shared import (
@@ -221,6 +224,34 @@ def check_disk(host: SentryHost, min_free_gb: float, forecast_days: float) -> li
     return results + forecasts
 
 
+def assess_wal_slot(state: wal.WalStatus, free_bytes: int, max_slot_gb: float) -> list[Result]:
+    """The WAL archive's slot on the host (pure): it keeps every segment its shipper has not
+    received, so an abandoned one grows pg_wal until the disk is full. Fails once it keeps more
+    than `max_slot_gb` or half the free space left beside the database."""
+    if state.slot is None:
+        return [Result("wal archiving", Status.OK, f"not armed (no slot {wal.SLOT})")]
+    kept = state.slot.retained_bytes
+    limit = min(max_slot_gb * 1e9, free_bytes / 2)
+    active = "active" if state.slot.active else "INACTIVE: nothing receives it"
+    detail = (
+        f"slot {wal.SLOT} keeps {kept / 1e6:.1f} MB of WAL ({active}; shipper {state.shipper}; "
+        f"{free_bytes / 1e9:.1f} GB free beside Postgres; fails above {limit / 1e9:.2f} GB)"
+    )
+    if kept > limit:
+        detail += (
+            ": restart the shipper (run ship-wal) or drop the slot in one step "
+            "(stop-wal-archiving) before it fills the disk"
+        )
+    return [Result.check("wal archiving: slot", kept <= limit, detail)]
+
+
+@task(cache_policy=NO_CACHE, timeout_seconds=120)
+def check_wal(host: SentryHost, max_slot_gb: float) -> list[Result]:
+    state = wal.status(host)
+    free = host.volume_free(DataVolume.POSTGRES)[1] if state.slot else 0
+    return assess_wal_slot(state, free, max_slot_gb)
+
+
 # -- flow ---------------------------------------------------------------------------------------
 @flow(
     name="health-check",
@@ -234,6 +265,7 @@ def health_check(
     min_free_gb: float = 5.0,
     ingestion_within_seconds: float = 60.0,
     disk_forecast_days: float = 7.0,
+    max_wal_slot_gb: float = 10.0,
 ) -> list[dict]:
     """Check every part of the Sentry stack on a host, ingestion included.
 
@@ -243,6 +275,8 @@ def health_check(
         ingestion_within_seconds: A synthetic event must be processed within this many seconds.
         disk_forecast_days: Fail when Docker's disk or a data volume would be full within this
             many days at the trend of the free space recorded by past checks.
+        max_wal_slot_gb: Fail when the WAL archive's replication slot keeps more WAL than
+            this (or than half the free space beside Postgres): its shipper is gone.
     """
     logger = get_run_logger()
     host, sentry_host = load_block(host, SentryHost)
@@ -257,6 +291,7 @@ def health_check(
             if role in sentry_host.stack.services
         ),
         check_disk.submit(sentry_host, min_free_gb, disk_forecast_days),
+        check_wal.submit(sentry_host, max_wal_slot_gb),
         ingestion.submit(sentry_host, ingestion_within_seconds),
     ]
     checks: list[Result] = []
