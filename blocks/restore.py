@@ -257,8 +257,9 @@ def plan_point_in_time(
     method: str,
 ) -> PointInTime | None:
     """None: Postgres from the set's dump (`method` "dump", or "auto" and the set has no base
-    backup or its host no WAL archive); else the replay, checked before anything changes: the
-    target after the base backup and no later than the newest time the archive surely holds."""
+    backup, its host no WAL archive, or one holding nothing newer than the set); else the
+    replay, checked before anything changes: the target after the base backup and no later
+    than the newest time the archive surely holds."""
     base = manifest.postgres_base
     if method == "dump":
         if target_time is not None:
@@ -276,6 +277,12 @@ def plan_point_in_time(
             f"{base.system_identifier} (ship-wal never ran for it)"
         )
         raise RestoreRefused(f"set {manifest.backup_id} {why}; nothing was changed")
+    if (
+        method == "auto"
+        and target_time is None
+        and not (head.newest_mark and head.newest_mark > base.finished_at)
+    ):
+        return None  # the archive holds nothing newer than the set: its dump is as recent
     if target_time is not None:
         if target_time.tzinfo is None:
             raise RestoreRefused(f"target_time {target_time} has no time zone: give UTC (…Z)")

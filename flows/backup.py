@@ -9,6 +9,9 @@ Runbook, in order:
    in a throwaway tool container in the postgres container's network namespace -> FIFO -> SSH ->
    AES-256-GCM on the worker -> S3 multipart, while exact per-table row counts are taken in that
    same snapshot;
+   with the host's WAL archive armed (flows/wal_archiving.py), also a physical base backup:
+   `pg_basebackup -Ft -X fetch` | zstd next to the database -> SSH -> encrypted -> S3
+   (`postgres-base`), what a point-in-time restore replays the archive onto;
 4. each data volume of the layout (guide: files; self-hosted: files + seaweedfs nodestore):
    tar | zstd in a throwaway container on the host -> FIFO -> SSH -> encrypted -> S3 multipart;
 5. ClickHouse (where the stack has it): merges stopped, FREEZE WITH NAME '<backup id>' per

@@ -24,8 +24,14 @@ Runbook, in order:
    failed: the marker stays, so the host is refused to other mutating flows (backups too: a
    half-restored stack is never backed up as if whole) and red in health, and the run fails
    naming what. A report artifact `restore-<host>` and the event `sentry.restore.completed`.
+Point in time (`target_time`, or by default when the set has a base backup and its host a WAL
+archive): Postgres comes from the set's base backup with the host's WAL archive replayed onto it,
+to the target or the newest point shipped, checked against sentry-ops' WAL marks instead of the
+set's row counts (`blocks/restore.py`); refused before anything changes when the archive cannot
+get there.
 RTO: from the first restoring step (locks held, set verified, safety backup taken) to a checked,
-healthy stack, lock waits and the approval shown as stages of their own; RPO: the set's age.
+healthy stack, lock waits and the approval shown as stages of their own; RPO: the set's age, or
+the age of the point Postgres was replayed to.
 """
 
 from __future__ import annotations

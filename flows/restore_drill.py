@@ -26,8 +26,11 @@ Runbook, in order:
    the result is recorded beside the set (`verification.json`, sealed);
 6. tear the scratch stack down, always (kept only when keep_on_failure and it failed); teardown
    errors are reported in the drill report, never lose it.
+With a base backup in the set and the host's WAL archive (`target_minutes_ago`, `pitr-drill`, or
+by default), Postgres is replayed to that point instead (flows/restore.py) and checked to hold
+every WAL mark production wrote up to it and none after.
 RTO is the wall time from the first restoring step (under the locks) to a healthy, checked scratch
-stack; RPO is the backup's age.
+stack; RPO is the backup's age (replayed: the point's age).
 Production is never touched: every command names the scratch project.
 """
 

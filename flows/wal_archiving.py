@@ -85,7 +85,11 @@ def assess(
 
 
 @flow(
-    name="ship-wal", flow_run_name="ship-wal-{host}", log_prints=True, timeout_seconds=30 * MINUTE
+    name="ship-wal",
+    flow_run_name="ship-wal-{host}",
+    log_prints=True,
+    persist_result=True,
+    timeout_seconds=30 * MINUTE,
 )
 def ship_wal(
     host: SentryHost | str,
@@ -140,7 +144,12 @@ def ship_wal(
     return result
 
 
-@flow(name="stop-wal-archiving", flow_run_name="stop-wal-{host}", timeout_seconds=15 * MINUTE)
+@flow(
+    name="stop-wal-archiving",
+    flow_run_name="stop-wal-{host}",
+    persist_result=True,
+    timeout_seconds=15 * MINUTE,
+)
 def stop_wal_archiving(host: SentryHost | str) -> dict:
     """End continuous WAL archiving of the host: the shipper removed, the replication slot
     dropped (Postgres frees the WAL it kept for it), the local volume removed. What was shipped

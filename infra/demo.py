@@ -53,7 +53,13 @@ def summarize(result: object) -> str:
         verb = "would reclaim" if result["dry_run"] else "reclaimed"
         return f"passed ({len(result['items'])} items, {verb} {result['reclaimed'] / 1e6:.1f} MB)"
     if isinstance(result, dict) and "rto_seconds" in result:
-        return f"passed (RTO {result['rto_seconds']} s, RPO {result['rpo_seconds']:.0f} s)"
+        how = f", Postgres replayed to {result['point'][11:19]}Z" if result.get("point") else ""
+        return f"passed (RTO {result['rto_seconds']} s, RPO {result['rpo_seconds']:.0f} s{how})"
+    if isinstance(result, dict) and "switched" in result:
+        return (
+            f"passed ({len(result['shipped'])} WAL segments shipped, {result['segments']} in the "
+            f"archive, newest point {result['mark'][11:19]}Z)"
+        )
     if isinstance(result, dict) and "backup_id" in result:
         return f"passed ({result['backup_id']}, {result['bytes'] / 1e6:.1f} MB stored)"
     if isinstance(result, list) and result and isinstance(result[0], str):
@@ -152,8 +158,16 @@ def main() -> int:
         step(
             "health-check/sandbox-self-hosted", lambda: deployed("health-check/sandbox-self-hosted")
         )
+        # continuous WAL archiving (its schedule runs it every 4 min): armed by its first run;
+        # the nightly set then takes a base backup, and the drill replays the archive onto it
+        step("ship-wal/sandbox", lambda: deployed("ship-wal/sandbox"))
         step("send events", lambda: send_events(host_from_connection(info, "guide"), 25))
         taken = step("backup/sandbox", lambda: deployed("backup/sandbox"))
+        step(
+            "send events after the backup",
+            lambda: send_events(host_from_connection(info, "guide"), 5),
+        )
+        step("ship-wal/sandbox (again)", lambda: deployed("ship-wal/sandbox"))
         if taken:
             store = BackupStore.load("sandbox")
             manifest = backup_set.load(store, taken["host_id"], taken["backup_id"])

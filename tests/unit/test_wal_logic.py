@@ -145,3 +145,27 @@ def test_a_base_backup_is_an_object_kind_of_its_own():
     assert bs.file_name(bs.Kind.POSTGRES_BASE, "", "zstd", True) == "postgres-base.tar.zst.enc"
     assert bs.object_name(bs.Kind.POSTGRES_BASE) == "postgres-base"
     assert manifest(postgres_base=base()).postgres_base == base()
+
+
+class HeadStore:
+    """A store whose only object is one cluster's sealed WAL head."""
+
+    def __init__(self, head: wal_archive.Head) -> None:
+        self.inner, self.head = store(), head
+        self.prefix, self.backup_key = self.inner.prefix, self.inner.backup_key
+
+    def get_bytes(self, key: str) -> bytes | None:
+        return bs.sealed_json(self.inner, self.head) if key.endswith("/head.json") else None
+
+
+def test_auto_replays_only_when_the_archive_holds_something_newer_than_the_set():
+    taken = manifest(postgres_base=base())
+    stale = HeadStore(head(T0 - dt.timedelta(minutes=1)))
+    assert plan_point_in_time(stale, taken, None, "auto") is None  # type: ignore[arg-type]
+    fresh = HeadStore(head(T0 + dt.timedelta(minutes=4)))
+    plan = plan_point_in_time(fresh, taken, None, "auto")  # type: ignore[arg-type]
+    assert plan is not None and plan.target_time is None
+    with pytest.raises(RestoreRefused, match="later than the archive surely holds"):
+        plan_point_in_time(fresh, taken, T0 + dt.timedelta(minutes=5), "auto")  # type: ignore[arg-type]
+    with pytest.raises(RestoreRefused, match=r"before set \S+ base backup ended"):
+        plan_point_in_time(fresh, taken, T0 - dt.timedelta(minutes=5), "auto")  # type: ignore[arg-type]
