@@ -20,7 +20,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from blocks import jobs, postgres, wal_archive
@@ -168,6 +170,41 @@ def forget_local(host: SentryHost) -> None:
     host.run(["docker", "volume", "rm", "-f", volume(host)], check=False, timeout=60)
 
 
+# Each named WAL file of the volume (at /wal), zstd-compressed, as "<name> <size>\n" then that
+# many bytes: one file at a time in the container's /tmp, so a backlog of segments streams.
+PACK = r"""set -e
+cd /wal
+for f; do
+    zstd -1 -q -c -- "$f" >/tmp/one
+    printf '%s %s\n' "$f" "$(stat -c %s /tmp/one)"
+    cat /tmp/one
+done
+"""
+
+
+def unpack(stream) -> Iterator[tuple[str, bytes]]:
+    """(name, compressed bytes) of each file PACK wrote."""
+    while True:
+        header = b""
+        while not header.endswith(b"\n"):
+            byte = stream.read(1)
+            if not byte:
+                if header:
+                    raise WalError(f"WAL stream cut in a header: {header[:60]!r}")
+                return
+            header += byte
+        name, size = header.decode().split()
+        if not wal_archive.is_wal_file(name):
+            raise WalError(f"not a WAL file in the stream: {name!r}")
+        data, want = bytearray(), int(size)
+        while len(data) < want:
+            chunk = stream.read(want - len(data))
+            if not chunk:
+                raise WalError(f"WAL stream cut in {name}: {len(data)} of {want} bytes")
+            data += chunk
+        yield name, bytes(data)
+
+
 @dataclass(frozen=True)
 class Shipped:
     cluster: Cluster
@@ -207,17 +244,21 @@ def ship(host: SentryHost, store: BackupStore, host_id: str, wait: float = 120) 
         time.sleep(0.5)
     archived = wal_archive.names(store, host_id, now.system_identifier)
     shipped, stored = [], 0
-    for file in files:
-        if file in archived:
-            continue
-        command = ["zstd", "-1", "-q", "-c", f"/wal/{file}"]
+    todo = [f for f in files if f not in archived]
+    if todo:  # one throwaway container for them all (measured: one per file cost 3x the CPU)
+        command = ["sh", "-c", PACK, "pack", *todo]
         argv = host.container_io_argv("out", host.tool_image, None, command, job=JOB,
                                       options=["-v", f"{volume(host)}:/wal:ro"])  # fmt: skip
         with host.stream(argv, timeout=300, stdin=NO_SECRET) as stream:
-            key, size = wal_archive.put(store, host_id, now.system_identifier, file, stream)
-        archived[file] = key
-        shipped.append(file)
-        stored += size
+            for file, data in unpack(stream):
+                key, size = wal_archive.put(
+                    store, host_id, now.system_identifier, file, io.BytesIO(data)
+                )
+                archived[file] = key
+                shipped.append(file)
+                stored += size
+        if shipped != todo:
+            raise WalError(f"{host.label}: shipped {len(shipped)} of {len(todo)} WAL files")
     segments = [f for f in files if wal_archive.SEGMENT.match(f)]
     old = [f for f in files if f not in segments[-1:] and f in archived]
     if old:
