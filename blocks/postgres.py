@@ -467,6 +467,23 @@ BASE_BACKUP = (
 )
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """Which Postgres cluster this is, and where its WAL is now."""
+
+    system_identifier: str
+    timeline: str  # 8 hex digits, as in segment names
+    segment: str  # the current WAL segment
+
+
+def cluster(db: Psql) -> Cluster:
+    system_id, segment = db.rows(
+        "SELECT system_identifier::text, pg_walfile_name(pg_current_wal_lsn()) "
+        "FROM pg_control_system()"
+    )[0]
+    return Cluster(system_id, segment[:8], segment)
+
+
 @dataclass
 class BaseStream:
     stream: BinaryIO  # tar.zst of the data directory, WAL to its consistency point included
@@ -484,14 +501,11 @@ def base_backup(host: SentryHost, image: str, timeout: float = 300) -> Iterator[
     with psql(host, where) as db:
         version = server_version(db)
         check_tool(host, image, version, "pg_basebackup")
-        system_id, segment = db.rows(
-            "SELECT system_identifier::text, pg_walfile_name(pg_current_wal_lsn()) "
-            "FROM pg_control_system()"
-        )[0]
+        now = cluster(db)
     command = ["bash", "-c", BASE_BACKUP, str(where.port), where.user]
     argv = host.container_io_argv("out", image, where.container, command, job="backup")
     with host.stream(argv, timeout=timeout, stdin=pgpass(where.password)) as stream:
-        yield BaseStream(stream, system_id, int(segment[:8], 16), segment, version)
+        yield BaseStream(stream, now.system_identifier, int(now.timeline, 16), now.segment, version)
 
 
 # Run in a tool container on the restored data directory (the Postgres volume, at /volume),

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from blocks import jobs, postgres, wal_archive
 from blocks.backup_store import BackupStore
 from blocks.host_data import NO_SECRET
-from blocks.postgres import PGPASS_FILE, Psql, Target, password_file
+from blocks.postgres import PGPASS_FILE, Cluster, Psql, Target, cluster, password_file
 from blocks.result import Result, Status
 from blocks.sentry_host import SentryHost
 
@@ -54,21 +54,6 @@ def shipper(host: SentryHost) -> str:
 
 def utc(text: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
-
-
-@dataclass(frozen=True)
-class Cluster:
-    system_identifier: str
-    timeline: str  # 8 hex digits, as in segment names
-    segment: str  # the current one
-
-
-def cluster(db: Psql) -> Cluster:
-    system_id, segment = db.rows(
-        "SELECT system_identifier::text, pg_walfile_name(pg_current_wal_lsn()) "
-        "FROM pg_control_system()"
-    )[0]
-    return Cluster(system_id, segment[:8], segment)
 
 
 @dataclass(frozen=True)

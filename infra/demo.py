@@ -55,6 +55,8 @@ def summarize(result: object) -> str:
     if isinstance(result, dict) and "rto_seconds" in result:
         how = f", Postgres replayed to {result['point'][11:19]}Z" if result.get("point") else ""
         return f"passed (RTO {result['rto_seconds']} s, RPO {result['rpo_seconds']:.0f} s{how})"
+    if isinstance(result, dict) and result.get("name") == "wal archiving":
+        return f"passed ({result['detail']})"
     if isinstance(result, dict) and "switched" in result:
         return (
             f"passed ({len(result['shipped'])} WAL segments shipped, {result['segments']} in the "
@@ -203,6 +205,9 @@ def main() -> int:
             lambda: deployed("retention-cleanup/sandbox", dry_run=True),
         )
         step("backup-metrics/sandbox", lambda: deployed("backup-metrics/sandbox"))
+        # the worker stops with the demo, so nothing would ship: WAL archiving ended in its one
+        # step (shipper removed, slot dropped: Postgres keeps no WAL for it)
+        step("stop-wal-archiving/sandbox", lambda: deployed("stop-wal-archiving/sandbox"))
     finally:
         sandbox.stop_pid(worker, "the demo's worker")
 

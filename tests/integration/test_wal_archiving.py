@@ -9,7 +9,6 @@ import datetime as dt
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -20,9 +19,9 @@ from flows.health import health_check
 from flows.restore import restore
 from flows.restore_drill import pitr_drill
 from flows.wal_archiving import ship_wal, stop_wal_archiving
-from infra import sandbox as sb
-from infra.sandbox.prefect_blocks import host_from_connection, store_from_connection
+from infra.sandbox.prefect_blocks import store_from_connection
 from tests.helpers import SHARED
+from tests.integration.test_restore import stack_of_its_own
 
 PITR_SLOT = 10  # ports of its own (infra/sandbox/stacks.py StackPorts.slot)
 TABLE = "pitr_rows"  # a table the test writes, as Sentry writes its own
@@ -30,13 +29,11 @@ TABLE = "pitr_rows"  # a table the test writes, as Sentry writes its own
 
 @pytest.fixture()
 def pitr_stack(sandbox, prefect_api) -> Iterator[dict]:
-    name = f"wal{uuid.uuid4().hex[:6]}"
-    info = sb.ensure_stack("guide", name, PITR_SLOT)
-    host = host_from_connection({**sandbox, "ssh": sandbox["own_ssh"], "stacks": {"guide": info}})
-    host.save(name, overwrite=True)
-    yield {"name": name, "host": host}
-    wal.forget_local(host)
-    sb.remove_stack(name)
+    stacks = stack_of_its_own(sandbox, PITR_SLOT)
+    stack = next(stacks)
+    yield stack
+    wal.forget_local(stack["host"])  # not the compose project's: the shipper and its volume
+    next(stacks, None)
 
 
 class Writer:

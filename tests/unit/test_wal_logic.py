@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 
 from blocks import backup_set as bs
-from blocks import wal, wal_archive
+from blocks import postgres, wal, wal_archive
 from blocks.restore import PointInTime, RestoreRefused, assess_point_in_time, plan_point_in_time
 from flows.health import assess_wal_slot
 from flows.wal_archiving import assess
@@ -115,12 +115,14 @@ def test_what_a_point_in_time_restore_refuses_before_anything_changes():
 
 
 def slot(kept: int, active: bool) -> wal.WalStatus:
-    cluster = wal.Cluster("1", "00000001", seg(3))
+    cluster = postgres.Cluster("1", "00000001", seg(3))
     return wal.WalStatus("running" if active else "exited", wal.SlotState(active, kept), cluster)
 
 
 def test_an_abandoned_slot_fails_health_before_it_fills_the_disk_and_says_how_to_drop_it():
-    (none,) = assess_wal_slot(wal.WalStatus("missing", None, wal.Cluster("1", "1", seg(1))), 0, 10)
+    (none,) = assess_wal_slot(
+        wal.WalStatus("missing", None, postgres.Cluster("1", "1", seg(1))), 0, 10
+    )
     assert none.ok and "not armed" in none.detail
     (fine,) = assess_wal_slot(slot(50_000_000, True), 100_000_000_000, 10)
     assert fine.ok
@@ -133,7 +135,7 @@ def test_an_abandoned_slot_fails_health_before_it_fills_the_disk_and_says_how_to
 def test_shipping_behind_the_rpo_target_fails_the_run():
     mark = T0
     shipped = wal.Shipped(
-        wal.Cluster("1", "00000001", seg(4)), mark, seg(3), [seg(3)], 4096, head(mark)
+        postgres.Cluster("1", "00000001", seg(4)), mark, seg(3), [seg(3)], 4096, head(mark)
     )
     on_time = by_name(assess(shipped, slot(16 << 20, True), T0 + dt.timedelta(seconds=20), 300, 5))
     assert on_time["shipping lag"].ok and on_time["shipped"].status == "done"
