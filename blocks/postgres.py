@@ -508,6 +508,10 @@ def base_backup(host: SentryHost, image: str, timeout: float = 300) -> Iterator[
         yield BaseStream(stream, now.system_identifier, int(now.timeline, 16), now.segment, version)
 
 
+# Recovery as PostgreSQL documents it (doc/src/sgml/backup.sgml, "Recovering Using a Continuous
+# Archive Backup"; recovery.signal and these settings since 12): a target past the end of the
+# archive makes the server refuse to start ("recovery ended before configured recovery target
+# was reached", since 13), which is why the flow checks the target against the archive first.
 # Run in a tool container on the restored data directory (the Postgres volume, at /volume),
 # before Postgres starts: recovery settings into postgresql.auto.conf (Postgres reads them from
 # there; removed with ALTER SYSTEM RESET once recovery ended), recovery.signal, the files owned
@@ -566,9 +570,12 @@ def finish_recovery(
     host: SentryHost, timeout: float, on_wait: Callable[[], str | None]
 ) -> dt.datetime | None:
     """Wait for the replay to end (Postgres promoted: out of recovery), then remove the
-    recovery settings and the staged WAL. `on_wait` is asked while it waits: a sentence when the
-    server can no longer get there (its container ended), else None. Returns the commit time of
-    the last transaction replayed (None: none after the base backup)."""
+    recovery settings and the staged WAL. The point reached is `pg_last_xact_replay_timestamp()`,
+    which "if recovery has completed ... will remain static at the value of the last transaction
+    applied during that recovery" (postgres/postgres doc/src/sgml/func.sgml, since 9.1).
+    `on_wait` is asked while it waits: a sentence when the server can no longer get there (its
+    container ended), else None. Returns the commit time of the last transaction replayed
+    (None: none after the base backup)."""
     deadline = time.monotonic() + timeout
     last = ""
     while True:

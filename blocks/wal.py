@@ -14,7 +14,13 @@
   (compressed on the host, encrypted on the worker: `blocks/wal_archive.py`), and is deleted
   from the volume but the newest (pg_receivewal resumes after the newest segment it finds; on
   Postgres < 15 an empty folder would make it start at the server's current position, past
-  what the slot kept). The newest mark shipped is the newest time a restore surely reaches.
+  what the slot kept: postgres/postgres doc/src/sgml/ref/pg_receivewal.sgml, "starting position";
+  self-hosted runs postgres:14, the sandbox Debian's 15). The newest mark shipped is the newest
+  time a restore surely reaches.
+Postgres here is real Postgres in both the sandbox and production: nothing of this depends on
+the Sentry stand-in. Self-hosted's postgres service (getsentry/self-hosted docker-compose.yml,
+26.8.0: postgres:14.24-bookworm, `POSTGRES_HOST_AUTH_METHOD: trust`, no WAL settings) keeps
+the defaults this needs: wal_level replica, max_wal_senders and max_replication_slots 10.
 """
 
 from __future__ import annotations
