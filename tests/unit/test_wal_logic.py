@@ -171,3 +171,15 @@ def test_auto_replays_only_when_the_archive_holds_something_newer_than_the_set()
         plan_point_in_time(fresh, taken, T0 + dt.timedelta(minutes=5), "auto")  # type: ignore[arg-type]
     with pytest.raises(RestoreRefused, match=r"before set \S+ base backup ended"):
         plan_point_in_time(fresh, taken, T0 - dt.timedelta(minutes=5), "auto")  # type: ignore[arg-type]
+
+
+def test_the_shipping_stream_gives_each_file_whole_and_a_cut_one_fails():
+    import io
+
+    one, two = b"\x28\xb5\x2f\xfd" + b"a" * 100, b"z" * 7
+    body = f"{seg(3)} {len(one)}\n".encode() + one + f"00000002.history {len(two)}\n".encode() + two
+    assert list(wal.unpack(io.BytesIO(body))) == [(seg(3), one), ("00000002.history", two)]
+    with pytest.raises(wal.WalError, match=r"cut in 000000010000000000000003: 50 of 104"):
+        list(wal.unpack(io.BytesIO(body[: len(seg(3)) + 5 + 50])))
+    with pytest.raises(wal.WalError, match="not a WAL file"):
+        list(wal.unpack(io.BytesIO(b"../etc/passwd 3\nabc")))
