@@ -260,13 +260,27 @@ def backup_jobs() -> list[str]:
 
 
 def dump_jobs() -> list[str]:
-    """The running pg_dump container of a backup (in the postgres container's netns)."""
+    """The running pg_dump container of a backup of the shared guide stack (in its postgres
+    container's netns): never one of another stack (the other pytest process backs up stacks of
+    its own meanwhile; taking theirs once made a test kill a backup that had already ended)."""
     jobs = backup_jobs()
     if not jobs:
         return []
+    project = sb.project_name(sb.STACKS["guide"][0])
+    postgres_ids = subprocess.run(
+        ["docker", "ps", "-q", "--no-trunc", "--filter",
+         f"label=com.docker.compose.project={project}", "--filter",
+         "label=com.docker.compose.service=sentry-postgres"],
+        capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
     out = subprocess.run(["docker", "inspect", "-f", "{{.Id}} {{.HostConfig.NetworkMode}}", *jobs],
                          capture_output=True, text=True).stdout  # fmt: skip
-    return [line.split()[0] for line in out.splitlines() if " container:" in line]
+    return [
+        cid
+        for cid, mode in (line.split() for line in out.splitlines() if line.strip())
+        if mode.startswith("container:")
+        and any(p.startswith(mode[10:]) or mode[10:].startswith(p) for p in postgres_ids)
+    ]
 
 
 def test_a_killed_backup_makes_the_next_one_wait_for_the_lock_then_succeed(
