@@ -540,25 +540,10 @@ RECOVERY_SETTINGS = (
 def prepare_recovery(host: SentryHost, image: str, target_time: dt.datetime | None) -> None:
     """The unpacked base backup (and its staged WAL) made ready to replay to `target_time`
     (None: to the end of the archive), owned by `image`'s postgres user."""
-    ids = []
-    for flag in ("-u", "-g"):
-        out = host.run(
-            [
-                "docker",
-                "run",
-                "--rm",
-                "--network",
-                "none",
-                *host.pull_argv(),
-                "--entrypoint",
-                "id",
-                image,
-                flag,
-                "postgres",
-            ],
-            timeout=600,
-        ).text
-        ids.append(out.strip())  # fmt: skip
+    ids = [  # the server image's own postgres user, asked of that image (tool_argv)
+        host.run(host.tool_argv(image, "id", flag, "postgres"), timeout=600).text.strip()
+        for flag in ("-u", "-g")
+    ]
     when = target_time.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00") if target_time else ""
     argv = host.volume_run_argv(
         DataVolume.POSTGRES, host.tool_image, "sh", "-c", RECOVERY, *ids, when
