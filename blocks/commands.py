@@ -16,14 +16,13 @@ def compose(project_dir: str, env_files: Sequence[str], project: str, *args: str
 
 def up(
     *services: str,
-    wait: bool = False,
     no_deps: bool = False,
     no_recreate: bool = False,
     scale: Mapping[str, int] | None = None,
     stop_timeout: int | None = None,
 ) -> list[str]:
     """`compose up -d` arguments: the services (none: all), with replica counts."""
-    flags = ["--wait"] * wait + ["--no-deps"] * no_deps + ["--no-recreate"] * no_recreate
+    flags = ["--no-deps"] * no_deps + ["--no-recreate"] * no_recreate
     counts = [a for s, n in (scale or {}).items() for a in ("--scale", f"{s}={n}")]
     timeout = ["--timeout", str(stop_timeout)] if stop_timeout is not None else []
     return ["up", "-d", *flags, *counts, *timeout, *services]

@@ -7,6 +7,7 @@ transport."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -20,10 +21,11 @@ if TYPE_CHECKING:
 class ComposeVerbs:
     """The compose project on the host."""
 
-    def service_containers(self, service: str) -> list[dict]:
-        """`docker compose ps` rows (running or not) of one service."""
+    def service_containers(self, service: str, probe: bool = False) -> list[dict]:
+        """`docker compose ps` rows (running or not) of one service (`probe`: see `probed`)."""
         argv = self.compose_argv("ps", "--all", "--format", "json", service)
-        return parse_ps(self.run(argv, timeout=60).text)
+        rows = parse_ps(self.run(argv, timeout=60).text)
+        return self.probed(rows) if probe else rows
 
     def volume_name(self, volume: DataVolume) -> str:
         return self.stack.volumes[volume].docker_name(self.project)
@@ -55,10 +57,18 @@ class ComposeVerbs:
         stop_timeout: int | None = None,
         timeout: float = 600,
     ) -> None:
-        """`docker compose up -d` of these services (none: the whole stack)."""
-        args = commands.up(*services, wait=wait, no_deps=no_deps, no_recreate=no_recreate,
-                           scale=scale, stop_timeout=stop_timeout)  # fmt: skip
+        """`docker compose up -d` of these services (none: the whole stack); with `wait`, then
+        until their containers are ready (`wait_ready`: healthchecks probed now, not at Docker's
+        next interval, as compose's own `--wait` would)."""
+        args = commands.up(*services, no_deps=no_deps, no_recreate=no_recreate, scale=scale,
+                           stop_timeout=stop_timeout)  # fmt: skip
+        started = time.monotonic()
         self.compose(*args, timeout=timeout + (stop_timeout or 0))
+        if wait:
+            rows = [r for r in self.ps() if not services or r.get("Service") in services]
+            left = max(timeout - (time.monotonic() - started), 30)
+            what = f"start {' '.join(services) or 'the stack'}"
+            self.wait_ready([r["ID"] for r in rows], left, what, stable=0)
 
     def compose_create(self) -> None:
         """Containers and volumes of the whole project created, nothing started."""
@@ -95,9 +105,22 @@ class ComposeVerbs:
         """IDs of the project's containers that exist (an unreadable project: none)."""
         return set(self.run(self.compose_argv("ps", "-q"), timeout=60, check=False).text.split())
 
-    def ps(self) -> list[dict]:
-        """`docker compose ps --all` rows of every service."""
-        return parse_ps(self.run(self.ps_argv(), timeout=60).text)
+    def ps(self, probe: bool = False) -> list[dict]:
+        """`docker compose ps --all` rows of every service (`probe`: see `probed`)."""
+        rows = parse_ps(self.run(self.ps_argv(), timeout=60).text)
+        return self.probed(rows) if probe else rows
+
+    def probed(self, rows: list[dict]) -> list[dict]:
+        """The rows, where a running container Docker does not call healthy yet (its first
+        probe comes a whole interval after the start, or after an unpause) has its healthcheck
+        run now (`container_states`) and its Health from that."""
+        pending = [r["ID"] for r in rows if r.get("State") == "running"
+                   and r.get("Health") in ("starting", "unhealthy")]  # fmt: skip
+        states = self.container_states(pending, probe=True)
+        for row in rows:
+            if row.get("ID") in states:
+                row["Health"] = states[row["ID"]].partition(" ")[2]
+        return rows
 
     def compose_config(self, interpolate: bool = True) -> dict:
         """The project as compose resolves it (`config --format json`): services, volumes.

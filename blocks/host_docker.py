@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from blocks.backup_store import HashingReader
 from blocks.layouts import DataVolume, Role
 from blocks.poll import poll
 from blocks.ssh import CommandResult, RemoteCommandError
+from blocks.upgrade_plan import STABLE_SECONDS, container_failed, containers_ready
 
 if TYPE_CHECKING:
     from blocks.sentry_host import SentryHost
@@ -28,11 +30,26 @@ FACT_ARGV = {
 }
 
 
+class NotReadyError(RuntimeError):
+    """Containers that did not get ready: one exited or is unhealthy, or time ran out."""
+
+
 def probe_seconds(healthcheck_json: str) -> float:
     """Interval + timeout of a container's healthcheck (`docker inspect`'s
     `.Config.Healthcheck` as JSON, nanoseconds; Docker's defaults, 30 s each, where unset)."""
     config = json.loads(healthcheck_json or "null") or {}
     return ((config.get("Interval") or 30e9) + (config.get("Timeout") or 30e9)) / 1e9
+
+
+def healthcheck_argv(healthcheck_json: str) -> tuple[list[str], float]:
+    """What Docker runs for a container's healthcheck (`.Config.Healthcheck` as JSON: `CMD-SHELL`
+    through /bin/sh -c, `CMD` as given; none, `NONE` or absent: []) and its timeout in s."""
+    config = json.loads(healthcheck_json or "null") or {}
+    test = config.get("Test") or []
+    limit = (config.get("Timeout") or 30e9) / 1e9
+    if len(test) < 2 or test[0] not in ("CMD", "CMD-SHELL"):
+        return [], limit
+    return (["/bin/sh", "-c", test[1]] if test[0] == "CMD-SHELL" else test[1:]), limit
 
 
 class DockerVerbs:
@@ -206,20 +223,68 @@ class DockerVerbs:
                           timeout=60)  # fmt: skip
         return int(result.text.strip()) if result.exit_code == 0 else None
 
-    def container_states(self, ids: Sequence[str]) -> dict[str, str]:
-        """container id -> "<status> <health or ->" (e.g. "running healthy", "exited -")."""
+    def container_states(self, ids: Sequence[str], probe: bool = False) -> dict[str, str]:
+        """container id -> "<status> <health or ->" (e.g. "running healthy", "exited -").
+
+        With `probe`, a running container that Docker does not call healthy yet has its own
+        healthcheck run now (`probe_now`): Docker runs it only every interval, and the first run
+        comes a whole interval after the start (self-hosted: HEALTHCHECK_INTERVAL=30s; Docker
+        20.10 has no start_interval), or after an unpause. So a wait ends when the service is
+        ready, not at Docker's next tick, and a sandbox can keep self-hosted's long intervals."""
         if not ids:
             return {}
-        fmt = "{{.Id}} {{json .State}}"  # .State.Health is absent without a healthcheck
+        # .State.Health and .Config.Healthcheck are absent without a healthcheck
+        fmt = '{{.Id}}\t{{json .State}}\t{{json (index .Config "Healthcheck")}}'
         out = self.run(["docker", "inspect", "-f", fmt, *ids], check=False, timeout=60).text
         states = {}
         for line in out.splitlines():
-            cid, _, raw = line.partition(" ")
-            if raw.startswith("{"):
-                state = json.loads(raw)
-                health = (state.get("Health") or {}).get("Status") or "-"
-                states[cid] = f"{state.get('Status', '?')} {health}"
+            cid, _, rest = line.partition("\t")
+            raw, _, check = rest.partition("\t")
+            if not raw.startswith("{"):
+                continue
+            state = json.loads(raw)
+            health = (state.get("Health") or {}).get("Status") or "-"
+            if probe and state.get("Status") == "running" and health in ("starting", "unhealthy"):
+                health = self.probe_now(cid, check) or health
+            states[cid] = f"{state.get('Status', '?')} {health}"
         return {i: next((v for k, v in states.items() if k.startswith(i)), "gone -") for i in ids}
+
+    def probe_now(self, cid: str, healthcheck_json: str) -> str | None:
+        """Run a container's own healthcheck once, as Docker would (`CMD-SHELL`: through
+        /bin/sh -c; `CMD`: the argv), bounded by its timeout: "healthy" when it passes, else
+        None (Docker's own status stands)."""
+        argv, limit = healthcheck_argv(healthcheck_json)
+        if not argv:
+            return None
+        result = self.run(["docker", "exec", cid, *argv], check=False, timeout=limit + 30)
+        return "healthy" if result.exit_code == 0 else None
+
+    def wait_ready(
+        self, ids: Sequence[str], timeout: float, what: str, stable: float = STABLE_SECONDS
+    ) -> None:
+        """Every container running and healthy, its healthcheck probed now where Docker has not
+        run it yet (or running `stable` s without a healthcheck); one that exits, or that Docker
+        and the probe both call unhealthy, fails at once with its last lines (NotReadyError)."""
+        since = time.monotonic()
+
+        def states() -> dict[str, str]:
+            found = self.container_states(ids, probe=True)
+            for cid, state in found.items():
+                if container_failed(state):
+                    tail = " | ".join(self.container_log_tail(cid, 5))
+                    raise NotReadyError(
+                        f"{self.label}: {what}: container {cid[:12]} is {state}: {tail}"
+                    )
+            return found
+
+        found, ok = poll(
+            states,
+            lambda found: containers_ready(found, time.monotonic() - since, stable),
+            timeout=timeout,
+            interval=1,
+        )
+        if not ok:
+            raise NotReadyError(f"{self.label}: {what}: not ready within {timeout:.0f} s: {found}")
 
     def container_log_tail(self, cid: str, lines: int = 10) -> list[str]:
         argv = ["sh", "-c", 'exec docker logs --tail "$1" "$0" 2>&1', cid, str(lines)]

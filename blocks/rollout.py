@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import time
 
+from blocks.host_docker import NotReadyError
 from blocks.host_sentry import rolling_problem
-from blocks.poll import poll
 from blocks.result import Result, Status
 from blocks.sentry_host import SentryHost
-from blocks.upgrade_plan import container_failed, containers_ready
 
 
 class RolloutError(Exception):
@@ -92,21 +91,8 @@ def recreate(host: SentryHost, others: dict[str, int], timeout: float, name: str
 
 
 def wait_ready(host: SentryHost, ids: list[str], timeout: float, what: str) -> None:
-    """Every container running and healthy (or running STABLE_SECONDS without a healthcheck);
-    one that exits or turns unhealthy fails at once, with its last lines."""
-    since = time.monotonic()
-
-    def states() -> dict[str, str]:
-        found = host.container_states(ids)
-        for cid, state in found.items():
-            if container_failed(state):
-                tail = " | ".join(host.container_log_tail(cid, 5))
-                raise RolloutError(f"{host.label}: {what}: container {cid[:12]} is {state}: {tail}")
-        return found
-
-    def ready(found: dict[str, str]) -> bool:
-        return containers_ready(found, time.monotonic() - since)
-
-    found, ok = poll(states, ready, timeout=timeout, interval=1)
-    if not ok:
-        raise RolloutError(f"{host.label}: {what}: not healthy within {timeout:.0f} s: {found}")
+    """`SentryHost.wait_ready`, its failure a RolloutError (the upgrade rolls back on it)."""
+    try:
+        host.wait_ready(ids, timeout, what)
+    except NotReadyError as failed:
+        raise RolloutError(str(failed)) from failed

@@ -105,11 +105,10 @@ def container_failed(state: str) -> bool:
     return not state.startswith("running") or state.endswith("unhealthy")
 
 
-def containers_ready(states: dict[str, str], waited: float) -> bool:
-    """Every container healthy, or running STABLE_SECONDS without a healthcheck."""
+def containers_ready(states: dict[str, str], waited: float, stable: float = STABLE_SECONDS) -> bool:
+    """Every container healthy, or running `stable` s without a healthcheck."""
     return all(
-        s == "running healthy" or (s == "running -" and waited >= STABLE_SECONDS)
-        for s in states.values()
+        s == "running healthy" or (s == "running -" and waited >= stable) for s in states.values()
     )
 
 

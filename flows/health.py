@@ -174,7 +174,9 @@ def check_unfinished(host: SentryHost) -> list[Result]:
 @task(cache_policy=NO_CACHE, timeout_seconds=120)
 def check_containers(host: SentryHost) -> list[Result]:
     defined = host.defined_services()
-    return assess_containers(host.ps(), defined, host.stack) + assess_pipeline(defined, host.stack)
+    return assess_containers(host.ps(probe=True), defined, host.stack) + assess_pipeline(
+        defined, host.stack
+    )
 
 
 @task(cache_policy=NO_CACHE, timeout_seconds=60)

@@ -83,7 +83,7 @@ def apply_scale(host: SentryHost, service: str, replicas: int, stop_timeout: int
     host.compose_up(service, no_deps=True, no_recreate=True, scale={service: replicas},
                     stop_timeout=stop_timeout)  # fmt: skip
     rows, settled = poll(
-        lambda: host.service_containers(service),
+        lambda: host.service_containers(service, probe=True),
         lambda rows: len(running(rows)) == replicas and len(rows) == replicas,
         timeout=300,
     )

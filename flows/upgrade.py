@@ -292,7 +292,7 @@ def apply_guide(
 
 
 def apply_install_sh(host: SentryHost, hop: Hop, how: Settings, report: Report) -> None:
-    """self-hosted: `git checkout <tag>`, its `./install.sh`, `compose up -d --wait`, health."""
+    """self-hosted: `git checkout <tag>`, its `./install.sh`, `up -d` until ready, health."""
     hop.git_before = host.git_head()
     host.checkout(hop.version)
     report.add(Result("checkout", Status.DONE, f"{hop.version} (was {hop.git_before[:12]})"))
@@ -469,7 +469,8 @@ def verify(host: SentryHost, version: str, timeout: float) -> Result:
 
 @task(cache_policy=NO_CACHE, timeout_seconds=3600)
 def start_stack(host: SentryHost, timeout: float) -> Result:
-    """`docker compose up -d --wait` (what self-hosted's install.sh tells the operator to run)."""
+    """`docker compose up -d --wait` (what self-hosted's install.sh tells the operator to run), its
+    wait done by probing the healthchecks now (`SentryHost.wait_ready`)."""
     started = time.monotonic()
     host.compose_up(wait=True, timeout=timeout + 600)
     return Result(

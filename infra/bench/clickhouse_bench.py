@@ -85,7 +85,8 @@ def main() -> int:
                       "--entrypoint", "tar", sb.TOOL_IMAGE, "--use-compress-program=zstd -1 -T0",
                       "-C", "/volume", "-cf", "-", "."])  # fmt: skip
     stop = shlex.join(sb.compose_argv(name, "stop", "sentry-clickhouse"))
-    start = shlex.join(sb.compose_argv(name, "up", "-d", "--wait", "sentry-clickhouse"))
+    start = shlex.join([sys.executable, "-c", "import sys; from infra.sandbox.stacks import "
+                        "up_ready; up_ready(sys.argv[1], 'sentry-clickhouse')", name])  # fmt: skip
     cold = f"set -e; {stop}; {tar} > /dev/null; {start}"
     os.chdir(sb.REPO)
     results: dict = {"rows": args.rows, "table_bytes_on_disk": on_disk}

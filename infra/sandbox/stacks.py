@@ -21,6 +21,7 @@ from infra.sandbox.common import (
     TOOL_IMAGE,
     log,
     sh,
+    wait_for,
 )
 from infra.sandbox.images import digest
 
@@ -87,6 +88,25 @@ def compose_argv(name: str, *args: str) -> list[str]:
 
 def compose(name: str, *args: str, **kw) -> subprocess.CompletedProcess:
     return sh(*compose_argv(name, *args), **kw)
+
+
+def up_ready(name: str, *services: str, timeout: float = 180) -> None:
+    """`compose up -d`, then until every container of these services (none: all) passes its
+    own healthcheck, run now by `docker exec` (Docker would first run it a whole interval after
+    the start: the stacks' healthchecks are self-hosted's 30 s), or is running without one."""
+    compose(name, "up", "-d", *services)
+    ids = compose(name, "ps", "-q", *services).stdout.split()
+    fmt = "{{.State.Status}}|{{if .Config.Healthcheck}}{{index .Config.Healthcheck.Test 1}}{{end}}"
+
+    def ready(cid: str) -> bool:
+        status, _, test = sh("docker", "inspect", "-f", fmt, cid).stdout.strip().partition("|")
+        if status != "running":
+            raise RuntimeError(f"{project_name(name)}: container {cid[:12]} is {status}")
+        return not test or sh("docker", "exec", cid, "sh", "-c", test, check=False).returncode == 0
+
+    for cid in ids:
+        what = f"{project_name(name)}: container {cid[:12]} ready"
+        wait_for(what, lambda cid=cid: ready(cid), timeout, 0.5)
 
 
 def abandoned(state: str) -> bool:
@@ -325,7 +345,7 @@ def ensure_stack(layout: str, name: str | None = None, slot: int | None = None) 
             if layout == "guide"
             else ["postgres", "pgbouncer", "redis", "clickhouse", "seaweedfs"]
         )
-        compose(name, "up", "-d", "--wait", *deps)
+        up_ready(name, *deps)
         # Snuba's tables first, as self-hosted's install.sh runs bootstrap-snuba.sh before the
         # migrations
         snuba = get_layout(layout).service(Role.SNUBA)
@@ -335,7 +355,7 @@ def ensure_stack(layout: str, name: str | None = None, slot: int | None = None) 
                 "--superuser", input=f"{admin_password}\n{admin_password}\n")  # fmt: skip
         if not (STATE / "secrets" / f"{name}-probe.json").exists():
             create_probe_credentials(layout, name, slot)
-        compose(name, "up", "-d", "--wait")
+        up_ready(name)
     return stack_info(layout, name, slot)
 
 

@@ -307,7 +307,7 @@ def test_postgres_stopped_mid_dump_fails_clearly_and_the_next_run_succeeds(
             backup(saved_host, f"{store_name}-slow", retries=0)
     finally:
         watcher.join()
-        sentry_host.compose("up", "-d", "--wait", timeout=300)
+        sentry_host.compose_up(wait=True, timeout=300)
     assert stopped.is_set(), "postgres was never stopped: the test did not test anything"
     backups = backup_set.list_sets(store)
     assert not any(b.complete for b in backups) and store.open_uploads() == []

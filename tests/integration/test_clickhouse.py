@@ -160,7 +160,7 @@ def test_clickhouse_down_fails_before_anything_is_uploaded(
         with pytest.raises(clickhouse.ClickHouseError, match=down):
             backup(saved_host, store_name)
     finally:
-        sentry_host.compose("up", "-d", "--wait", service, timeout=300)
+        sentry_host.compose_up(service, wait=True, timeout=300)
     store = store_from_connection(sandbox, prefix=store_name)
     assert backup_set.list_sets(store) == []  # no set, not even an incomplete one
 

@@ -46,7 +46,7 @@ def test_health_fails_when_nothing_is_ingested_though_health_is_green(
         with pytest.raises(UnhealthyError, match="ingestion: synthetic event"):
             health_check(saved_layout_host, ingestion_within_seconds=3)
     finally:
-        layout_host.compose("up", "-d", "--wait", worker, timeout=120)
+        layout_host.compose_up(worker, wait=True, timeout=120)
     assert probe_ingestion(layout_host, within=30).ok  # the queued events drain once it is back
 
 
@@ -61,7 +61,7 @@ def test_health_fails_naming_postgres_when_it_is_stopped(saved_host, sentry_host
         assert "/_health/?full" not in message and "web: /_health/:" not in message
         assert "redis: PING" not in message  # only what failed is named
     finally:
-        sentry_host.compose("up", "-d", "--wait", "sentry-postgres", timeout=120)
+        sentry_host.compose_up("sentry-postgres", wait=True, timeout=120)
     assert all(c["status"] == "ok" for c in health_check(saved_host))
 
 

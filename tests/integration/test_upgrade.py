@@ -107,7 +107,7 @@ def test_rejected_changes_nothing_then_approved_rolls_web_without_downtime(stack
     host, name = stack["host"], stack["name"]
     assert host.running_version() == "24.1.0"
     host.persist_scale("sentry", 2)  # two web replicas, kept by compose like the workers'
-    host.run(host.compose_argv("up", "-d", "--wait", "sentry"), timeout=300)
+    host.compose_up("sentry", wait=True, timeout=300)
     events = [
         host.send_event({"message": f"before upgrade {i}", "level": "error"}) for i in range(5)
     ]

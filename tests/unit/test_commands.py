@@ -23,7 +23,7 @@ def test_compose_runs_one_project_as_in_its_directory():
 
 def test_up_flags_counts_and_services_in_compose_order():
     assert commands.up() == ["up", "-d"]
-    assert commands.up("postgres", wait=True) == ["up", "-d", "--wait", "postgres"]
+    assert commands.up("postgres", no_deps=True) == ["up", "-d", "--no-deps", "postgres"]
     assert commands.up(
         "worker", no_deps=True, no_recreate=True, scale={"worker": 3}, stop_timeout=60
     ) == [
@@ -76,3 +76,31 @@ def test_how_long_a_healthcheck_takes_to_speak_again():
     assert probe_seconds(self_hosted_redis) == 120
     assert probe_seconds('{"Test":["CMD-SHELL","true"],"Retries":3}') == 60
     assert probe_seconds("null") == 60
+
+
+def test_a_healthcheck_run_on_demand_is_what_docker_runs():
+    """moby daemon/health.go (getProbe): CMD-SHELL through the shell, CMD as given, NONE none."""
+    from blocks.host_docker import healthcheck_argv
+
+    self_hosted_postgres = (  # getsentry/self-hosted 26.8.0 docker-compose.yml, postgres
+        '{"Test":["CMD-SHELL","pg_isready -U ${POSTGRES_USER:-postgres}"],'
+        '"Interval":30000000000,"Timeout":90000000000,"Retries":10}'
+    )
+    assert healthcheck_argv(self_hosted_postgres) == (
+        ["/bin/sh", "-c", "pg_isready -U ${POSTGRES_USER:-postgres}"],
+        90,
+    )
+    snuba_api = '{"Test":["CMD","python3","/usr/src/snuba/api_healthcheck.py"]}'
+    assert healthcheck_argv(snuba_api) == (["python3", "/usr/src/snuba/api_healthcheck.py"], 30)
+    assert healthcheck_argv('{"Test":["NONE"]}')[0] == []
+    assert healthcheck_argv("null")[0] == []
+
+
+def test_waiting_accepts_healthy_or_stable_and_fails_what_will_not_heal():
+    from blocks.upgrade_plan import container_failed, containers_ready
+
+    assert containers_ready({"a": "running healthy", "b": "running -"}, waited=0, stable=0)
+    assert not containers_ready({"a": "running healthy", "b": "running -"}, waited=1, stable=5)
+    assert not containers_ready({"a": "running starting"}, waited=60, stable=0)
+    assert container_failed("exited -") and container_failed("running unhealthy")
+    assert not container_failed("running starting")

@@ -36,8 +36,24 @@ for volume in sentry-data sentry-postgres sentry-redis sentry-clickhouse sentry-
   docker volume create "$volume" >/dev/null
 done
 
+# `up -d --wait`, its wait done by running each container's healthcheck now: Docker would run it
+# first a whole interval (30 s, as self-hosted's) after the start
+up_ready() {
+  "${dc[@]}" up -d "$@"
+  for id in $("${dc[@]}" ps -q "$@"); do
+    test=$(docker inspect -f '{{if .Config.Healthcheck}}{{index .Config.Healthcheck.Test 1}}{{end}}' "$id")
+    for _ in $(seq 360); do
+      [ "$(docker inspect -f '{{.State.Status}}' "$id")" = running ] || { echo "container $id is not running" >&2; exit 1; }
+      if [ -z "$test" ] || docker exec "$id" sh -c "$test" >/dev/null 2>&1; then continue 2; fi
+      sleep 0.5
+    done
+    echo "container $id not ready" >&2
+    exit 1
+  done
+}
+
 echo "▶ Setting up / migrating database ..."
-"${dc[@]}" up -d --wait postgres pgbouncer redis clickhouse seaweedfs
+up_ready postgres pgbouncer redis clickhouse seaweedfs
 echo "▶ Bootstrapping and migrating Snuba ..."
 "${dc[@]}" run --rm -T snuba-api bootstrap --force
 "${dc[@]}" run --rm -T web upgrade --noinput --create-kafka-topics
