@@ -1,14 +1,18 @@
 """Restore-drill and restore benchmark on the sandbox (a script, not a test; figures go in the
 issue note).
 
-    .venv/bin/python -m infra.bench.drill_bench --scale 1.0 --pairs 2
+    .venv/bin/python -m infra.bench.drill_bench --scale 1.0 --pairs 2 --layout guide
+    .venv/bin/python -m infra.bench.drill_bench --scale 1.0 --pairs 2 --layout self-hosted
 
-On the guide layout's bench stack with the Sentry-like data of infra/bench/sentry_like_db.sql
-(~1.1 GiB at scale 1.0), in one run: a backup; the raw baseline, `pg_restore` (the tool image's,
-as the drill and the restore use) of that same dump from a local file into an empty Postgres;
-the restore drill's RTO; then, paired (raw, restore, raw, restore, ...), the raw baseline against
-the `restore` flow onto the bench host itself after its stack was cleared as a lost host's
-(containers removed, data volumes emptied). Medians; target for both RTOs: <= 1.3 x raw + 30 s.
+On the layout's bench stack (backup_bench.bench_stack; the other stacks stopped meanwhile) with
+the Sentry-like data of infra/bench/sentry_like_db.sql (~1.2 GB at scale 1.0), in one run: a
+backup; the raw baseline, `pg_restore` (the tool image's, as the drill and the restore use) of
+that same dump from a local file into an empty Postgres; the restore drill's RTO (guide: a
+scratch stack beside production; self-hosted: on the drill host, as its deployment runs it,
+since its volumes are external); then, paired (raw, restore, raw, restore, ...), the raw
+baseline against the `restore` flow onto the bench host itself after its stack was cleared as a
+lost host's (containers removed, data volumes emptied). Medians; target for both RTOs:
+<= 1.3 x raw + 30 s.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import time
 from pathlib import Path
 
 from infra import sandbox as sb
-from infra.bench.backup_bench import bench_stack, load
+from infra.bench.backup_bench import bench_stack, load, other_stacks, psql
 
 RAW_PORT = 15995
 
@@ -74,23 +78,36 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--pairs", type=int, default=2, help="raw/restore pairs (0: none)")
     parser.add_argument("--keep", action="store_true", help="keep the bench stack afterwards")
+    parser.add_argument("--layout", choices=["guide", "self-hosted"], default="guide")
     args = parser.parse_args()
     info = sb.up(with_prefect=True)
     os.environ["PREFECT_API_URL"] = info["prefect_api_url"]
-    name, stack = bench_stack("guide")
-    db_bytes = load(name, "guide", args.scale)
+    name, stack = bench_stack(args.layout)
+    stopped = other_stacks(name)
+    for other in stopped:
+        sb.compose(other, "stop")
+    try:
+        return bench(info, name, stack, args)
+    finally:
+        for other in stopped:
+            sb.compose(other, "start")
+
+
+def bench(info: dict, name: str, stack: dict, args: argparse.Namespace) -> int:
+    db_bytes = load(name, args.layout, args.scale)
 
     from blocks import backup_set
     from flows.backup import backup
     from flows.restore_drill import DrillStack, restore_drill
     from infra.sandbox.prefect_blocks import save_blocks, store_from_connection
 
-    save_blocks({**info, "stacks": {"guide": stack}}, "bench", "guide")
+    save_blocks({**info, "stacks": {args.layout: stack}}, "bench", args.layout)
     store = store_from_connection(info, prefix="bench")
     store.save("bench", overwrite=True)
     taken = backup("bench", "bench")
     manifest = backup_set.load(store, taken["host_id"], taken["backup_id"])
     results: dict = {
+        "layout": args.layout,
         "scale": args.scale,
         "database_bytes": db_bytes,
         "stored_MB": round(manifest.object("postgres").size / 1e6, 1),
@@ -99,9 +116,12 @@ def main() -> int:
     raw = raw_restore(store, manifest)
     results["raw_pg_restore_seconds"] = round(raw, 1)
 
-    drill = restore_drill(
-        "bench", "bench", taken["backup_id"], drill=DrillStack(env=sb.stack_settings(3))
-    )
+    if args.layout == "guide":
+        drill = restore_drill(
+            "bench", "bench", taken["backup_id"], drill=DrillStack(env=sb.stack_settings(3))
+        )
+    else:
+        drill = restore_drill("bench", "bench", taken["backup_id"], drill_host="drill-host")
     results["drill_rto_seconds"] = drill["rto_seconds"]
     results["target_seconds"] = round(1.3 * raw + 30, 1)
     results["meets_target"] = drill["rto_seconds"] <= 1.3 * raw + 30
@@ -129,9 +149,14 @@ def main() -> int:
         results["restore_target_seconds"] = round(1.3 * raw_median + 30, 1)
         results["restore_meets_target"] = rto_median <= 1.3 * raw_median + 30
     print(json.dumps(results, indent=2))
-    (sb.STATE / f"bench-drill-{args.scale}.json").write_text(json.dumps(results, indent=2))
+    (sb.STATE / f"bench-drill-{args.layout}-{args.scale}.json").write_text(
+        json.dumps(results, indent=2)
+    )
     if not args.keep:
-        sb.remove_stack("bench")
+        if args.layout == "guide":
+            sb.remove_stack("bench")
+        else:
+            psql(name, args.layout, "-q", "-c", "DROP SCHEMA IF EXISTS bench CASCADE")
     return 0
 
 
