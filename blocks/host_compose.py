@@ -128,10 +128,13 @@ class ComposeVerbs:
         return json.loads(self.run(self.config_json_argv(interpolate), timeout=60).stdout)
 
     def volume_exists(self, volume: DataVolume) -> bool:
-        name = self.volume_name(volume)
-        return (
-            self.run(["docker", "volume", "inspect", name], check=False, timeout=30).exit_code == 0
-        )
+        return volume in self.existing_volumes([volume])
+
+    def existing_volumes(self, volumes: Sequence[DataVolume]) -> list[DataVolume]:
+        """Those of `volumes` whose docker volume exists (one `docker volume ls`)."""
+        argv = ["docker", "volume", "ls", "-q"]
+        found = set(self.run(argv, timeout=30).text.split())
+        return [v for v in volumes if self.volume_name(v) in found]
 
     def service_images(self) -> dict[str, str]:
         """compose service -> image, as the project resolves them."""

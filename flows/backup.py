@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version as package_version
 
 from prefect import flow, get_run_logger, task
@@ -75,23 +76,34 @@ def warn_unencrypted(store: BackupStore) -> None:
 # -- tasks --------------------------------------------------------------------------------------
 @task(cache_policy=NO_CACHE)
 def preflight(host: SentryHost, store: BackupStore) -> dict[str, str]:
-    """Everything that can be checked before a byte is written; returns compose images."""
-    store.check_access()
+    """Everything that can be checked before a byte is written; returns compose images. The
+    checks run side by side (each waits on S3 or on the host, none on another); the first
+    failure in this order is the one raised."""
     volumes = (DataVolume.POSTGRES, *host.stack.backup_volumes)
-    problems = host.name_problems(volumes)
-    if problems:
-        raise BackupError(f"{host.label}: nothing was backed up: {'; '.join(problems)}")
-    for volume in volumes:
-        if not host.volume_exists(volume):
+
+    def names() -> None:
+        problems = host.name_problems(volumes)
+        if problems:
+            raise BackupError(f"{host.label}: nothing was backed up: {'; '.join(problems)}")
+        present = host.existing_volumes(volumes)
+        for volume in (v for v in volumes if v not in present):
             raise BackupError(
                 f"{host.label}: data volume {host.volume_name(volume)} ({volume}) does not "
                 "exist; check the block's layout, project_name and volume_names"
             )
-    postgres.check_tool_image(host, host.tool_image)
-    images = host.service_images()
-    if has_clickhouse(host, images):
-        clickhouse.ping(host)
-    return images
+
+    def images() -> dict[str, str]:
+        found = host.service_images()
+        if has_clickhouse(host, found):
+            clickhouse.ping(host)
+        return found
+
+    checks = (store.check_access, names, lambda: postgres.check_tool_image(host, host.tool_image))
+    with ThreadPoolExecutor(4, thread_name_prefix="preflight") as pool:
+        futures = [pool.submit(check) for check in (*checks, images)]
+    for future in futures:
+        future.result()
+    return futures[-1].result()
 
 
 def has_clickhouse(host: SentryHost, images: dict[str, str]) -> bool:

@@ -181,7 +181,7 @@ class Usage:
 
 
 def data_volumes(host: SentryHost) -> dict[str, str]:
-    return {str(v): host.volume_name(v) for v in host.stack.volumes if host.volume_exists(v)}
+    return {str(v): host.volume_name(v) for v in host.existing_volumes(list(host.stack.volumes))}
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=3600)

@@ -196,7 +196,7 @@ def check_disk(host: SentryHost, min_free_gb: float, forecast_days: float) -> li
     df = host.docker_df()
     results = assess_disk(df, min_free_gb, ["docker"])
     free = {"docker": parse_df(df)[0][1]}
-    volumes = [v for v in host.stack.volumes if host.volume_exists(v)]
+    volumes = host.existing_volumes(list(host.stack.volumes))
     image = host.service_images().get(host.stack.service(Role.WEB), "")
     if volumes and image:
         df = host.volumes_df(volumes, image)
