@@ -272,6 +272,40 @@ def count_rows(client: Client, table: ClickHouseTable, parts: Sequence[str] | No
     return int(row[0]), str(row[1])
 
 
+def count_tables(
+    client: Client, database: str, tables: Sequence[ClickHouseTable]
+) -> dict[str, tuple[int, str]]:
+    """(rows, checksum) of each table's `parts`, as `count_rows` gives them, in two queries
+    whatever the number of tables (a snapshot holds merges stopped meanwhile): the columns of
+    all from system.columns (DESCRIBE's name, type and default kind), then one UNION ALL."""
+    wanted = [t for t in tables if t.parts]
+    if not wanted:
+        return {t.name: (0, "0") for t in tables}
+    names = ", ".join(f"'{t.name}'" for t in wanted)
+    quoted(database, "system")  # the names are checked before they go into SQL
+    columns: dict[str, list[tuple]] = {}
+    for table, *column in client.rows(
+        "SELECT table, name, type, default_kind FROM system.columns "
+        f"WHERE database = '{database}' AND table IN ({names}) ORDER BY table, position"
+    ):
+        columns.setdefault(str(table), []).append(tuple(column))
+    selects = [
+        f"SELECT '{t.name}', count(), {checksum_expression(columns[t.name])} "
+        f"FROM {quoted(database, t.name)}{in_parts(t.parts)}"
+        for t in wanted
+    ]
+    found = {str(name): (int(rows), checksum) for name, rows, checksum in
+             client.rows(" UNION ALL ".join(selects))}  # fmt: skip
+    for name, (_, checksum) in found.items():
+        if checksum is None:  # a sum with NULL terms: not a checksum of the rows
+            raise ClickHouseError(
+                f"the checksum of {database}.{name} came back NULL: a column type sentry-ops "
+                "cannot hash; report it with the table's DESCRIBE"
+            )
+    return {t.name: (found[t.name][0], str(found[t.name][1])) if t.parts else (0, "0")
+            for t in tables}  # fmt: skip
+
+
 def freeze_name(backup_id: str) -> str:
     """FREEZE WITH NAME escapes anything but [A-Za-z0-9_] in the folder it makes (`-` becomes
     `%2D`): a name that needs no escaping, so the folder is where we look for it."""
@@ -311,7 +345,7 @@ def freeze(host: SentryHost, client: Client, version: str, name: str) -> ClickHo
     # lock, so none of them is still in use); one of this very name would make FREEZE fail
     hosts = "|".join(freeze_name(h) for h in host.set_folders)
     ours = re.compile(rf"\d{{8}}T\d{{6}}Z_({hosts})")
-    for stale in {*(n for n in leftover_freezes(host) if ours.fullmatch(n)), name}:
+    for stale in (n for n in leftover_freezes(host) if ours.fullmatch(n) or n == name):
         unfreeze(host, stale, client)
     # merges are stopped only from FREEZE to the counts (seconds)
     with merges_stopped(host, client, copied):
@@ -322,7 +356,9 @@ def freeze(host: SentryHost, client: Client, version: str, name: str) -> ClickHo
         found = frozen_parts(host, host.tool_image, name) if copied else {}
         for table in copied:
             table.parts = found.get(table.data_path or "", [])
-            table.rows, table.checksum = count_rows(client, table, table.parts)
+        counted = count_tables(client, database, copied)
+        for table in copied:
+            table.rows, table.checksum = counted[table.name]
         errors = next((t for t in copied if t.name == "errors_local"), None)
         newest = newest_event(client, database, errors.parts) if errors else None
         newest_id = newest_event_id(client, database, errors.parts) if errors else None
@@ -334,26 +370,25 @@ def freeze(host: SentryHost, client: Client, version: str, name: str) -> ClickHo
 
 @contextlib.contextmanager
 def merges_stopped(host: SentryHost, client: Client, tables: Sequence[ClickHouseTable]):
-    """Merges of `tables` stopped for the block, so their parts stay as they are and counts over
-    them hold (a Replacing or Summing table's merge changes its rows); should this process die
-    meanwhile, the host itself starts them again after MERGES_DEADLINE (ClickHouse would keep
-    them stopped)."""
-    if tables:
-        port = str(host.clickhouse_port)
-        start = host.exec_argv(
-            Role.CLICKHOUSE, "clickhouse-client", "--port", port, "--query", "SYSTEM START MERGES"
-        )
-        host.run(host.later_argv(MERGES_DEADLINE, start), timeout=30)
-    stopped = []
+    """Merges stopped for the block (server-wide, one statement each way: the server is the
+    stack's own) when there are `tables` to hold still, so their parts stay as they are and
+    counts over them hold (a Replacing or Summing table's merge changes its rows); should this
+    process die meanwhile, the host itself starts them again after MERGES_DEADLINE (ClickHouse
+    would keep them stopped)."""
+    if not tables:
+        yield
+        return
+    port = str(host.clickhouse_port)
+    start = host.exec_argv(
+        Role.CLICKHOUSE, "clickhouse-client", "--port", port, "--query", "SYSTEM START MERGES"
+    )
+    host.run(host.later_argv(MERGES_DEADLINE, start), timeout=30)
+    client.command("SYSTEM STOP MERGES")
     try:
-        for table in tables:
-            client.command(f"SYSTEM STOP MERGES {quoted(table.database, table.name)}")
-            stopped.append(table)
         yield
     finally:
-        for table in stopped:
-            with contextlib.suppress(Exception):
-                client.command(f"SYSTEM START MERGES {quoted(table.database, table.name)}")
+        with contextlib.suppress(Exception):
+            client.command("SYSTEM START MERGES")
 
 
 def unfreeze(host: SentryHost, name: str, client: Client | None = None) -> None:

@@ -253,15 +253,24 @@ def backup_volume(
         host.unpause(paused)
     if paused:
         logger.info("volume %s: %s paused for %.1f s", volume, role, time.monotonic() - started)
-        # Docker left it "unhealthy" (paused): the host is given back once it passes again
-        back, statuses = host.health_back(paused)
-        if not back:
-            logger.warning(
-                "volume %s: %s not healthy again after its pause (%s): check the service; the "
-                "copy itself is complete", volume, role, statuses,
-            )  # fmt: skip
     logger.info("volume %s: %.1f MB in %.1fs (%s)", volume, obj.size / 1e6, obj.seconds, how)
     return obj
+
+
+@task(cache_policy=NO_CACHE)
+def given_back(host: SentryHost, volume: DataVolume) -> None:
+    """After a paused copy: wait until Docker itself calls the paused service healthy again. It
+    marks a paused container unhealthy until its next probe after the unpause (up to a whole
+    interval: self-hosted's is 30 s), and meanwhile every `depends_on: service_healthy` of a
+    compose up or run on the host (an operator's, a cleanup's) fails on it: the host is left as
+    it was found. Runs beside the rest of the backup, which does not wait for it."""
+    role = host.stack.paused_for_copy[volume]
+    back, statuses = host.health_back(host.running_ids(host.stack.service(role)))
+    if not back:
+        get_run_logger().warning(
+            "volume %s: %s not healthy again after its pause (%s): check the service; the "
+            "copy itself is complete", volume, role, statuses,
+        )  # fmt: skip
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60])
@@ -310,23 +319,28 @@ def take_set(
         if has_clickhouse(host, images)
         else None
     )
-    # a paused volume (the nodestore) is copied after the ClickHouse snapshot: Sentry writes an
-    # event's payload before its searchable row, so every event in the snapshot has its payload
-    # in the copy (the drill reads the newest one through Sentry's API)
-    volumes = [
-        backup_volume.with_options(retries=retries).submit(
+    # the nodestore is copied after the ClickHouse snapshot: Sentry writes an event's payload
+    # before its searchable row, so every event in the snapshot has its payload in the copy (the
+    # drill reads the newest one through Sentry's API)
+    volumes = {
+        volume: backup_volume.with_options(retries=retries).submit(
             host, writer, volume, expected,
-            wait_for=[ch_future] if ch_future and volume in host.stack.paused_for_copy else None,
+            wait_for=[ch_future] if ch_future and volume == DataVolume.NODESTORE else None,
         )
         for volume in host.stack.backup_volumes
-    ]  # fmt: skip
+    }  # fmt: skip
+    handed_back = [
+        given_back.submit(host, volume, wait_for=[future])
+        for volume, future in volumes.items()
+        if volume in host.stack.paused_for_copy
+    ]
     config_future = backup_config.with_options(retries=retries).submit(host, writer)
     version = sentry_version.submit(host)
     pg = backup_postgres.with_options(retries=retries)(host, writer, expected)
     base = backup_base.with_options(retries=retries)(host, writer, expected) if with_base else None
     # ClickHouse's first: a volume copy waits on it, and would only say it never started
     ch_object, snapshot = ch_future.result() if ch_future else (None, None)
-    objects = [pg["object"], *(v.result() for v in volumes)]
+    objects = [pg["object"], *(v.result() for v in volumes.values())]
     if base:
         objects.append(base["object"])
     if ch_object:
@@ -348,7 +362,10 @@ def take_set(
         clickhouse=snapshot,
         postgres_base=base["base"] if base else None,
     )
-    return manifest, writer.seal(manifest)  # the commit marker, last
+    sealed = writer.seal(manifest)  # the commit marker, last
+    for future in handed_back:
+        future.wait()  # its own warning, if any; the set is complete either way
+    return manifest, sealed
 
 
 def new_manifest(host_name: str, host: SentryHost, writer: SetWriter, **fields) -> BackupManifest:
