@@ -48,6 +48,7 @@ FORMAT = 2
 MANIFEST = "manifest.json"
 VERIFICATION = "verification.json"
 WAL_FOLDER = "wal"  # <host id>/wal/: the host's WAL archive (blocks/wal_archive.py), not a set
+SUPPORT_FOLDER = "support"  # <host id>/support/: diagnose's support bundles, not sets
 STAMP = "%Y%m%dT%H%M%SZ"
 HOST_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,150}$")
 BACKUP_ID = re.compile(r"^(?P<stamp>\d{8}T\d{6}Z)-(?P<host>[a-z0-9][a-z0-9_-]*)$")
@@ -588,6 +589,25 @@ class SetWriter:
         return key
 
 
+def put_support_bundle(store: BackupStore, host_id: str, name: str, data: bytes) -> str:
+    """A support bundle (blocks/diagnosis.py) stored as every object is: encrypted (bound to its
+    key) when the store has a backup_key; its key."""
+    key = f"{folder(store, host_id)}{SUPPORT_FOLDER}/{name}"
+    key += ".enc" if _secret(store) is not None else ""
+    store.put_bytes(key, encrypting(store, io.BytesIO(data), key).read())
+    return key
+
+
+def read_support_bundle(store: BackupStore, key: str) -> bytes:
+    """The plaintext of a stored support bundle."""
+    data = store.get_bytes(key)
+    if data is None:
+        raise SetError(f"no support bundle at {key}")
+    if not key.endswith(".enc"):
+        return data
+    return decrypting(store, io.BytesIO(data), key, f"support bundle {key}").read()
+
+
 def begin(store: BackupStore, host_id: str) -> SetWriter:
     """A new set of `host_id`. Ids have 1 s resolution: never one that already has objects."""
     while True:
@@ -730,8 +750,8 @@ def list_sets(store: BackupStore, host_ids: str | Sequence[str] | None = None) -
     sizes: dict[tuple[str, str], int] = {}
     for key, size in (found for base in bases for found in store.list_objects(base)):
         parts = key[len(store.prefix) + 1 :].split("/")
-        if len(parts) > 2 and parts[1] == WAL_FOLDER:
-            continue  # the host's WAL archive (blocks/wal_archive.py), not a set
+        if len(parts) > 2 and parts[1] in (WAL_FOLDER, SUPPORT_FOLDER):
+            continue  # the host's WAL archive (blocks/wal_archive.py) or support bundles
         group = (parts[0], parts[1]) if len(parts) == 3 else ("?", "/".join(parts[:-1]))
         groups.setdefault(group, []).append(key)
         sizes[group] = sizes.get(group, 0) + size

@@ -33,6 +33,8 @@ from flows.shared import (
     Status,
     artifact_slug,
     check_web,
+    diagnosis_link,
+    emit,
     failed,
     ingestion,
     load_block,
@@ -262,6 +264,12 @@ def check_wal(host: SentryHost, max_slot_gb: float) -> list[Result]:
 
 
 # -- flow ---------------------------------------------------------------------------------------
+def unhealthy(host: str, failed_checks: list[str]) -> None:
+    """`sentry.health.failed` for the host: setup's automation runs diagnose/<host> on it (the
+    failure's message names that diagnosis's report, `diagnosis_link`)."""
+    emit("sentry.health.failed", host, host, {"host": host, "failed": failed_checks}, kind="health")
+
+
 @flow(
     name="health-check",
     flow_run_name="health-{host}",
@@ -304,9 +312,15 @@ def health_check(
         ingestion.submit(sentry_host, ingestion_within_seconds),
     ]
     checks: list[Result] = []
-    for future in futures:
-        result = future.result()
-        checks.extend(result if isinstance(result, list) else [result])
+    try:
+        for future in futures:
+            result = future.result()
+            checks.extend(result if isinstance(result, list) else [result])
+    except Exception as exc:  # a check that could not run at all (sshd unreachable, ...)
+        unhealthy(host, ["a check could not run"])
+        raise UnhealthyError(
+            f"{sentry_host.label}: a check could not run: {exc}. Why: {diagnosis_link(host)}"
+        ) from exc
     bad = failed(checks)
     results_artifact(
         f"health-{host}",
@@ -316,7 +330,10 @@ def health_check(
     for c in checks:
         logger.info("%-8s %s: %s", c.status, c.name, c.detail)
     if bad:
-        raise UnhealthyError(f"{sentry_host.label} is unhealthy: {summary(checks)}")
+        unhealthy(host, [c.name for c in bad])
+        raise UnhealthyError(
+            f"{sentry_host.label} is unhealthy: {summary(checks)}. Why: {diagnosis_link(host)}"
+        )
     return [c.row() for c in checks]
 
 

@@ -63,6 +63,21 @@ def artifact_slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "host"
 
 
+def diagnosis_key(host: str) -> str:
+    """The artifact key of a host's latest diagnosis (flows/diagnose.py)."""
+    return artifact_slug(f"diagnose-{host}")
+
+
+def diagnosis_link(host: str) -> str:
+    """Where the latest diagnosis of `host` is read: its artifact's page in the Prefect UI (the
+    key's page shows the newest), or the key where no UI address is set."""
+    from prefect.settings import PREFECT_UI_URL
+
+    ui = PREFECT_UI_URL.value()
+    key = diagnosis_key(host)
+    return f"{ui.rstrip('/')}/artifacts/key/{key}" if ui else f"the artifact {key}"
+
+
 def results_artifact(key: str, results: list[Result], description: str) -> None:
     create_table_artifact(
         key=artifact_slug(key), table=[r.row() for r in results], description=description

@@ -5,16 +5,13 @@ Nothing here skips: if the sandbox cannot come up, every integration test errors
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import os
 import uuid
-import zlib
 
 import pytest
 
-from tests.helpers import EVENTS, LAYOUTS, PREFECT_SERVER, free_port
+from tests.helpers import EVENTS, LAYOUTS, PREFECT_SERVER, free_port, insert_nodes
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "0")
 # a killed run's host lock (a 60 s lease, Prefect's minimum) is freed by the server's repossessor
@@ -124,26 +121,6 @@ def bare_host(sandbox, prefect_api):
     Secret(value=password).save(f"{name}-admin", overwrite=True)
     yield {"name": name, "host": host, "stack": stack, "password": password}
     sb.remove_stack(name)
-
-
-def insert_nodes(db, rows) -> None:
-    """(node id, payload, hours old) rows into nodestore_node, encoded as Sentry's
-    DjangoNodeStorage writes them (compact sorted JSON, zlib, base64), 2000 per statement."""
-    batch: list[str] = []
-
-    def flush() -> None:
-        if batch:
-            db.rows("INSERT INTO nodestore_node (id, data, timestamp) VALUES " + ", ".join(batch)
-                    + " ON CONFLICT DO NOTHING")  # fmt: skip
-            batch.clear()
-
-    for node_id, payload, hours in rows:
-        raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-        data = base64.b64encode(zlib.compress(raw)).decode()
-        batch.append(f"('{node_id}', '{data}', now() - interval '{int(hours)} hours')")
-        if len(batch) == 2000:
-            flush()
-    flush()
 
 
 @pytest.fixture(scope="session")

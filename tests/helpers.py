@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +142,23 @@ class Partition:
         for sock in (src, dst):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def insert_nodes(db, rows) -> None:
+    """(node id, payload, hours old) rows into nodestore_node, encoded as Sentry's
+    DjangoNodeStorage writes them (compact sorted JSON, zlib, base64), 2000 per statement."""
+    batch: list[str] = []
+
+    def flush() -> None:
+        if batch:
+            db.rows("INSERT INTO nodestore_node (id, data, timestamp) VALUES " + ", ".join(batch)
+                    + " ON CONFLICT DO NOTHING")  # fmt: skip
+            batch.clear()
+
+    for node_id, payload, hours in rows:
+        raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+        data = base64.b64encode(zlib.compress(raw)).decode()
+        batch.append(f"('{node_id}', '{data}', now() - interval '{int(hours)} hours')")
+        if len(batch) == 2000:
+            flush()
+    flush()

@@ -73,7 +73,11 @@ def load(name: str, layout: str, scale: float) -> int:
         psql(name, layout, "-q", "-c", "DROP SCHEMA IF EXISTS bench CASCADE; CREATE SCHEMA bench")
         service, user = pg(layout)
         sql = SQL.read_text()
-        sb.compose(name, "exec", "-T", "-e", "PGOPTIONS=-csearch_path=bench", service,
+        # no parallel workers: their hash tables live in the container's /dev/shm, Docker's
+        # 64 MB by default ("could not resize shared memory segment": the 4 GB load failed)
+        options = "PGOPTIONS=-csearch_path=bench -cmax_parallel_workers_per_gather=0 "
+        options += "-cmax_parallel_maintenance_workers=0"
+        sb.compose(name, "exec", "-T", "-e", options, service,
                    "psql", "-q", "-v", "ON_ERROR_STOP=1", "-v", f"nodes={nodes}",
                    "-v", f"groups={groups}", "-U", user, "-d", user, input=sql)  # fmt: skip
         print(f"loaded in {time.monotonic() - started:.0f}s")

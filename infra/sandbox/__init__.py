@@ -50,6 +50,7 @@ from infra.sandbox.stacks import (
     self_hosted_checkout,
     stack_info,
     stack_settings,
+    up_ready,
 )
 from infra.sandbox.tools import ensure_flows_image
 
@@ -86,5 +87,6 @@ __all__ = [
     "start_prefect_server",
     "stop_pid",
     "up",
+    "up_ready",
     "wait_for",
 ]

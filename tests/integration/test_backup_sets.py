@@ -40,7 +40,7 @@ from infra.sandbox.prefect_blocks import (
     ssh_fields,
     store_from_connection,
 )
-from tests.helpers import SHARED, Partition, restart_prefect_server
+from tests.helpers import SHARED
 from tests.integration.test_bootstrap import SMALL, run, run_texts
 
 pytestmark = SHARED  # the sandbox's shared stacks (tests/helpers.py)
@@ -259,14 +259,15 @@ def backup_jobs() -> list[str]:
     return out.split()
 
 
-def dump_jobs() -> list[str]:
-    """The running pg_dump container of a backup of the shared guide stack (in its postgres
-    container's netns): never one of another stack (the other pytest process backs up stacks of
-    its own meanwhile; taking theirs once made a test kill a backup that had already ended)."""
+def dump_jobs(stack: str = sb.STACKS["guide"][0]) -> list[str]:
+    """The running pg_dump container of a backup of one sandbox stack (default: the shared guide
+    stack), in its postgres container's netns: never one of another stack (the other pytest
+    process backs up stacks of its own meanwhile; taking theirs once made a test kill a backup
+    that had already ended)."""
     jobs = backup_jobs()
     if not jobs:
         return []
-    project = sb.project_name(sb.STACKS["guide"][0])
+    project = sb.project_name(stack)
     postgres_ids = subprocess.run(
         ["docker", "ps", "-q", "--no-trunc", "--filter",
          f"label=com.docker.compose.project={project}", "--filter",
@@ -501,86 +502,6 @@ def test_a_drill_refuses_a_store_without_its_host(sandbox, prefect_api, store_na
         restore_drill(saved_host, store_name, drill=DRILL)
     with pytest.raises((SetError, DrillError)):
         restore_drill(saved_host, store_name, backup_id="20260101T000000Z-x", drill=DRILL)
-
-
-def test_a_prefect_server_restart_while_a_backup_holds_the_lock_does_not_keep_it_taken(
-    saved_host, sentry_host, store_name, sandbox, seeded
-):
-    """The server restarted while a backup holds its host's lock: with leases on disk the holder
-    renews on the restarted server, finishes and releases; the next backup gets the lock at once
-    (with leases in memory the slot stayed taken and the next backup waited 6 h)."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
-
-    from flows.shared import lock_name
-
-    code = f"from flows.backup import backup; backup({saved_host!r}, {store_name!r})"
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    first = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=sb.REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    sb.wait_for("the first backup's dump (the lock held)", dump_jobs, 120, 0.1)
-    down = restart_prefect_server()
-    _, err = first.communicate(timeout=600)
-    assert first.returncode == 0, err.decode()[-2000:]
-    with get_client(sync_client=True) as client:
-        limit = client.read_global_concurrency_limit_by_name(lock_name(sentry_host))
-    assert limit.active_slots == 0, f"the lock stayed taken after a {down:.0f} s restart"
-    started = time.monotonic()
-    state = backup(saved_host, store_name, return_state=True)
-    assert state.is_completed()
-    text = asyncio.run(run_texts(state.state_details.flow_run_id))
-    assert "waits for the host lock" not in text
-    assert time.monotonic() - started < 300
-
-
-def test_a_holder_cut_off_from_the_prefect_api_stops_and_the_lock_goes_to_the_next(
-    saved_host, sentry_host, store_name, sandbox, seeded
-):
-    """Issue 26, item 4: a backup holding the host lock loses the Prefect API (a partition
-    longer than the lease) while its dump is stalled. The server expires its lease and the next
-    backup gets the lock and completes; once the partition heals, the first run stops at its
-    next command on the host (LockLost) and never seals its set: never two runs on one host."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
-
-    from blocks.host_lease import RENEWALS_PER_LEASE
-    from flows.shared import LOCK_LEASE_SECONDS, lock_name
-
-    api = PREFECT_API_URL.value()
-    link = Partition(int(api.split(":")[2].split("/")[0]))
-    code = f"from flows.backup import backup; backup({saved_host!r}, {store_name!r})"
-    env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{link.port}/api"}
-    first = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=sb.REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    sb.wait_for("the first backup's dump (the lock held)", dump_jobs, 120, 0.1)
-    jobs = dump_jobs()
-    subprocess.run(["docker", "pause", *jobs], check=True, capture_output=True)
-    link.cut()
-    cut_at = time.monotonic()
-    try:
-
-        def free() -> bool:
-            with get_client(sync_client=True) as client:
-                name = lock_name(sentry_host)
-                return client.read_global_concurrency_limit_by_name(name).active_slots == 0
-
-        sb.wait_for("the server to expire the cut-off holder's lease", free,
-                    LOCK_LEASE_SECONDS + 90, 1)  # fmt: skip
-        # renewed up to a quarter lease before the cut: it expires 45-60 s after it, never sooner
-        renewed_before_cut = LOCK_LEASE_SECONDS / RENEWALS_PER_LEASE
-        assert time.monotonic() - cut_at >= LOCK_LEASE_SECONDS - renewed_before_cut - 5
-        second = backup(saved_host, store_name)  # the lock is the second run's now
-        assert first.poll() is None  # the first is still there, stalled
-    finally:
-        link.heal()
-        subprocess.run(["docker", "unpause", *jobs], capture_output=True)
-    _, err = first.communicate(timeout=600)
-    text = err.decode()
-    assert first.returncode != 0, text[-2000:]
-    assert "lease was lost" in text, text[-3000:]
-    store = store_from_connection(sandbox, prefix=store_name)
-    complete = [s.backup_id for s in backup_set.list_sets(store) if s.complete]
-    assert complete == [second["backup_id"]]  # the first never sealed a set
 
 
 @flow(name="hold-engine-lock")

@@ -180,6 +180,39 @@ def test_a_failed_backup_delivers_one_webhook(configured, receiver):
     assert "/runs/flow-run/" in mine[0]["body"]  # a link to the run in the UI
 
 
+def test_a_failed_health_check_runs_diagnose_for_its_host_and_its_alert_links_the_report(
+    configured, receiver
+):
+    """Issue 30, item 4: the health check of a host fails (sshd unreachable since the test
+    above); setup's trigger makes a diagnose run of that host's deployment, not of the other's,
+    and the failure's alert names where that diagnosis is read."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from flows.health import UnhealthyError, health_check
+    from flows.shared import diagnosis_key
+
+    host, other = configured["hosts"]
+    with pytest.raises(UnhealthyError, match=f"artifacts/key/{diagnosis_key(host)}"):
+        health_check(host)
+    wait_delivered(receiver, f"health-{host}")
+    (alert,) = delivered(receiver, f"health-{host}")
+    assert f"artifacts/key/{diagnosis_key(host)}" in alert["body"]
+    with get_client(sync_client=True) as client:
+        deployments = sentry_ops_deployments(client)
+        mine, theirs = deployments[f"diagnose/{host}"], deployments[f"diagnose/{other}"]
+        automations = [a.name for a in client.read_automations()]
+        assert f"diagnose/{host} on sentry.health.failed" in automations
+
+        def runs(deployment) -> list:
+            ids = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+            return client.read_flow_runs(deployment_filter=ids)
+
+        sb.wait_for(f"a diagnose run of {host}", lambda: runs(mine), 60, 1)
+        (run,) = runs(mine)
+        assert not runs(theirs)
+    assert run.parameters["host"]  # the deployment's own host block
+
+
 def test_a_host_taken_out_of_the_config_loses_its_deployments_and_alert(configured, sandbox):
     """One config describes a Prefect server's whole sentry-ops set (runs last in this file)."""
     a, b = configured["hosts"]
