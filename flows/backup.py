@@ -14,6 +14,8 @@ Runbook, in order:
    (`postgres-base`), what a point-in-time restore replays the archive onto;
 4. each data volume of the layout (guide: files; self-hosted: files + seaweedfs nodestore):
    tar | zstd in a throwaway container on the host -> FIFO -> SSH -> encrypted -> S3 multipart;
+   a volume whose writer is paused for its copy is given back once Docker calls that service
+   healthy again (`given_back`, beside the rest);
 5. ClickHouse (where the stack has it): merges stopped, FREEZE WITH NAME '<backup id>' per
    MergeTree table, rows and checksums of the frozen parts recorded, the frozen folder tar | zstd
    on the host -> SSH -> encrypted -> S3, the frozen copy removed (on failure too);
