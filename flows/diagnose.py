@@ -103,7 +103,13 @@ def read_logs(host: SentryHost, containers: dict[str, str], lines: int) -> dict[
     return {s: host.container_log_tail(cid, lines)[-lines:] for s, cid in containers.items()}
 
 
-@flow(name="diagnose", flow_run_name="diagnose-{host}", log_prints=True, timeout_seconds=1800)
+@flow(
+    name="diagnose",
+    flow_run_name="diagnose-{host}",
+    log_prints=True,
+    persist_result=True,
+    timeout_seconds=1800,
+)
 def diagnose(
     host: SentryHost | str,
     store: BackupStore | str | None = None,

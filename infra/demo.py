@@ -62,6 +62,10 @@ def summarize(result: object) -> str:
             f"passed ({len(result['shipped'])} WAL segments shipped, {result['segments']} in the "
             f"archive, newest point {result['mark'][11:19]}Z)"
         )
+    if isinstance(result, dict) and "causes" in result:
+        causes = ", ".join(c["name"] for c in result["causes"]) or "no known cause"
+        stored = "a support bundle stored" if result["bundle"] else "no bundle"
+        return f"passed ({causes}; report {result['report']}, {stored})"
     if isinstance(result, dict) and "backup_id" in result:
         return f"passed ({result['backup_id']}, {result['bytes'] / 1e6:.1f} MB stored)"
     if isinstance(result, list) and result and isinstance(result[0], str):
@@ -160,6 +164,8 @@ def main() -> int:
         step(
             "health-check/sandbox-self-hosted", lambda: deployed("health-check/sandbox-self-hosted")
         )
+        # what runs by itself when a health check fails (setup's trigger), here on demand
+        step("diagnose/sandbox-self-hosted", lambda: deployed("diagnose/sandbox-self-hosted"))
         # continuous WAL archiving (its schedule runs it every 4 min): armed by its first run;
         # the nightly set then takes a base backup, and the drill replays the archive onto it
         step("ship-wal/sandbox", lambda: deployed("ship-wal/sandbox"))
