@@ -9,7 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
-from infra.sandbox.common import DRILL_SSH_PORT, OWN_SSH_PORT, REPO, STATE, log, stop_pid
+from infra.sandbox.common import DRILL_SSH_PORT, OWN_SSH_PORT, REPO, STATE, log, sh, stop_pid
 from infra.sandbox.docker import ensure_docker
 from infra.sandbox.drill_host import ensure_drill_engine, stop_drill_engine
 from infra.sandbox.images import ensure_images
@@ -18,6 +18,7 @@ from infra.sandbox.s3 import ensure_s3
 from infra.sandbox.sshd import ensure_sshd
 from infra.sandbox.stacks import (
     ensure_stack,
+    project_name,
     reap_orphan_stacks,
     remove_external_volumes,
     remove_stack,
@@ -87,6 +88,16 @@ def _up(with_prefect: bool, bare: bool) -> dict:
 
 def down() -> None:
     stacks = STATE / "stacks"
+    if shutil.which("docker"):
+        # WAL shippers of this sandbox's stacks (sentry-ops-walship-<project>, outside compose):
+        # the demo's worker runs ship-wal's schedule, so one may have started after the demo's
+        # own stop-wal-archiving
+        shippers = sh("docker", "ps", "-aq", "--filter", "label=sentry-ops.job=walship",
+                      "--filter", f"name=^sentry-ops-walship-{project_name('')}",
+                      check=False).stdout.split()  # fmt: skip
+        if shippers:
+            sh("docker", "rm", "-f", *shippers, check=False)
+            log(f"removed {len(shippers)} WAL shipper(s) of this sandbox's stacks")
     if stacks.exists() and shutil.which("docker"):
         for d in sorted(stacks.iterdir()):
             remove_stack(d)
